@@ -1,0 +1,176 @@
+"""Classification from SQLite itself: the authorizer's actions and the compiled bytecode.
+
+`EXPLAIN <stmt>` compiles the statement (calling the authorizer for every action,
+trigger bodies included) without executing it.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+from safe_mcp.adapter import Classification
+from safe_mcp.effects import Effect
+from safe_mcp.errors import AdapterError
+
+# sqlite3 action codes (sqlite3.h); Python exposes some but not all of them.
+ACTIONS = (
+    "COPY", "CREATE_INDEX", "CREATE_TABLE", "CREATE_TEMP_INDEX", "CREATE_TEMP_TABLE", "CREATE_TEMP_TRIGGER",
+    "CREATE_TEMP_VIEW", "CREATE_TRIGGER", "CREATE_VIEW", "DELETE", "DROP_INDEX", "DROP_TABLE", "DROP_TEMP_INDEX",
+    "DROP_TEMP_TABLE", "DROP_TEMP_TRIGGER", "DROP_TEMP_VIEW", "DROP_TRIGGER", "DROP_VIEW", "INSERT", "PRAGMA",
+    "READ", "SELECT", "TRANSACTION", "UPDATE", "ATTACH", "DETACH", "ALTER_TABLE", "REINDEX", "ANALYZE", "CREATE_VTABLE",
+    "DROP_VTABLE", "FUNCTION", "SAVEPOINT", "RECURSIVE",
+)
+
+SCHEMA_TABLES = frozenset({"sqlite_master", "sqlite_temp_master", "sqlite_schema", "sqlite_temp_schema"})
+INTERNAL_PREFIX = "_safe_mcp_"
+
+# Functions that reach outside the database or the process.
+FORBIDDEN_FUNCTIONS = frozenset({"load_extension", "fts3_tokenizer", "readfile", "writefile", "edit", "sqlar_compress",
+                                 "sqlar_uncompress", "zipfile", "fsdir", "lsmode"})
+
+# Pragmas that only report. Any pragma given a value, or not listed, is forbidden.
+READ_PRAGMAS = frozenset({
+    "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo", "foreign_key_list",
+    "foreign_key_check", "integrity_check", "quick_check", "database_list", "collation_list", "function_list",
+    "module_list", "pragma_list", "compile_options", "user_version", "schema_version", "application_id",
+    "page_count", "page_size", "freelist_count", "encoding", "foreign_keys", "data_version",
+})
+# Read pragmas whose argument names an object rather than setting a value.
+ARG_PRAGMAS = frozenset({"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
+                         "foreign_key_list", "foreign_key_check", "table_list", "integrity_check", "quick_check"})
+
+_EXPLAIN_NESTED = re.compile(r'near "explain": syntax error', re.IGNORECASE)
+
+
+@dataclass
+class Actions:
+    """What the authorizer reported while the statement compiled."""
+
+    top: list[tuple[str, str | None, str | None, str | None]] = field(default_factory=list)
+    inner: list[tuple[str, str | None, str | None, str | None, str]] = field(default_factory=list)
+    opcodes: set[str] = field(default_factory=set)
+
+
+def collect(conn: sqlite3.Connection, sql: str, params: Any) -> Actions:
+    """Compile `sql` under a recording authorizer without running it.
+
+    Raises:
+        AdapterError: more than one statement, a syntax error, or wrong parameters.
+    """
+    acts = Actions()
+
+    def record(code: int, a1: str | None, a2: str | None, db: str | None, trig: str | None) -> int:
+        name = ACTIONS[code] if 0 <= code < len(ACTIONS) else f"CODE{code}"
+        if trig is None:
+            acts.top.append((name, a1, a2, db))
+        else:
+            acts.inner.append((name, a1, a2, db, trig))
+        return sqlite3.SQLITE_OK
+
+    conn.set_authorizer(record)
+    try:
+        cur = conn.execute("EXPLAIN " + sql, params if params is not None else ())
+        acts.opcodes = {row[1] for row in cur.fetchall()}
+    except sqlite3.ProgrammingError as exc:
+        text = str(exc)
+        if "one statement at a time" in text:
+            raise AdapterError(
+                "only one SQL statement per call is allowed; send the others as separate calls"
+            ) from None
+        raise AdapterError(f"bad parameters: {text}") from None
+    except sqlite3.OperationalError as exc:
+        if _EXPLAIN_NESTED.search(str(exc)):
+            acts.opcodes = {"__explain__"}
+            return acts
+        raise AdapterError(f"sqlite rejected the statement: {exc}") from None
+    except sqlite3.Warning as exc:
+        raise AdapterError(f"sqlite rejected the statement: {exc}") from None
+    finally:
+        conn.set_authorizer(None)
+    return acts
+
+
+def classify_actions(acts: Actions) -> Classification:
+    """Map authorizer actions to an effect. Anything not recognised is forbidden."""
+    if acts.opcodes == {"__explain__"}:
+        return Classification(effect=Effect.READ, reason="EXPLAIN compiles a statement without running it",
+                              summary="EXPLAIN", detail={"op": "read"})
+    every = [a[:4] for a in acts.top] + [a[:4] for a in acts.inner]
+    names = {a[0] for a in every}
+
+    def forbid(why: str) -> Classification:
+        return Classification(effect=Effect.FORBIDDEN, reason=why, detail={"op": "forbidden"})
+
+    if "Vacuum" in acts.opcodes:
+        return forbid("VACUUM (and VACUUM INTO, which writes a copy of the database to a file)")
+    if names & {"ATTACH", "DETACH"}:
+        return forbid("ATTACH/DETACH reach other database files")
+    if names & {"TRANSACTION", "SAVEPOINT"}:
+        return forbid("transaction control: safe-mcp runs each call as its own transaction")
+    if names & {"CREATE_VTABLE", "DROP_VTABLE"}:
+        return forbid("virtual tables can reach outside the database")
+    if names & {"CREATE_TEMP_TRIGGER", "CREATE_TEMP_TABLE", "CREATE_TEMP_VIEW", "CREATE_TEMP_INDEX",
+                "DROP_TEMP_TRIGGER", "DROP_TEMP_TABLE", "DROP_TEMP_VIEW", "DROP_TEMP_INDEX"}:
+        return forbid("temporary schema objects (they would outlive the call on safe-mcp's connection)")
+    if names & {"REINDEX", "ANALYZE", "COPY"} and not names & {"CREATE_INDEX"}:
+        return forbid("maintenance statements are not run through safe-mcp")
+    for name, a1, a2, _db in every:
+        if name == "FUNCTION" and (a2 or "").lower() in FORBIDDEN_FUNCTIONS:
+            return forbid(f"function {a2}() reaches outside the database")
+        if name == "PRAGMA":
+            pragma = (a1 or "").lower()
+            if pragma not in READ_PRAGMAS:
+                return forbid(f"PRAGMA {pragma} can change how the database behaves")
+            if a2 is not None and pragma not in ARG_PRAGMAS:
+                return forbid(f"PRAGMA {pragma} = {a2} writes a setting")
+        if name in {"INSERT", "UPDATE", "DELETE"} and a1 and a1.startswith(INTERNAL_PREFIX):
+            return forbid(f"{a1} is safe-mcp's own trash; restore it with the undo tool")
+    if not every:
+        return forbid("SQLite reports no action for this statement (does the object it names exist?)")
+
+    top_names = {a[0] for a in acts.top}
+    user_writes = sorted({a1 for n, a1, _a2, db in every
+                          if n in {"INSERT", "UPDATE", "DELETE"} and a1 and a1 not in SCHEMA_TABLES
+                          and db in (None, "main")})
+    if "DROP_TABLE" in top_names:
+        table = next(a1 for n, a1, _a2, _db in acts.top if n == "DROP_TABLE")
+        return Classification(effect=Effect.DESTRUCTIVE, reason=f"DROP TABLE {table} (kept restorable: soft drop)",
+                              summary=f"DROP TABLE {table}", detail={"op": "drop_table", "table": table})
+    if "ALTER_TABLE" in top_names:
+        table = next(a2 for n, _a1, a2, _db in acts.top if n == "ALTER_TABLE")
+        return Classification(effect=Effect.IRREVERSIBLE, reason=f"ALTER TABLE {table}: no compensation is recorded",
+                              summary=f"ALTER TABLE {table}", detail={"op": "irreversible"})
+    for verb, kind in (("CREATE_TABLE", "table"), ("CREATE_INDEX", "index"), ("CREATE_VIEW", "view"),
+                       ("CREATE_TRIGGER", "trigger")):
+        if verb in top_names:
+            obj = next(a1 for n, a1, _a2, _db in acts.top if n == verb)
+            return Classification(effect=Effect.WRITE, reason=f"CREATE {kind.upper()} {obj}",
+                                  summary=f"CREATE {kind.upper()} {obj}",
+                                  detail={"op": "create", "type": kind, "name": obj, "tables": user_writes})
+    for verb, kind in (("DROP_INDEX", "index"), ("DROP_VIEW", "view"), ("DROP_TRIGGER", "trigger")):
+        if verb in top_names:
+            obj = next(a1 for n, a1, _a2, _db in acts.top if n == verb)
+            return Classification(effect=Effect.WRITE, reason=f"DROP {kind.upper()} {obj} (its definition is kept)",
+                                  summary=f"DROP {kind.upper()} {obj}", detail={"op": "drop_object", "type": kind,
+                                                                              "name": obj})
+    dml = [(n, a1) for n, a1, _a2, db in acts.top if n in {"INSERT", "UPDATE", "DELETE"} and a1 not in SCHEMA_TABLES]
+    if dml:
+        verbs = sorted({n for n, _ in dml})
+        tables = sorted({t for _, t in dml if t})
+        summary = f"{'/'.join(verbs)} on {', '.join(tables)}"
+        if "DELETE" in verbs and "Clear" in acts.opcodes:
+            return Classification(effect=Effect.DESTRUCTIVE, reason=f"DELETE without WHERE on {', '.join(tables)}",
+                                  summary=summary, detail={"op": "dml", "tables": user_writes, "verbs": verbs})
+        return Classification(effect=Effect.WRITE, reason=summary, summary=summary,
+                              detail={"op": "dml", "tables": user_writes, "verbs": verbs})
+    writes = names & {"INSERT", "UPDATE", "DELETE", "CREATE_TABLE", "CREATE_INDEX", "CREATE_VIEW", "CREATE_TRIGGER",
+                      "DROP_TABLE", "DROP_INDEX", "DROP_VIEW", "DROP_TRIGGER", "ALTER_TABLE"}
+    schema_bookkeeping = all(a1 in SCHEMA_TABLES for n, a1, _a2, _db in every if n in writes)
+    if writes and not schema_bookkeeping:
+        return forbid(f"unrecognised write ({', '.join(sorted(writes))})")
+    if names <= {"SELECT", "READ", "FUNCTION", "RECURSIVE", "PRAGMA", "UPDATE", "INSERT"}:
+        return Classification(effect=Effect.READ, reason="reads only", summary="SELECT", detail={"op": "read"})
+    return forbid(f"unrecognised statement ({', '.join(sorted(names))})")

@@ -1,0 +1,3 @@
+from safe_mcp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""The adapter contract: what the gate consumes and what an adapter implements.
+
+A third-party adapter subclasses `Adapter`, declares its `kind`, its settings
+model and the tools it serves, and registers itself under the entry-point group
+`safe_mcp.adapters`. The core never imports a driver; it only calls these methods,
+and only from the gate.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from safe_mcp.effects import Effect
+
+__all__ = [
+    "Adapter",
+    "AdapterSettings",
+    "Budget",
+    "Call",
+    "Classification",
+    "Outcome",
+    "Preview",
+]
+
+
+class Call(BaseModel):
+    """One tool call addressed to one target, exactly as the gate will run it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    target: str
+    tool: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class Classification(BaseModel):
+    """What a call would do, decided before anything runs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    effect: Effect
+    reason: str
+    summary: str = ""
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class Preview(BaseModel):
+    """What a call would change, measured without committing anything."""
+
+    model_config = ConfigDict(frozen=True)
+
+    effect: Effect
+    affected: int | None = None
+    sample: list[dict[str, Any]] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+class Outcome(BaseModel):
+    """What a call did. `compensation` is the adapter's own record of how to undo it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    result: dict[str, Any] = Field(default_factory=dict)
+    affected: int = 0
+    compensation: dict[str, Any] | None = None
+    summary: str = ""
+
+
+class Budget(BaseModel):
+    """Limits the adapter must enforce while executing, before it commits."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rows_returned: int
+    rows_affected: int
+    allowed_effect: Effect
+    """The strongest effect the gate decided to allow; more measured means `Escalated`."""
+
+
+class AdapterSettings(BaseModel):
+    """Base for an adapter's own keys under `[targets.NAME]`. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Adapter(ABC):
+    """A connection to one target. One instance per configured target.
+
+    Every method may raise `AdapterError` (a message safe for the agent) and
+    nothing else on purpose; driver errors are translated here, not in the core.
+    """
+
+    kind: ClassVar[str]
+    settings_model: ClassVar[type[AdapterSettings]]
+    tools: ClassVar[frozenset[str]]
+    secret_keys: ClassVar[frozenset[str]] = frozenset()
+    """Settings keys that hold secret references (`keyring:NAME`, `env:VAR`)."""
+
+    def __init__(
+        self, name: str, settings: AdapterSettings, secrets: Mapping[str, str], *, base_dir: str
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.secrets = secrets
+        self.base_dir = base_dir
+
+    @abstractmethod
+    def classify(self, call: Call) -> Classification:
+        """Decide the effect of `call` without changing anything."""
+
+    @abstractmethod
+    def preview(self, call: Call, classification: Classification, budget: Budget) -> Preview:
+        """Measure what `call` would change, in work that is always rolled back."""
+
+    @abstractmethod
+    def execute(self, call: Call, classification: Classification, budget: Budget) -> Outcome:
+        """Run `call`, enforcing `budget` before commit.
+
+        Raises:
+            TooManyRows: more rows than `budget.rows_affected`; nothing was committed.
+            Escalated: the engine measured a stronger effect than allowed; nothing was committed.
+            AdapterError: the system refused or failed; nothing was committed.
+        """
+
+    @abstractmethod
+    def compensate(self, compensation: Mapping[str, Any], budget: Budget) -> Outcome:
+        """Undo an earlier outcome from its compensation record.
+
+        Raises:
+            AdapterError: the state has moved on so undo would destroy newer data, or it failed.
+        """
+
+    @classmethod
+    def describe(cls, settings: AdapterSettings) -> dict[str, str]:
+        """What a target with `settings` reaches and what can be undone (no I/O; for `targets` and `check`)."""
+        return {}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,249 @@
+"""The `safe-mcp` command. Exit codes: 0 ok, 1 refused or failed check, 2 usage or config error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from safe_mcp.errors import ConfigError, Refused, SafeMcpError
+
+if TYPE_CHECKING:
+    from safe_mcp.config import Config
+    from safe_mcp.runtime import Runtime
+
+__all__ = ["main"]
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="F", help="config file (default: $SAFE_MCP_CONFIG, else ./safe-mcp.toml)")
+    p = argparse.ArgumentParser(prog="safe-mcp", description="A safety gate between coding agents and real systems.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", parents=[common], help="run the MCP server (stdio by default)")
+    s.add_argument("--transport", choices=["stdio", "sse", "http"], default="stdio")
+    s.add_argument("--host", default="127.0.0.1", help="HTTP/SSE bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8765, help="HTTP/SSE port (default 8765)")
+    s.add_argument("--policy", metavar="F", help="org policy file (ceilings the config may not loosen)")
+
+    d = sub.add_parser("demo", parents=[common], help="a scripted session on a demo SQLite shop")
+    d.add_argument("--dir", default="safe-mcp-demo", help="where to create the demo database (default ./safe-mcp-demo)")
+
+    c = sub.add_parser("check", parents=[common], help="validate a config and print its blast radius")
+    c.add_argument("--format", choices=["text", "json"], default="text")
+
+    r = sub.add_parser("receipts", help="list, show, verify or export receipts")
+    rsub = r.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rl = rsub.add_parser("list", parents=[common], help="the latest receipts")
+    rl.add_argument("--limit", type=int, default=20)
+    rs = rsub.add_parser("show", parents=[common], help="one receipt in full")
+    rs.add_argument("receipt_id")
+    rsub.add_parser("verify", parents=[common], help="check the hash chain; exit 1 at the first broken link")
+    re_ = rsub.add_parser("export", parents=[common], help="every receipt as JSON Lines")
+    re_.add_argument("--out", metavar="F", help="file to write (default stdout)")
+
+    u = sub.add_parser("undo", parents=[common], help="undo a write by its receipt id")
+    u.add_argument("receipt_id")
+
+    sub.add_parser("pending", parents=[common], help="list pending actions with their previews")
+
+    cc = sub.add_parser("client-config", parents=[common], help="print the JSON to paste into a client")
+    cc.add_argument("client", choices=["cursor", "claude"])
+
+    sec = sub.add_parser("secrets", help="store secrets in the OS keyring")
+    ssub = sec.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ss = ssub.add_parser("set", help="store a secret (read from the terminal, or stdin when piped)")
+    ss.add_argument("name")
+
+    sub.add_parser("config-schema", help="print the JSON schema of the config file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="safe-mcp: %(levelname)s %(message)s")
+    try:
+        return int(_COMMANDS[args.command](args))
+    except ConfigError as exc:
+        print(f"safe-mcp: config error: {exc}", file=sys.stderr)
+        return 2
+    except Refused as exc:
+        print(f"safe-mcp: {exc.text()}", file=sys.stderr)
+        return 1
+    except SafeMcpError as exc:
+        print(f"safe-mcp: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    from safe_mcp.config import default_config_path
+
+    return Path(args.config) if getattr(args, "config", None) else default_config_path()
+
+
+def _config(args: argparse.Namespace) -> Config:
+    from safe_mcp.config import load_config
+
+    return load_config(_config_path(args))
+
+
+def _runtime(args: argparse.Namespace, session: str = "cli") -> Runtime:
+    from safe_mcp.runtime import Runtime
+
+    return Runtime(_config(args), session=session)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    if args.policy:
+        raise ConfigError(args.policy, "", "org policies are not supported by this version yet",
+                          "run without --policy")
+    config = _config(args)
+    if args.transport != "stdio" and args.host not in LOOPBACK:
+        raise ConfigError(config.source, "--host", f"refusing to listen on {args.host}: only loopback is allowed",
+                          "use --host 127.0.0.1 (HTTP auth for other interfaces is not available yet)")
+    from safe_mcp.runtime import Runtime
+    from safe_mcp.server import build_server
+
+    server = build_server(Runtime(config))
+    if args.transport == "stdio":
+        server.run("stdio")
+    elif args.transport == "sse":
+        server.run("sse", host=args.host, port=args.port)
+    else:
+        server.run("streamable-http", host=args.host, port=args.port)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from safe_mcp.demo import run_demo
+
+    return int(run_demo(Path(args.dir)))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from safe_mcp.inventory import inventory, render_text
+
+    config = _config(args)
+    inv = inventory(config)
+    if args.format == "json":
+        print(json.dumps(inv, indent=2))
+    else:
+        print(render_text(inv))
+    return 0
+
+
+def cmd_receipts(args: argparse.Namespace) -> int:
+    from safe_mcp.state import StateStore
+
+    store = StateStore(_config(args).state_dir)
+    try:
+        if args.action == "list":
+            for r in store.receipts(args.limit):
+                affected = "" if r.affected is None else f" affected={r.affected}"
+                print(f"{r.id}  {r.time}  {r.outcome:<11} {r.effect:<12} {r.target}:{r.tool}{affected}  {r.reason}")
+            return 0
+        if args.action == "show":
+            found = store.receipt(args.receipt_id)
+            if found is None:
+                print(f"safe-mcp: no receipt has id {args.receipt_id!r}", file=sys.stderr)
+                return 1
+            print(json.dumps(found.model_dump(mode="json"), indent=2, ensure_ascii=False))
+            return 0
+        if args.action == "verify":
+            report = store.verify()
+            if report.ok:
+                print(f"ok: {report.count} receipts, chain intact")
+                return 0
+            print(f"BROKEN at {report.first_bad}: {report.problem} ({report.count} receipts read)")
+            return 1
+        out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+        try:
+            for _seq, _rid, body, digest in store.iter_receipts():
+                out.write(json.dumps({**json.loads(body), "hash": digest}, ensure_ascii=False) + "\n")
+        finally:
+            if out is not sys.stdout:
+                out.close()
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_undo(args: argparse.Namespace) -> int:
+    from safe_mcp.gate import Caller
+
+    rt = _runtime(args)
+    try:
+        r = rt.gate.undo(args.receipt_id, Caller(session=rt.session, client="safe-mcp-cli"))
+        print(f"{r.message} (receipt {r.receipt_id})")
+        return 0
+    finally:
+        rt.close()
+
+
+def cmd_pending(args: argparse.Namespace) -> int:
+    from safe_mcp.state import StateStore
+
+    store = StateStore(_config(args).state_dir)
+    try:
+        actions = store.pending_list()
+        if not actions:
+            print("no pending actions")
+        for a in actions:
+            print(json.dumps(a.model_dump(mode="json", exclude={"digest"}), indent=2, ensure_ascii=False))
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_client_config(args: argparse.Namespace) -> int:
+    path = _config_path(args).resolve()
+    entry: dict[str, Any] = {"command": sys.executable, "args": ["-m", "safe_mcp", "serve", "--config", str(path)]}
+    doc = {"mcpServers": {"safe-mcp": entry}}
+    where = {"cursor": "~/.cursor/mcp.json (or .cursor/mcp.json in a project)",
+             "claude": "claude_desktop_config.json (Settings > Developer > Edit Config)"}[args.client]
+    print(json.dumps(doc, indent=2))
+    print(f"# paste into {where}", file=sys.stderr)
+    return 0
+
+
+def cmd_secrets(args: argparse.Namespace) -> int:
+    import getpass
+
+    import keyring
+    import keyring.errors
+
+    from safe_mcp.secrets import KEYRING_SERVICE
+
+    value = getpass.getpass(f"secret for {args.name}: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if not value:
+        print("safe-mcp: empty secret, nothing stored", file=sys.stderr)
+        return 2
+    try:
+        keyring.set_password(KEYRING_SERVICE, args.name, value)
+    except keyring.errors.KeyringError as exc:
+        print(f"safe-mcp: no usable keyring backend ({exc}); use an env:VAR reference instead", file=sys.stderr)
+        return 1
+    print(f'stored; reference it as "keyring:{args.name}"')
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from safe_mcp.schema import config_schema
+
+    print(json.dumps(config_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+_COMMANDS = {
+    "serve": cmd_serve, "demo": cmd_demo, "check": cmd_check, "receipts": cmd_receipts, "undo": cmd_undo,
+    "pending": cmd_pending, "client-config": cmd_client_config, "secrets": cmd_secrets,
+    "config-schema": cmd_config_schema,
+}

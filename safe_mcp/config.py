@@ -1,0 +1,257 @@
+"""The TOML config, parsed into frozen models. Every error names file, key and fix."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from safe_mcp.adapter import Adapter, AdapterSettings
+from safe_mcp.effects import Effect
+from safe_mcp.errors import ConfigError
+
+__all__ = [
+    "Access",
+    "Config",
+    "ConfirmMode",
+    "ConfirmRules",
+    "Limits",
+    "StateSettings",
+    "Target",
+    "default_config_path",
+    "load_config",
+]
+
+SECRET_REF = re.compile(r"^(keyring|env):[A-Za-z0-9_.\-/]+$")
+_URL_PASSWORD = re.compile(r"://[^/@\s:]+:[^/@\s]+@")
+
+
+class Access(StrEnum):
+    READ_ONLY = "read-only"
+    READ_WRITE = "read-write"
+
+
+class ConfirmMode(StrEnum):
+    """Who confirms an effect: nobody, the agent (two-step), a human out of band, or nobody ever."""
+
+    NONE = "none"
+    AGENT = "agent"
+    HUMAN = "human"
+    DENY = "deny"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Strict):
+    rows_returned: int = Field(500, ge=1, description="rows a read returns at most; more sets truncated")
+    rows_affected: int = Field(100, ge=0, description="a write touching more rows is rolled back")
+    writes_per_session: int = Field(50, ge=0, description="writes one server session may execute")
+
+
+class LimitsOverride(_Strict):
+    rows_returned: int | None = Field(None, ge=1)
+    rows_affected: int | None = Field(None, ge=0)
+    writes_per_session: int | None = Field(None, ge=0)
+
+
+class ConfirmRules(_Strict):
+    write: ConfirmMode = ConfirmMode.NONE
+    destructive: ConfirmMode = ConfirmMode.AGENT
+    irreversible: ConfirmMode = ConfirmMode.HUMAN
+    ttl_s: int = Field(300, ge=1, description="a pending action expires after this many seconds")
+    min_delay_s: float = Field(2, ge=0, description="a confirm earlier than this after the preview is refused")
+
+    def for_effect(self, effect: Effect) -> ConfirmMode:
+        if effect is Effect.READ:
+            return ConfirmMode.NONE
+        if effect is Effect.FORBIDDEN:
+            return ConfirmMode.DENY
+        mode: ConfirmMode = getattr(self, effect.value)
+        return mode
+
+
+class StateSettings(_Strict):
+    path: str = Field(".safe-mcp", description="receipts, pending actions and trash; relative to the config")
+
+
+class _TargetCommon(_Strict):
+    kind: str
+    access: Access = Access.READ_ONLY
+    limits: LimitsOverride = Field(default_factory=LimitsOverride)
+
+
+class Target(BaseModel):
+    """One system the agent may touch, with its effective limits."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    name: str
+    kind: str
+    access: Access
+    limits: Limits
+    settings: AdapterSettings
+    adapter_cls: type[Adapter] = Field(exclude=True)
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    source: str
+    base_dir: str
+    targets: dict[str, Target]
+    limits: Limits
+    confirm: ConfirmRules
+    state: StateSettings
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.base_dir, self.state.path)
+
+    def policy_digest(self) -> str:
+        """A digest of everything that decides what is allowed (no secret values: only references)."""
+        doc = {
+            "limits": self.limits.model_dump(mode="json"),
+            "confirm": self.confirm.model_dump(mode="json"),
+            "targets": {
+                n: {
+                    "kind": t.kind,
+                    "access": t.access.value,
+                    "limits": t.limits.model_dump(mode="json"),
+                    "settings": t.settings.model_dump(mode="json"),
+                }
+                for n, t in sorted(self.targets.items())
+            },
+        }
+        blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(b"safe-mcp/policy/v1\x00" + blob).hexdigest()
+
+
+class _Root(_Strict):
+    targets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    limits: Limits = Field(default_factory=Limits)
+    confirm: ConfirmRules = Field(default_factory=ConfirmRules)
+    state: StateSettings = Field(default_factory=StateSettings)
+
+
+def default_config_path() -> Path:
+    """`SAFE_MCP_CONFIG`, else `./safe-mcp.toml`."""
+    return Path(os.environ.get("SAFE_MCP_CONFIG") or "safe-mcp.toml")
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file, loading only the adapter kinds it names.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or any key is invalid.
+    """
+    p = Path(path)
+    src = str(p)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            src, "", "no such config file", "pass --config FILE, set SAFE_MCP_CONFIG, or copy config/demo.toml"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(src, "", f"cannot read the file: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(src, "", f"not valid TOML: {exc}", "check the line named above") from None
+    return parse_config(raw, source=src, base_dir=str(p.resolve().parent))
+
+
+def parse_config(raw: dict[str, Any], *, source: str, base_dir: str) -> Config:
+    """Validate an already-parsed TOML document. See `load_config`."""
+    from safe_mcp.registry import load_adapter
+
+    try:
+        root = _Root.model_validate(raw)
+    except ValidationError as exc:
+        raise _config_error(source, exc, prefix=()) from None
+    if not root.targets:
+        raise ConfigError(source, "targets", "no targets are configured", 'add a [targets.NAME] table with kind = "..."')
+    targets: dict[str, Target] = {}
+    for name, body in root.targets.items():
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_\-]{0,62}", name):
+            raise ConfigError(source, f"targets.{name}", "a target name must be a letter then letters, digits, _ or -")
+        common_keys = {"kind", "access", "limits"}
+        common = {k: v for k, v in body.items() if k in common_keys}
+        rest = {k: v for k, v in body.items() if k not in common_keys}
+        try:
+            tc = _TargetCommon.model_validate(common)
+        except ValidationError as exc:
+            raise _config_error(source, exc, prefix=("targets", name)) from None
+        adapter_cls = load_adapter(tc.kind, source=source, key=f"targets.{name}.kind")
+        _check_secret_refs(source, name, rest, adapter_cls)
+        try:
+            settings = adapter_cls.settings_model.model_validate(rest)
+        except ValidationError as exc:
+            raise _config_error(source, exc, prefix=("targets", name), model=adapter_cls.settings_model) from None
+        merged = root.limits.model_dump()
+        merged.update({k: v for k, v in tc.limits.model_dump().items() if v is not None})
+        targets[name] = Target(
+            name=name,
+            kind=tc.kind,
+            access=tc.access,
+            limits=Limits(**merged),
+            settings=settings,
+            adapter_cls=adapter_cls,
+        )
+    return Config(
+        source=source,
+        base_dir=base_dir,
+        targets=targets,
+        limits=root.limits,
+        confirm=root.confirm,
+        state=root.state,
+    )
+
+
+def _check_secret_refs(source: str, name: str, body: dict[str, Any], adapter_cls: type[Adapter]) -> None:
+    for key, value in body.items():
+        where = f"targets.{name}.{key}"
+        if key in adapter_cls.secret_keys:
+            if not isinstance(value, str) or not SECRET_REF.match(value):
+                raise ConfigError(
+                    source,
+                    where,
+                    "secrets may not be written in the config",
+                    f'use a reference: {key} = "keyring:NAME" (store it with `safe-mcp secrets set NAME`) '
+                    f'or {key} = "env:VAR"',
+                )
+        elif isinstance(value, str) and _URL_PASSWORD.search(value):
+            raise ConfigError(
+                source,
+                where,
+                "this URL contains a password",
+                'remove it from the URL and set password = "keyring:NAME" or "env:VAR"',
+            )
+
+
+def _config_error(
+    source: str, exc: ValidationError, prefix: tuple[str, ...], model: type[BaseModel] | None = None
+) -> ConfigError:
+    err = exc.errors()[0]
+    loc = prefix + tuple(str(p) for p in err["loc"])
+    key = ".".join(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = sorted(model.model_fields) if model is not None else []
+        fix = f"remove it or check its spelling (valid keys here: {', '.join(allowed)})" if allowed else (
+            "remove it or check its spelling against config/safe-mcp.schema.json"
+        )
+        return ConfigError(source, key, "unknown key", fix)
+    if kind == "missing":
+        return ConfigError(source, key, "required key is missing", f"add {loc[-1]} = ...")
+    if kind == "enum":
+        expected = err.get("ctx", {}).get("expected", "")
+        return ConfigError(source, key, f"invalid value {err.get('input')!r}", f"use one of {expected}")
+    return ConfigError(source, key, err["msg"].lower(), "see config/safe-mcp.schema.json for the expected type")

@@ -1,0 +1,543 @@
+"""The gate: the one path from a tool call to a target.
+
+Read it top to bottom in `Gate.run`: classify, decide, idempotency, limits, preview or
+pending, intent receipt, execute, outcome receipt with compensation. `confirm` and
+`undo` re-enter the same steps. Nothing else in safe-mcp holds an adapter.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from safe_mcp.adapter import Adapter, Budget, Call, Classification, Outcome, Preview
+from safe_mcp.config import Config, ConfirmMode, Target
+from safe_mcp.effects import Effect
+from safe_mcp.errors import AdapterError, Escalated, Refused, StateError, TooManyRows
+from safe_mcp.policy import Decision, Verdict, decide
+from safe_mcp.receipts import Receipt, canonical_json, new_id
+from safe_mcp.secrets import Scrubber
+from safe_mcp.state import PendingAction, StateStore
+
+__all__ = ["Caller", "Gate", "GateResult", "PendingView", "inside_gate"]
+
+_IN_GATE: contextvars.ContextVar[bool] = contextvars.ContextVar("safe_mcp_in_gate", default=False)
+_DIGEST_DOMAIN = b"safe-mcp/action/v1\x00"
+# Arguments that steer the gate itself and are not part of what the call does.
+_CONTROL_ARGS = frozenset({"dry_run", "idempotency_key"})
+
+
+def inside_gate() -> bool:
+    """True while the gate is calling an adapter (tests use it to prove there is no other path)."""
+    return _IN_GATE.get()
+
+
+class Caller(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    session: str
+    client: str = "unknown"
+
+
+class PendingView(BaseModel):
+    """What the agent sees of a pending action."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action_id: str
+    target: str
+    tool: str
+    effect: str
+    statement: dict[str, Any]
+    preview: dict[str, Any]
+    confirm_by: str
+    how_to_confirm: str
+    not_before: str
+    expires: str
+
+
+class GateResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    status: Literal["ok", "pending", "dry_run", "duplicate"]
+    receipt_id: str
+    target: str
+    tool: str
+    effect: str
+    message: str
+    result: dict[str, Any] = Field(default_factory=dict)
+    affected: int | None = None
+    undo: str | None = None
+    pending: PendingView | None = None
+    preview: dict[str, Any] | None = None
+
+
+def action_digest(call: Call, policy_digest: str) -> str:
+    """Binds a confirmation to exactly this call on this target under this policy."""
+    doc = {
+        "target": call.target,
+        "tool": call.tool,
+        "args": {k: v for k, v in call.args.items() if k != "dry_run"},
+        "policy": policy_digest,
+    }
+    return hashlib.sha256(_DIGEST_DOMAIN + canonical_json(doc).encode()).hexdigest()
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class Gate:
+    """Owns the adapters and the state store; every tool call goes through `run`, `confirm` or `undo`."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: StateStore,
+        scrubber: Scrubber,
+        secrets: dict[str, dict[str, str]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.scrub = scrubber
+        self.policy_digest = config.policy_digest()
+        self._secrets = secrets or {}
+        self._adapters: dict[str, Adapter] = {}
+        self._adapters_lock = threading.Lock()
+        self._clock = clock
+
+    # ---------------------------------------------------------------- the pipeline
+
+    def run(self, call: Call, caller: Caller) -> GateResult:
+        """Take one call through the whole pipeline.
+
+        Raises:
+            Refused: the call was not run; the text says why and what would allow it.
+        """
+        started = time.perf_counter()
+        target = self._target(call, caller)
+        adapter = self._adapter(target)
+        if call.tool not in adapter.tools:
+            served = ", ".join(sorted(adapter.tools))
+            self._refuse(call, caller, Effect.FORBIDDEN,
+                         f"target {target.name!r} is a {target.kind} target; {call.tool} does not apply to it",
+                         f"use one of: {served}")
+        classification = self._classify(adapter, call, caller)
+        effect = classification.effect
+        if call.tool in _READ_TOOLS and effect is not Effect.READ:
+            self._refuse(call, caller, effect,
+                         f"{call.tool} runs reads only and this is a {effect.value} ({classification.reason})",
+                         "use sql_execute for changes" if call.tool.startswith("sql_") else "use the matching write tool")
+        decision = decide(effect, target, self.config.confirm, classification.reason)
+        if decision.verdict is Verdict.REFUSE:
+            self._refuse(call, caller, effect, decision.reason, decision.remedy)
+
+        key = call.args.get("idempotency_key")
+        if key and effect is not Effect.READ:
+            earlier = self._idempotent_replay(call, caller, effect, key)
+            if earlier is not None:
+                return earlier
+
+        budget = self._budget(target, effect)
+        if effect is not Effect.READ:
+            self._check_session_writes(call, caller, target, effect)
+
+        if call.args.get("dry_run"):
+            preview = self._preview(adapter, call, caller, classification, budget)
+            receipt = self._append(call, caller, preview.effect, "preview", decision.reason, "dry_run",
+                                   affected=preview.affected)
+            return GateResult(
+                status="dry_run", receipt_id=receipt.id, target=call.target, tool=call.tool,
+                effect=preview.effect.value, affected=preview.affected,
+                message=f"dry run: nothing was changed; {self._would_do(preview, decision)}",
+                preview=self.scrub(preview.model_dump(mode="json")),
+            )
+        if decision.verdict is Verdict.CONFIRM:
+            preview = self._preview(adapter, call, caller, classification, budget)
+            return self._make_pending(call, caller, preview, decision)
+        return self._execute(adapter, target, call, caller, classification, decision, started)
+
+    def confirm(self, action_id: str, caller: Caller) -> GateResult:
+        """Execute a pending action confirmed by the agent, exactly once.
+
+        Raises:
+            Refused: unknown, used, expired, too early, needs a human, or changed since the preview.
+        """
+        started = time.perf_counter()
+        action = self.store.pending(action_id)
+        call = Call(target=action.target, tool=action.tool, args=action.call) if action else Call(
+            target="", tool="confirm", args={"action_id": action_id})
+        if action is None:
+            self._refuse(call, caller, Effect.FORBIDDEN, f"no pending action has id {action_id!r}",
+                         "repeat the original call to get a new action_id", tool="confirm")
+            raise AssertionError("unreachable")
+        if action.state != "pending":
+            self._refuse(call, caller, Effect(action.effect),
+                         f"action {action_id} is {action.state}; a confirmation is single use",
+                         "repeat the original call to get a new action_id", tool="confirm", action_id=action_id)
+        now = self._clock()
+        if now > action.expires:
+            if self.store.transition_pending(action_id, "pending", "expired"):
+                self._append(call, caller, Effect(action.effect), "refuse", "confirmation expired", "expired",
+                             tool="confirm", action_id=action_id)
+            self._refuse(call, caller, Effect(action.effect),
+                         f"action {action_id} expired at {_iso(action.expires)}",
+                         "repeat the original call to get a new preview and action_id", tool="confirm", action_id=action_id)
+        if action.confirm_by == ConfirmMode.HUMAN.value:
+            self._refuse(call, caller, Effect(action.effect),
+                         f"action {action_id} waits for approval by a human; an agent cannot confirm it",
+                         "tell the user it is waiting for their approval", tool="confirm", action_id=action_id)
+        if now < action.not_before:
+            wait = action.not_before - now
+            self._refuse(call, caller, Effect(action.effect),
+                         f"too early: confirmations are accepted {wait:.1f}s from now (min_delay_s), after the preview is read",
+                         f"check the preview, then call confirm again in {wait:.1f}s", tool="confirm", action_id=action_id)
+        if action_digest(call, self.policy_digest) != action.digest:
+            self.store.transition_pending(action_id, "pending", "invalid")
+            self._refuse(call, caller, Effect(action.effect),
+                         "the call or the policy changed since this action was previewed; the confirmation no longer applies",
+                         "repeat the original call to get a new preview and action_id", tool="confirm", action_id=action_id)
+        if not self.store.transition_pending(action_id, "pending", "executing"):
+            self._refuse(call, caller, Effect(action.effect),
+                         f"action {action_id} was confirmed by another call at the same moment; it runs once",
+                         "look up its receipt with the receipts tool", tool="confirm", action_id=action_id)
+        try:
+            target = self._target(call, caller)
+            adapter = self._adapter(target)
+            classification = self._classify(adapter, call, caller)
+            allowed = Effect(action.effect)
+            if classification.effect.rank > allowed.rank:
+                self._refuse(call, caller, classification.effect,
+                             f"the call now classifies as {classification.effect.value}, "
+                             f"stronger than the confirmed {allowed.value}",
+                             "repeat the original call for a new preview", tool="confirm", action_id=action_id)
+            decision = decide(allowed, target, self.config.confirm, classification.reason)
+            if decision.verdict is Verdict.REFUSE:
+                self._refuse(call, caller, allowed, decision.reason, decision.remedy, tool="confirm", action_id=action_id)
+            confirmed = classification.model_copy(update={"effect": allowed})
+            self._append(call, caller, allowed, "confirmed", f"confirmed by {caller.client} (agent)", "confirmed",
+                         action_id=action_id, tool=call.tool)
+            result = self._execute(adapter, target, call, caller, confirmed, decision, started, action_id=action_id)
+        except BaseException:
+            self.store.transition_pending(action_id, "executing", "failed")
+            raise
+        self.store.transition_pending(action_id, "executing", "done")
+        return result
+
+    def undo(self, receipt_id: str, caller: Caller) -> GateResult:
+        """Run the compensation recorded for `receipt_id`, once, as a receipted write.
+
+        Raises:
+            Refused: nothing to undo, already undone, or the target's state moved on.
+        """
+        started = time.perf_counter()
+        call = Call(target="", tool="undo", args={"receipt_id": receipt_id})
+        comp = self.store.compensation_for(receipt_id)
+        if comp is None:
+            original = self.store.receipt(receipt_id)
+            if original is None:
+                self._refuse(call, caller, Effect.WRITE, f"no receipt has id {receipt_id!r}",
+                             "list receipts with the receipts tool")
+            assert original is not None
+            why = ("it changed nothing" if original.effect == "read" or original.outcome != "executed"
+                   else "no compensation exists for it (irreversible)")
+            self._refuse(call.model_copy(update={"target": original.target}), caller, Effect.WRITE,
+                         f"receipt {receipt_id} ({original.tool}, {original.outcome}) cannot be undone: {why}")
+            raise AssertionError("unreachable")
+        cid, target_name, data, state, undone_by = comp
+        call = Call(target=target_name, tool="undo", args={"receipt_id": receipt_id})
+        if state != "available":
+            self._refuse(call, caller, Effect.WRITE,
+                         f"receipt {receipt_id} was already undone" + (f" (receipt {undone_by})" if undone_by else ""),
+                         "nothing to do: undo runs once", refers_to=receipt_id)
+        target = self._target(call, caller)
+        adapter = self._adapter(target)
+        decision = decide(Effect.WRITE, target, self.config.confirm.model_copy(update={"write": ConfirmMode.NONE}),
+                          "undo restores recorded state")
+        if decision.verdict is Verdict.REFUSE:
+            self._refuse(call, caller, Effect.WRITE, decision.reason, decision.remedy, refers_to=receipt_id)
+        if not self.store.transition_compensation(cid, "available", "undoing"):
+            self._refuse(call, caller, Effect.WRITE, f"receipt {receipt_id} is being undone by another call",
+                         "look it up with the receipts tool", refers_to=receipt_id)
+        recorded = int(data.get("affected", 0) or 0)
+        budget = Budget(rows_returned=target.limits.rows_returned,
+                        rows_affected=max(target.limits.rows_affected, recorded), allowed_effect=Effect.WRITE)
+        try:
+            self._intent(call, caller, Effect.WRITE, refers_to=receipt_id)
+        except Refused:
+            self.store.transition_compensation(cid, "undoing", "available")
+            raise
+        try:
+            with _gate_scope():
+                outcome = adapter.compensate(data, budget)
+        except AdapterError as exc:
+            self.store.transition_compensation(cid, "undoing", "available")
+            self._fail(call, caller, Effect.WRITE, exc, started, refers_to=receipt_id)
+            raise AssertionError("unreachable") from None
+        receipt = self._append(call, caller, Effect.WRITE, "allow", f"undo of {receipt_id}", "undone",
+                               affected=outcome.affected, refers_to=receipt_id,
+                               duration_ms=_ms(started))
+        self.store.transition_compensation(cid, "undoing", "undone", undone_by=receipt.id)
+        return GateResult(
+            status="ok", receipt_id=receipt.id, target=target_name, tool="undo", effect=Effect.WRITE.value,
+            affected=outcome.affected, result=self.scrub(outcome.result),
+            message=f"undone: {outcome.summary or 'the recorded state was restored'}",
+        )
+
+    # ---------------------------------------------------------------- steps
+
+    def _execute(
+        self, adapter: Adapter, target: Target, call: Call, caller: Caller, classification: Classification,
+        decision: Decision, started: float, action_id: str | None = None,
+    ) -> GateResult:
+        effect = classification.effect
+        key = call.args.get("idempotency_key") if effect is not Effect.READ else None
+        if key:
+            state, _rid, _stored = self.store.claim_idempotency(call.target, key, self._call_digest(call))
+            if state != "claimed":
+                replay = self._idempotent_replay(call, caller, effect, key)
+                if replay is not None:
+                    return replay
+        budget = self._budget(target, effect)
+        try:
+            if effect is not Effect.READ:
+                self._intent(call, caller, effect, action_id=action_id)
+            try:
+                with _gate_scope():
+                    outcome = adapter.execute(call, classification, budget)
+            except Escalated as esc:
+                return self._escalate(adapter, target, call, caller, classification, esc, started, action_id)
+            except TooManyRows as exc:
+                self._fail(call, caller, effect, exc, started, action_id=action_id, outcome="rolled_back",
+                           remedy=f"narrow the statement, or a human can raise rows_affected (now {exc.limit})")
+            except AdapterError as exc:
+                self._fail(call, caller, effect, exc, started, action_id=action_id)
+        except BaseException:
+            if key:
+                self.store.settle_idempotency(call.target, key, None, None)
+            raise
+        comp_id = new_id("comp") if outcome.compensation is not None else None
+        receipt = self._append(
+            call, caller, effect, "allow", decision.reason, "executed", affected=outcome.affected,
+            compensation_id=comp_id, action_id=action_id, duration_ms=_ms(started),
+            compensation=(comp_id, call.tool, outcome.compensation)
+            if comp_id and outcome.compensation is not None else None,
+        )
+        result = GateResult(
+            status="ok", receipt_id=receipt.id, target=call.target, tool=call.tool, effect=effect.value,
+            affected=outcome.affected if effect is not Effect.READ else None,
+            result=self.scrub(outcome.result),
+            undo=(f"undo(receipt_id={receipt.id!r})" if comp_id else None),
+            message=self._done_message(outcome, effect, comp_id is not None),
+        )
+        if key:
+            self.store.settle_idempotency(call.target, key, receipt.id, result.model_dump(mode="json"))
+        return result
+
+    def _escalate(
+        self, adapter: Adapter, target: Target, call: Call, caller: Caller, classification: Classification,
+        esc: Escalated, started: float, action_id: str | None,
+    ) -> GateResult:
+        """The engine measured more than the classifier said: decide again on what it measured."""
+        key = call.args.get("idempotency_key")
+        if key:
+            self.store.settle_idempotency(call.target, key, None, None)
+        self._append(call, caller, esc.effect, "escalate", esc.reason, "rolled_back", action_id=action_id,
+                     duration_ms=_ms(started))
+        decision = decide(esc.effect, target, self.config.confirm, esc.reason)
+        if decision.verdict is Verdict.REFUSE:
+            self._refuse(call, caller, esc.effect, decision.reason, decision.remedy)
+        if decision.verdict is Verdict.CONFIRM or action_id is not None:
+            return self._make_pending(call, caller, esc.preview, decision if decision.confirm_by else Decision(
+                verdict=Verdict.CONFIRM, reason=esc.reason, confirm_by=ConfirmMode.AGENT))
+        stronger = classification.model_copy(update={"effect": esc.effect})
+        return self._execute(adapter, target, call, caller, stronger, decision, started)
+
+    def _make_pending(self, call: Call, caller: Caller, preview: Preview, decision: Decision) -> GateResult:
+        now = self._clock()
+        rules = self.config.confirm
+        confirm_by = decision.confirm_by or ConfirmMode.AGENT
+        action_id = new_id("act")
+        receipt_id = new_id("rcpt")
+        action = PendingAction(
+            id=action_id, created=now, not_before=now + rules.min_delay_s, expires=now + rules.ttl_s,
+            target=call.target, tool=call.tool, call=call.args, effect=preview.effect.value,
+            confirm_by=confirm_by.value, digest=action_digest(call, self.policy_digest),
+            preview=self.scrub(preview.model_dump(mode="json")), state="pending",
+            session=caller.session, receipt_id=receipt_id,
+        )
+        try:
+            self.store.add_pending(action)
+        except StateError as exc:
+            raise Refused(f"could not record the pending action: {exc}",
+                          "retry; if it persists, check the state directory") from None
+        self._append(call, caller, preview.effect, "confirm", decision.reason, "pending",
+                     action_id=action_id, affected=preview.affected, id=receipt_id)
+        if confirm_by is ConfirmMode.HUMAN:
+            how = "a human must approve this outside the agent; tell the user what is waiting and why"
+        else:
+            how = (f"check the preview, then call confirm(action_id={action_id!r}) between "
+                   f"{_iso(action.not_before)} and {_iso(action.expires)}")
+        view = PendingView(
+            action_id=action_id, target=call.target, tool=call.tool, effect=preview.effect.value,
+            statement=self.scrub({k: v for k, v in call.args.items() if k not in _CONTROL_ARGS}),
+            preview=action.preview, confirm_by=confirm_by.value, how_to_confirm=how,
+            not_before=_iso(action.not_before), expires=_iso(action.expires),
+        )
+        return GateResult(
+            status="pending", receipt_id=receipt_id, target=call.target, tool=call.tool,
+            effect=preview.effect.value, affected=preview.affected, pending=view, preview=action.preview,
+            message=f"not executed: {decision.reason}. {self._would_do(preview, decision)}. {how}",
+        )
+
+    def _idempotent_replay(self, call: Call, caller: Caller, effect: Effect, key: str) -> GateResult | None:
+        digest = self._call_digest(call)
+        state, rid, stored = self.store.claim_idempotency(call.target, key, digest)
+        if state == "claimed":
+            # Only looking: release so that execution claims it in its own step.
+            self.store.settle_idempotency(call.target, key, None, None)
+            return None
+        if state == "mismatch":
+            self._refuse(call, caller, effect,
+                         f"idempotency_key {key!r} was already used for a different call on {call.target!r}",
+                         "use a new key for a new call")
+        if state == "running":
+            self._refuse(call, caller, effect, f"a call with idempotency_key {key!r} is running now",
+                         "wait for it and look up its receipt with the receipts tool")
+        assert stored is not None and rid is not None
+        receipt = self._append(call, caller, effect, "allow", f"idempotency_key {key!r} already used by {rid}",
+                               "duplicate", refers_to=rid)
+        first = GateResult.model_validate(stored)
+        return first.model_copy(update={
+            "status": "duplicate",
+            "message": f"already done by receipt {rid} (same idempotency_key); nothing ran again. "
+                       f"This call is recorded as {receipt.id}",
+        })
+
+    # ---------------------------------------------------------------- helpers
+
+    def _target(self, call: Call, caller: Caller) -> Target:
+        target = self.config.targets.get(call.target)
+        if target is None:
+            known = ", ".join(sorted(self.config.targets)) or "none"
+            self._refuse(call, caller, Effect.FORBIDDEN, f"unknown target {call.target!r}",
+                         f"use one of the configured targets: {known} (the targets tool lists them)")
+            raise AssertionError("unreachable")
+        return target
+
+    def _adapter(self, target: Target) -> Adapter:
+        with self._adapters_lock:
+            adapter = self._adapters.get(target.name)
+            if adapter is None:
+                adapter = target.adapter_cls(
+                    target.name, target.settings, self._secrets.get(target.name, {}), base_dir=self.config.base_dir)
+                self._adapters[target.name] = adapter
+            return adapter
+
+    def _classify(self, adapter: Adapter, call: Call, caller: Caller) -> Classification:
+        try:
+            with _gate_scope():
+                return adapter.classify(call)
+        except AdapterError as exc:
+            self._refuse(call, caller, Effect.FORBIDDEN, f"cannot classify the call: {exc}",
+                         "fix the statement; unparseable calls never run")
+            raise AssertionError("unreachable") from None
+
+    def _preview(self, adapter: Adapter, call: Call, caller: Caller, cls: Classification, budget: Budget) -> Preview:
+        try:
+            with _gate_scope():
+                return adapter.preview(call, cls, budget)
+        except AdapterError as exc:
+            self._refuse(call, caller, cls.effect, f"the preview failed: {exc}", "fix the statement and call again")
+            raise AssertionError("unreachable") from None
+
+    def _budget(self, target: Target, effect: Effect) -> Budget:
+        return Budget(rows_returned=target.limits.rows_returned, rows_affected=target.limits.rows_affected,
+                      allowed_effect=effect)
+
+    def _check_session_writes(self, call: Call, caller: Caller, target: Target, effect: Effect) -> None:
+        limit = target.limits.writes_per_session
+        if self.store.count_session_writes(caller.session) >= limit:
+            self._refuse(call, caller, effect, f"this session has used its {limit} writes (writes_per_session)",
+                         "start a new session, or a human can raise limits.writes_per_session")
+
+    def _call_digest(self, call: Call) -> str:
+        return action_digest(call, "")
+
+    def _intent(self, call: Call, caller: Caller, effect: Effect, **extra: Any) -> Receipt:
+        try:
+            return self._append(call, caller, effect, "allow", "about to execute", "intent", **extra)
+        except StateError as exc:
+            raise Refused(f"the intent receipt could not be written ({exc}); nothing was run",
+                          "check the state directory is writable, then retry") from None
+
+    def _append(self, call: Call, caller: Caller, effect: Effect, decision: str, reason: str, outcome: str,
+                *, tool: str | None = None, compensation: tuple[str, str, dict[str, Any]] | None = None,
+                **extra: Any) -> Receipt:
+        args = {k: v for k, v in call.args.items()}
+        return self.store.append(
+            session=caller.session, client=caller.client, target=call.target, tool=tool or call.tool,
+            effect=effect.value, args=self.scrub(args), decision=decision, reason=self.scrub(reason),
+            outcome=outcome, policy_digest=self.policy_digest, compensation=compensation, **extra,
+        )
+
+    def _refuse(self, call: Call, caller: Caller, effect: Effect, reason: str, remedy: str = "",
+                *, tool: str | None = None, **extra: Any) -> None:
+        try:
+            receipt = self._append(call, caller, effect, "refuse", reason, "refused", tool=tool, **extra)
+            rid: str | None = receipt.id
+        except StateError:
+            rid = None
+        raise Refused(self.scrub(reason), self.scrub(remedy), rid)
+
+    def _fail(self, call: Call, caller: Caller, effect: Effect, exc: AdapterError, started: float,
+              outcome: str = "failed", remedy: str = "", **extra: Any) -> None:
+        message = self.scrub(str(exc))
+        try:
+            receipt = self._append(call, caller, effect, "allow", message, outcome, duration_ms=_ms(started), **extra)
+            rid: str | None = receipt.id
+        except StateError:
+            rid = None
+        raise Refused(f"{outcome.replace('_', ' ')}: {message}", remedy or "nothing was changed; fix the call and retry", rid)
+
+    @staticmethod
+    def _would_do(preview: Preview, decision: Decision) -> str:
+        n = "an unknown number of" if preview.affected is None else str(preview.affected)
+        return f"it would affect {n} rows/items ({preview.effect.value})"
+
+    @staticmethod
+    def _done_message(outcome: Outcome, effect: Effect, undoable: bool) -> str:
+        if effect is Effect.READ:
+            return outcome.summary or "read"
+        tail = "; undo with the undo tool and this receipt_id" if undoable else "; no undo is recorded"
+        return f"executed: {outcome.summary or effect.value}, {outcome.affected} affected{tail}"
+
+    def close(self) -> None:
+        with self._adapters_lock:
+            for adapter in self._adapters.values():
+                adapter.close()
+            self._adapters.clear()
+
+
+_READ_TOOLS = frozenset({"sql_query", "sql_schema", "email_outbox"})
+
+
+@contextmanager
+def _gate_scope() -> Iterator[None]:
+    token = _IN_GATE.set(True)
+    try:
+        yield
+    finally:
+        _IN_GATE.reset(token)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

@@ -1,0 +1,66 @@
+"""Receipts: the append-only, hash-chained record of every call outcome."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["GENESIS", "Receipt", "canonical_json", "new_id", "receipt_hash"]
+
+GENESIS = "0" * 64
+_DOMAIN = b"safe-mcp/receipt/v1\x00"
+_B32 = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id(prefix: str) -> str:
+    """A sortable, unguessable id: 48-bit milliseconds then 80 random bits (ULID layout)."""
+    n = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_B32[n & 31])
+        n >>= 5
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+class Receipt(BaseModel):
+    """One call outcome. `hash` covers every other field, `prev` links to the receipt before it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seq: int
+    id: str
+    time: str
+    session: str
+    client: str
+    target: str
+    tool: str
+    effect: str
+    args: dict[str, Any]
+    decision: str
+    reason: str
+    outcome: str
+    affected: int | None = None
+    compensation_id: str | None = None
+    action_id: str | None = None
+    refers_to: str | None = None
+    idempotency_key: str | None = None
+    policy_digest: str
+    duration_ms: float | None = None
+    prev: str
+    hash: str
+
+    def body(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"hash"})
+
+
+def receipt_hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(_DOMAIN + canonical_json(body).encode()).hexdigest()

@@ -1,0 +1,53 @@
+"""Everything one running safe-mcp needs, built from a config: secrets, state store, gate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from safe_mcp.config import Config
+from safe_mcp.effects import Effect
+from safe_mcp.gate import Gate
+from safe_mcp.receipts import new_id
+from safe_mcp.secrets import Scrubber, resolve_ref
+from safe_mcp.state import StateStore
+
+__all__ = ["Runtime"]
+
+
+class Runtime:
+    """Resolves secrets (failing at start, not mid-call), opens the state store, builds the gate."""
+
+    def __init__(self, config: Config, *, session: str | None = None) -> None:
+        self.config = config
+        self.session = session or new_id("sess")
+        secrets: dict[str, dict[str, str]] = {}
+        for name, target in config.targets.items():
+            for key in target.adapter_cls.secret_keys:
+                ref = getattr(target.settings, key, None)
+                if ref:
+                    secrets.setdefault(name, {})[key] = resolve_ref(ref, source=config.source, key=f"targets.{name}.{key}")
+        self.scrub = Scrubber(v for d in secrets.values() for v in d.values())
+        self.store = StateStore(config.state_dir)
+        self.gate = Gate(config, self.store, self.scrub, secrets)
+
+    def serves(self, tool: str) -> bool:
+        return any(tool in t.adapter_cls.tools for t in self.config.targets.values())
+
+    def targets_view(self) -> dict[str, Any]:
+        rules = self.config.confirm
+        out = []
+        for t in self.config.targets.values():
+            described = t.adapter_cls.describe(t.settings)
+            confirm = {e.value: rules.for_effect(e).value for e in Effect if e is not Effect.READ}
+            if t.access.value == "read-only":
+                confirm = {e: ("deny (read-only target)" if e != "forbidden" else "deny") for e in confirm}
+            out.append({
+                "name": t.name, "kind": t.kind, "access": t.access.value, "tools": sorted(t.adapter_cls.tools),
+                "limits": t.limits.model_dump(), "confirm": confirm,
+                "reaches": described.get("reaches", ""), "compensation": described.get("compensation", ""),
+            })
+        return {"targets": out, "confirm_ttl_s": rules.ttl_s, "confirm_min_delay_s": rules.min_delay_s}
+
+    def close(self) -> None:
+        self.gate.close()
+        self.store.close()

@@ -1,0 +1,79 @@
+"""Secret references (`keyring:NAME`, `env:VAR`), their resolution, and scrubbing.
+
+Resolved values live only in memory, in the adapters that need them and in the
+`Scrubber`, which removes every one of them from whatever leaves the server.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from safe_mcp.errors import ConfigError
+
+__all__ = ["KEYRING_SERVICE", "REDACTED", "Scrubber", "resolve_ref"]
+
+KEYRING_SERVICE = "safe-mcp"
+REDACTED = "[redacted]"
+
+
+def resolve_ref(ref: str, *, source: str, key: str) -> str:
+    """Return the secret behind a reference.
+
+    Raises:
+        ConfigError: the reference is malformed or names nothing.
+    """
+    scheme, _, name = ref.partition(":")
+    if scheme == "env":
+        value = os.environ.get(name)
+        if not value:
+            raise ConfigError(source, key, f"environment variable {name} is not set", f"export {name}=... before starting")
+        return value
+    if scheme == "keyring":
+        try:
+            import keyring
+            import keyring.errors
+        except ImportError:  # pragma: no cover - keyring is a core dependency
+            raise ConfigError(source, key, "the keyring package is not installed", "pip install keyring") from None
+        try:
+            value = keyring.get_password(KEYRING_SERVICE, name)
+        except keyring.errors.KeyringError as exc:
+            raise ConfigError(
+                source, key, f"no usable keyring backend ({type(exc).__name__})",
+                f'use {key.rsplit(".", 1)[-1]} = "env:VAR" on headless machines, or install a keyring backend',
+            ) from None
+        if not value:
+            raise ConfigError(source, key, f"keyring has no secret named {name!r}", f"run: safe-mcp secrets set {name}")
+        return value
+    raise ConfigError(source, key, f"not a secret reference: {ref!r}", 'use "keyring:NAME" or "env:VAR"')
+
+
+class Scrubber:
+    """Replaces every known secret value, wherever it appears, with `[redacted]`."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so a secret that contains another is removed whole.
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def add(self, secret: str) -> None:
+        if secret and len(secret) >= 4 and secret not in self._secrets:
+            self._secrets.append(secret)
+            self._secrets.sort(key=len, reverse=True)
+
+    def text(self, value: str) -> str:
+        for s in self._secrets:
+            if s in value:
+                value = value.replace(s, REDACTED)
+        return value
+
+    def __call__(self, value: Any) -> Any:
+        if not self._secrets:
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self(k): self(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self(v) for v in value]
+        return value

@@ -1,0 +1,337 @@
+"""The state store: receipts, pending actions, compensations, idempotency keys.
+
+One SQLite file under the config's state directory, shared safely by `serve` and the
+CLI (WAL, `BEGIN IMMEDIATE` for every append so the hash chain stays linear).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from safe_mcp.errors import StateError
+from safe_mcp.receipts import GENESIS, Receipt, canonical_json, new_id, receipt_hash
+
+__all__ = ["PendingAction", "StateStore", "VerifyReport"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS receipts (
+    seq INTEGER PRIMARY KEY,
+    id TEXT UNIQUE NOT NULL,
+    body TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger_head (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pending (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    not_before REAL NOT NULL,
+    expires REAL NOT NULL,
+    target TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    call TEXT NOT NULL,
+    effect TEXT NOT NULL,
+    confirm_by TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    preview TEXT NOT NULL,
+    state TEXT NOT NULL,
+    session TEXT NOT NULL,
+    receipt_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS compensations (
+    id TEXT PRIMARY KEY,
+    receipt_id TEXT UNIQUE NOT NULL,
+    target TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    data TEXT NOT NULL,
+    state TEXT NOT NULL,
+    undone_by TEXT
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    target TEXT NOT NULL,
+    key TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    state TEXT NOT NULL,
+    receipt_id TEXT,
+    result TEXT,
+    PRIMARY KEY (target, key)
+);
+CREATE INDEX IF NOT EXISTS receipts_session ON receipts (json_extract(body, '$.session'));
+"""
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class PendingAction(BaseModel):
+    """A call that waits for confirmation; bound to `digest` (call + policy)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    created: float
+    not_before: float
+    expires: float
+    target: str
+    tool: str
+    call: dict[str, Any]
+    effect: str
+    confirm_by: str
+    digest: str
+    preview: dict[str, Any]
+    state: str
+    session: str
+    receipt_id: str
+
+
+class VerifyReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    ok: bool
+    count: int
+    first_bad: str | None = None
+    problem: str = ""
+
+
+class StateStore:
+    """All persistent state. Thread-safe; safe to share one file between processes."""
+
+    def __init__(self, directory: Path) -> None:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.path = directory / "state.db"
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"cannot open the state store in {directory}: {exc}") from None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StateError(f"state store write failed: {exc}") from None
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StateError(f"state store read failed: {exc}") from None
+
+    # receipts ---------------------------------------------------------------------------
+
+    def append(self, *, compensation: tuple[str, str, dict[str, Any]] | None = None, **fields: Any) -> Receipt:
+        """Append one receipt to the chain and return it.
+
+        `compensation` (id, tool, data) is stored in the same transaction, so a receipt
+        that names a compensation always has it.
+
+        Raises:
+            StateError: the ledger could not be written; the caller must not go on.
+        """
+        fields.setdefault("time", _now_iso())
+        fields.setdefault("id", new_id("rcpt"))
+        with self._tx() as db:
+            row = db.execute("SELECT seq, hash FROM ledger_head WHERE one = 1").fetchone()
+            seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
+            body = {k: v for k, v in fields.items()}
+            body["seq"], body["prev"] = seq, prev
+            draft = Receipt.model_validate({**body, "hash": ""})
+            digest = receipt_hash(draft.body())
+            receipt = draft.model_copy(update={"hash": digest})
+            db.execute(
+                "INSERT INTO receipts (seq, id, body, hash) VALUES (?, ?, ?, ?)",
+                (seq, receipt.id, canonical_json(receipt.body()), digest),
+            )
+            db.execute(
+                "INSERT INTO ledger_head (one, seq, hash) VALUES (1, ?, ?) "
+                "ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                (seq, digest),
+            )
+            if compensation is not None:
+                cid, tool, data = compensation
+                db.execute(
+                    "INSERT INTO compensations VALUES (?, ?, ?, ?, ?, 'available', NULL)",
+                    (cid, receipt.id, receipt.target, tool, canonical_json(data)),
+                )
+        return receipt
+
+    def receipt(self, receipt_id: str) -> Receipt | None:
+        rows = self._read("SELECT body, hash FROM receipts WHERE id = ?", (receipt_id,))
+        return Receipt.model_validate({**json.loads(rows[0][0]), "hash": rows[0][1]}) if rows else None
+
+    def receipts(self, limit: int = 50, session: str | None = None) -> list[Receipt]:
+        """The newest `limit` receipts, oldest first."""
+        if session is None:
+            rows = self._read("SELECT body, hash FROM receipts ORDER BY seq DESC LIMIT ?", (limit,))
+        else:
+            rows = self._read(
+                "SELECT body, hash FROM receipts WHERE json_extract(body, '$.session') = ? ORDER BY seq DESC LIMIT ?",
+                (session, limit),
+            )
+        return [Receipt.model_validate({**json.loads(b), "hash": h}) for b, h in reversed(rows)]
+
+    def iter_receipts(self) -> Iterator[tuple[int, str, str, str]]:
+        """(seq, id, stored body, stored hash) in ledger order, read in pages."""
+        last = 0
+        while True:
+            rows = self._read("SELECT seq, id, body, hash FROM receipts WHERE seq > ? ORDER BY seq LIMIT 1000", (last,))
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1][0]
+
+    def verify(self) -> VerifyReport:
+        """Check every link of the chain; report the first receipt that does not hold."""
+        prev, expected_seq, count = GENESIS, 1, 0
+        for seq, rid, body_text, stored_hash in self.iter_receipts():
+            count += 1
+            try:
+                body = json.loads(body_text)
+            except ValueError:
+                return VerifyReport(ok=False, count=count, first_bad=rid, problem="body is not valid JSON")
+            if seq != expected_seq:
+                return VerifyReport(
+                    ok=False, count=count, first_bad=rid,
+                    problem=f"receipt #{expected_seq} is missing before it (removed)",
+                )
+            if body.get("prev") != prev:
+                return VerifyReport(ok=False, count=count, first_bad=rid, problem="prev does not match the receipt before")
+            if body.get("seq") != seq or body.get("id") != rid:
+                return VerifyReport(ok=False, count=count, first_bad=rid, problem="id or sequence was altered")
+            actual = receipt_hash(body)
+            if actual != stored_hash:
+                return VerifyReport(ok=False, count=count, first_bad=rid, problem="contents do not match its hash (altered)")
+            prev, expected_seq = stored_hash, seq + 1
+        head = self._read("SELECT seq, hash FROM ledger_head WHERE one = 1")
+        if head and (head[0][0] != expected_seq - 1 or head[0][1] != prev):
+            return VerifyReport(
+                ok=False, count=count, first_bad=f"#{expected_seq}",
+                problem=f"the ledger ends at #{expected_seq - 1} but its head says #{head[0][0]} (receipts removed at the end)",
+            )
+        return VerifyReport(ok=True, count=count)
+
+    def count_session_writes(self, session: str) -> int:
+        rows = self._read(
+            "SELECT count(*) FROM receipts WHERE json_extract(body, '$.session') = ? "
+            "AND json_extract(body, '$.outcome') = 'executed' AND json_extract(body, '$.effect') != 'read'",
+            (session,),
+        )
+        return int(rows[0][0])
+
+    # pending actions -------------------------------------------------------------------
+
+    def add_pending(self, action: PendingAction) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO pending VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    action.id, action.created, action.not_before, action.expires, action.target, action.tool,
+                    canonical_json(action.call), action.effect, action.confirm_by, action.digest,
+                    canonical_json(action.preview), action.state, action.session, action.receipt_id,
+                ),
+            )
+
+    def pending(self, action_id: str) -> PendingAction | None:
+        rows = self._read("SELECT * FROM pending WHERE id = ?", (action_id,))
+        return _pending_from_row(rows[0]) if rows else None
+
+    def pending_list(self, state: str = "pending") -> list[PendingAction]:
+        return [_pending_from_row(r) for r in self._read("SELECT * FROM pending WHERE state = ? ORDER BY created", (state,))]
+
+    def transition_pending(self, action_id: str, from_state: str, to_state: str) -> bool:
+        """Move an action between states atomically; False when another caller got there first."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE pending SET state = ? WHERE id = ? AND state = ?", (to_state, action_id, from_state))
+            return cur.rowcount == 1
+
+    # compensations ---------------------------------------------------------------------
+
+    def compensation_for(self, receipt_id: str) -> tuple[str, str, dict[str, Any], str, str | None] | None:
+        """(compensation id, target, data, state, undone_by) for the receipt that recorded it."""
+        rows = self._read("SELECT id, target, data, state, undone_by FROM compensations WHERE receipt_id = ?", (receipt_id,))
+        if not rows:
+            return None
+        cid, target, data, state, undone_by = rows[0]
+        return cid, target, json.loads(data), state, undone_by
+
+    def transition_compensation(self, cid: str, from_state: str, to_state: str, undone_by: str | None = None) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE compensations SET state = ?, undone_by = coalesce(?, undone_by) WHERE id = ? AND state = ?",
+                (to_state, undone_by, cid, from_state),
+            )
+            return cur.rowcount == 1
+
+    # idempotency -----------------------------------------------------------------------
+
+    def claim_idempotency(self, target: str, key: str, digest: str) -> tuple[str, str | None, dict[str, Any] | None]:
+        """Claim `key` for a call. Returns ("claimed", None, None) for a first use, else
+        (state, receipt id, stored result) of the call that used it before."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT digest, state, receipt_id, result FROM idempotency WHERE target = ? AND key = ?", (target, key)
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO idempotency VALUES (?, ?, ?, 'running', NULL, NULL)", (target, key, digest)
+                )
+                return "claimed", None, None
+        stored_digest, state, rid, result = row
+        if stored_digest != digest:
+            return "mismatch", rid, None
+        return state, rid, (json.loads(result) if result else None)
+
+    def settle_idempotency(self, target: str, key: str, receipt_id: str | None, result: dict[str, Any] | None) -> None:
+        """Record the result of a claimed key, or release the claim when `receipt_id` is None."""
+        with self._tx() as db:
+            if receipt_id is None:
+                db.execute("DELETE FROM idempotency WHERE target = ? AND key = ? AND state = 'running'", (target, key))
+            else:
+                db.execute(
+                    "UPDATE idempotency SET state = 'done', receipt_id = ?, result = ? WHERE target = ? AND key = ?",
+                    (receipt_id, canonical_json(result or {}), target, key),
+                )
+
+
+def _pending_from_row(row: tuple[Any, ...]) -> PendingAction:
+    keys = [
+        "id", "created", "not_before", "expires", "target", "tool", "call", "effect", "confirm_by",
+        "digest", "preview", "state", "session", "receipt_id",
+    ]
+    d = dict(zip(keys, row, strict=True))
+    d["call"], d["preview"] = json.loads(d["call"]), json.loads(d["preview"])
+    return PendingAction.model_validate(d)
+
+
+def monotonic_now() -> float:
+    return time.time()
