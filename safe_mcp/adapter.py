@@ -8,6 +8,7 @@ and only from the gate.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -101,12 +102,15 @@ class Adapter(ABC):
     """Settings keys that hold secret references (`keyring:NAME`, `env:VAR`)."""
 
     def __init__(
-        self, name: str, settings: AdapterSettings, secrets: Mapping[str, str], *, base_dir: str
+        self, name: str, settings: AdapterSettings, secrets: Mapping[str, str], *, base_dir: str, state_dir: str
     ) -> None:
+        """`base_dir` is the config file's folder (resolve relative paths against it); `state_dir` is
+        safe-mcp's state folder, where an adapter may keep files of its own (an outbox, say)."""
         self.name = name
         self.settings = settings
         self.secrets = secrets
         self.base_dir = base_dir
+        self.state_dir = state_dir
 
     @abstractmethod
     def classify(self, call: Call) -> Classification:
@@ -136,8 +140,28 @@ class Adapter(ABC):
 
     @classmethod
     def describe(cls, settings: AdapterSettings) -> dict[str, str]:
-        """What a target with `settings` reaches and what can be undone (no I/O; for `targets` and `check`)."""
+        """What a target with `settings` reaches and what can be undone (no I/O; for `targets` and `check`).
+
+        Keys `reaches` and `compensation` are shown everywhere; any other keys (allow-lists, hold
+        times, ...) are listed by `safe-mcp check` as they are.
+        """
         return {}
+
+    def audit(self) -> dict[str, Any]:
+        """Connect and report what the target's credentials could do beyond the configured access.
+
+        Returns `{"can_write": bool | None, "findings": [str, ...]}`; `can_write` None means unknown.
+        `safe-mcp check` prints it; `serve` on a network transport refuses a read-only target whose
+        credentials can write (unless the adapter's settings allow it).
+        """
+        return {"can_write": None, "findings": []}
+
+    background: ClassVar[bool] = False
+    """True when the adapter has work of its own to do while `serve` runs (see `run_background`)."""
+
+    def run_background(self, stop: threading.Event) -> None:  # noqa: B027 - optional hook
+        """Do background work (e.g. deliver held mail) until `stop` is set. Runs in its own thread
+        when `background` is True; started by `serve` for every such target at start-up."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -113,6 +113,7 @@ class Gate:
         self._adapters: dict[str, Adapter] = {}
         self._adapters_lock = threading.Lock()
         self._clock = clock
+        self._stop = threading.Event()
 
     # ---------------------------------------------------------------- the pipeline
 
@@ -438,7 +439,8 @@ class Gate:
             adapter = self._adapters.get(target.name)
             if adapter is None:
                 adapter = target.adapter_cls(
-                    target.name, target.settings, self._secrets.get(target.name, {}), base_dir=self.config.base_dir)
+                    target.name, target.settings, self._secrets.get(target.name, {}),
+                    base_dir=self.config.base_dir, state_dir=str(self.config.state_dir))
                 self._adapters[target.name] = adapter
             return adapter
 
@@ -520,7 +522,37 @@ class Gate:
         tail = "; undo with the undo tool and this receipt_id" if undoable else "; no undo is recorded"
         return f"executed: {outcome.summary or effect.value}, {outcome.affected} affected{tail}"
 
+    def audit(self, target_name: str) -> dict[str, Any]:
+        """What the target's credentials could do beyond its access (connects; for `check` and `serve`).
+
+        Raises:
+            AdapterError: the target could not be reached.
+        """
+        target = self.config.targets[target_name]
+        with _gate_scope():
+            return self._adapter(target).audit()
+
+    def start_background(self) -> list[threading.Thread]:
+        """Start the background work of every target whose adapter has some (e.g. a mail outbox)."""
+        threads = []
+        for target in self.config.targets.values():
+            if target.adapter_cls.background:
+                adapter = self._adapter(target)
+
+                def work(a: Adapter = adapter) -> None:
+                    token = _IN_GATE.set(True)
+                    try:
+                        a.run_background(self._stop)
+                    finally:
+                        _IN_GATE.reset(token)
+
+                t = threading.Thread(target=work, name=f"safe-mcp-{target.name}", daemon=True)
+                t.start()
+                threads.append(t)
+        return threads
+
     def close(self) -> None:
+        self._stop.set()
         with self._adapters_lock:
             for adapter in self._adapters.values():
                 adapter.close()

@@ -32,6 +32,7 @@ def inventory(config: Config) -> dict[str, Any]:
             "effects": effects,
             "limits": t.limits.model_dump(),
             "compensation": described.get("compensation", "") if t.access is Access.READ_WRITE else "n/a (read-only)",
+            "details": {k: v for k, v in described.items() if k not in {"reaches", "compensation"}},
         })
     return {
         "config": config.source,
@@ -54,6 +55,14 @@ def render_text(inv: dict[str, Any]) -> str:
         lines.append(f"  limits:       rows_returned={lim['rows_returned']} rows_affected={lim['rows_affected']} "
                      f"writes_per_session={lim['writes_per_session']}")
         lines.append(f"  compensation: {t['compensation']}")
+        for key, value in t.get("details", {}).items():
+            lines.append(f"  {key + ':':<14}{value}")
+        if "audit" in t:
+            audit = t["audit"]
+            if audit.get("can_write") and t["access"] == "read-only":
+                lines.append("  WARNING:      its credentials can write although the target is read-only")
+            for finding in audit.get("findings", []):
+                lines.append(f"  audit:        {finding}")
         lines.append("")
     lines.append(f"confirmations expire after {inv['confirm']['ttl_s']}s and are accepted "
                  f"{inv['confirm']['min_delay_s']}s after the preview at the earliest")

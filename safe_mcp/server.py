@@ -40,6 +40,10 @@ Params = Annotated[
     Field(description="values for ? (a list) or :name (an object) placeholders; never paste values into sql"),
 ]
 
+IdemKey = Annotated[str | None, Field(
+    description="a key of yours; a retry with the same key returns the first result, runs nothing")]
+DryRun = Annotated[bool, Field(description="say exactly what it would change, change nothing")]
+
 
 class TargetInfo(BaseModel):
     name: str
@@ -104,6 +108,7 @@ def build_server(runtime: Runtime) -> MCPServer[Any]:
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[Any]) -> AsyncIterator[Runtime]:
+        runtime.gate.start_background()
         try:
             yield runtime
         finally:
@@ -130,7 +135,7 @@ def build_server(runtime: Runtime) -> MCPServer[Any]:
         except SafeMcpError as exc:
             raise ToolError(runtime.scrub(str(exc))) from None
 
-    def sql_call(ctx: Context, tool: str, target: str, **args: Any) -> Callable[[], GateResult]:
+    def gate_call(ctx: Context, tool: str, target: str, **args: Any) -> Callable[[], GateResult]:
         call = Call(target=target, tool=tool, args={k: v for k, v in args.items() if v is not None and v is not False})
         return functools.partial(gate.run, call, caller(ctx))
 
@@ -150,16 +155,14 @@ def build_server(runtime: Runtime) -> MCPServer[Any]:
             Anything that could change data is refused, whatever it looks like. Rows are capped at the
             target's rows_returned; `truncated` says when more existed.
             """
-            r = await through_gate(sql_call(ctx, "sql_query", target, sql=sql, params=params))
+            r = await through_gate(gate_call(ctx, "sql_query", target, sql=sql, params=params))
             return QueryResult(receipt_id=r.receipt_id, target=target, message=r.message, **r.result)
 
         @server.tool(title="Execute one SQL write", annotations=ToolAnnotations(
             read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False))
         async def sql_execute(
             target: str, sql: str, ctx: Context, params: Params = None,
-            idempotency_key: Annotated[str | None, Field(
-                description="a key of yours; a retry with the same key returns the first result, runs nothing")] = None,
-            dry_run: Annotated[bool, Field(description="measure what it would change, change nothing")] = False,
+            idempotency_key: IdemKey = None, dry_run: DryRun = False,
         ) -> ActionResult:
             """Execute one SQL statement that changes data, through the safety gate.
 
@@ -167,14 +170,53 @@ def build_server(runtime: Runtime) -> MCPServer[Any]:
             statements return status "pending" with a preview and change nothing until `confirm`.
             A write touching more rows than the target's rows_affected is rolled back.
             """
-            return _action(await through_gate(sql_call(ctx, "sql_execute", target, sql=sql, params=params,
+            return _action(await through_gate(gate_call(ctx, "sql_execute", target, sql=sql, params=params,
                                                        idempotency_key=idempotency_key, dry_run=dry_run)))
 
         @server.tool(title="Describe tables", annotations=read)
         async def sql_schema(target: str, ctx: Context, table: str | None = None) -> SchemaResult:
             """List the tables and columns of a SQL target, or one table with its indexes and foreign keys."""
-            r = await through_gate(sql_call(ctx, "sql_schema", target, table=table))
+            r = await through_gate(gate_call(ctx, "sql_schema", target, table=table))
             return SchemaResult(receipt_id=r.receipt_id, target=target, tables=r.result.get("tables", []))
+
+    write_tool = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=True)
+
+    if runtime.serves("aws_call"):
+
+        @server.tool(title="Call an AWS API operation", annotations=write_tool)
+        async def aws_call(
+            target: str, service: str, operation: str, ctx: Context,
+            params: Annotated[dict[str, Any] | None, Field(description="the operation's parameters, as in boto3")] = None,
+            idempotency_key: IdemKey = None, dry_run: DryRun = False,
+            max_items: Annotated[int | None, Field(ge=1, description="for paginated reads: stop after this many")] = None,
+        ) -> ActionResult:
+            """Call one AWS operation (boto3 names, e.g. service "s3", operation "ListObjectsV2").
+
+            Classified from the service model: reads run at once; writes are recorded for undo;
+            deletes and terminations need confirmation; deleting backups is never allowed.
+            """
+            return _action(await through_gate(gate_call(
+                ctx, "aws_call", target, service=service, operation=operation, params=params,
+                idempotency_key=idempotency_key, dry_run=dry_run, max_items=max_items)))
+
+    if runtime.serves("email_send"):
+
+        @server.tool(title="Send an email (held in the outbox first)", annotations=write_tool)
+        async def email_send(
+            target: str, to: list[str], subject: str, body: str, ctx: Context,
+            cc: list[str] | None = None, bcc: list[str] | None = None, reply_to: str | None = None,
+            idempotency_key: IdemKey = None,
+        ) -> ActionResult:
+            """Queue an email. It waits in the outbox for the target's hold_s and can be cancelled with
+            `undo` until it leaves. Recipients must match the target's allow-list."""
+            return _action(await through_gate(gate_call(
+                ctx, "email_send", target, to=to, subject=subject, body=body, cc=cc, bcc=bcc,
+                reply_to=reply_to, idempotency_key=idempotency_key)))
+
+        @server.tool(title="Show the outbox", annotations=read)
+        async def email_outbox(target: str, ctx: Context) -> ActionResult:
+            """Messages held, sent and failed on a mail target, with when each leaves."""
+            return _action(await through_gate(gate_call(ctx, "email_outbox", target)))
 
     @server.tool(title="Confirm a pending action", annotations=ToolAnnotations(
         read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False))

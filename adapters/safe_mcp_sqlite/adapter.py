@@ -55,8 +55,9 @@ class SqliteAdapter(Adapter):
     settings_model = SqliteSettings
     tools = frozenset({"sql_query", "sql_execute", "sql_schema"})
 
-    def __init__(self, name: str, settings: AdapterSettings, secrets: Mapping[str, str], *, base_dir: str) -> None:
-        super().__init__(name, settings, secrets, base_dir=base_dir)
+    def __init__(self, name: str, settings: AdapterSettings, secrets: Mapping[str, str], *,
+                 base_dir: str, state_dir: str) -> None:
+        super().__init__(name, settings, secrets, base_dir=base_dir, state_dir=state_dir)
         assert isinstance(settings, SqliteSettings)
         self.s = settings
         self.path = Path(base_dir, settings.path)

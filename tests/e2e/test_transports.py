@@ -1,0 +1,69 @@
+"""The same session over every transport a client uses: in memory, stdio and streamable HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+from support import TRANSPORTS, call, connect, refused, write_config
+
+from safe_mcp.demo import create_shop
+
+pytestmark = pytest.mark.anyio
+
+CONFIG = """
+[targets.shop]
+kind = "sqlite"
+path = "shop.db"
+
+[targets.admin]
+kind = "sqlite"
+path = "shop.db"
+access = "read-write"
+
+[confirm]
+min_delay_s = 0.2
+"""
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Path:
+    create_shop(tmp_path / "shop.db")
+    return write_config(tmp_path, CONFIG)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_read_refuse_pending_confirm_undo(shop: Path, transport: str) -> None:
+    async with connect(shop, transport) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert {"targets", "sql_query", "sql_execute", "sql_schema", "confirm", "undo", "receipts"} <= set(tools)
+        assert tools["sql_query"].annotations.read_only_hint is True
+        assert tools["sql_execute"].annotations.read_only_hint is False
+        assert tools["sql_execute"].output_schema is not None
+
+        rows = await call(client, "sql_query", target="shop", sql="SELECT count(*) FROM orders")
+        assert rows["rows"] == [[12]] and rows["receipt_id"].startswith("rcpt_")
+
+        text = await refused(client, "sql_execute", target="shop", sql="DELETE FROM orders WHERE id = 1")
+        assert "read-only" in text and 'access = "read-write"' in text
+
+        pending = await call(client, "sql_execute", target="admin", sql="DELETE FROM orders")
+        assert pending["status"] == "pending" and pending["affected"] == 12
+        assert len(pending["pending"]["preview"]["sample"]) == 5
+        still = await call(client, "sql_query", target="shop", sql="SELECT count(*) FROM orders")
+        assert still["rows"] == [[12]], "a pending action must change nothing"
+
+        await anyio.sleep(0.25)
+        done = await call(client, "confirm", action_id=pending["pending"]["action_id"])
+        assert done["status"] == "ok" and done["affected"] == 12
+        gone = await call(client, "sql_query", target="shop", sql="SELECT count(*) FROM orders")
+        assert gone["rows"] == [[0]]
+
+        undone = await call(client, "undo", receipt_id=done["receipt_id"])
+        assert undone["affected"] == 12
+        back = await call(client, "sql_query", target="shop", sql="SELECT * FROM orders ORDER BY id")
+        assert len(back["rows"]) == 12 and back["rows"][0][0] == 1
+
+        found = await call(client, "receipts", receipt_id=done["receipt_id"])
+        assert found["receipts"][0]["outcome"] == "executed"

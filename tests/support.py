@@ -1,0 +1,114 @@
+"""Helpers for tests: configs, free ports, and MCP clients over every transport."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import conftest
+from mcp import Client, StdioServerParameters
+
+TRANSPORTS = ["memory", "stdio", "http"]
+
+
+def write_config(directory: Path, text: str, name: str = "safe-mcp.toml") -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            out = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"server exited with {proc.returncode}: {out}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} after {timeout}s")
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip locally when a service is down; fail in CI, where it must be up."""
+    import pytest
+
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return
+    except OSError:
+        msg = f"{name} is not reachable on {host}:{port}"
+        if conftest.REQUIRE_SERVICES:
+            pytest.fail(msg + " and services are required (CI)")
+        pytest.skip(msg)
+
+
+def serve_cmd(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "safe_mcp", "serve", "--config", str(config), *extra]
+
+
+@asynccontextmanager
+async def connect(config: Path, transport: str = "memory", env: dict[str, str] | None = None) -> AsyncIterator[Client]:
+    """An MCP client connected to safe-mcp serving `config` over `transport`."""
+    if transport == "memory":
+        from safe_mcp.config import load_config
+        from safe_mcp.runtime import Runtime
+        from safe_mcp.server import build_server
+
+        async with Client(build_server(Runtime(load_config(config)))) as client:
+            yield client
+    elif transport == "stdio":
+        params = StdioServerParameters(command=sys.executable, args=serve_cmd(config)[1:],
+                                       env={**os.environ, **(env or {})})
+        async with Client(params) as client:
+            yield client
+    elif transport == "http":
+        port = free_port()
+        proc = subprocess.Popen(serve_cmd(config, "--transport", "http", "--port", str(port)),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+        try:
+            wait_port(port, proc)
+            async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+                yield client
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            if proc.stderr:
+                proc.stderr.close()
+    else:
+        raise ValueError(transport)
+
+
+async def call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
+    """Call a tool that must succeed; return its structured result."""
+    r = await client.call_tool(tool, args)
+    assert not r.is_error, r.content[0].text if r.content else r
+    assert r.structured_content is not None
+    return dict(r.structured_content)
+
+
+async def refused(client: Client, tool: str, **args: Any) -> str:
+    """Call a tool that must fail; return the error text the agent sees."""
+    r = await client.call_tool(tool, args)
+    assert r.is_error, f"expected a refusal, got {r.structured_content}"
+    text: str = r.content[0].text
+    return text
