@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,6 +23,7 @@ __all__ = [
     "Budget",
     "Call",
     "Classification",
+    "Ledger",
     "Outcome",
     "Preview",
 ]
@@ -80,6 +81,18 @@ class Budget(BaseModel):
     rows_affected: int
     allowed_effect: Effect
     """The strongest effect the gate decided to allow; more measured means `Escalated`."""
+
+
+class Ledger(Protocol):
+    """Appends a receipt for work an adapter does on its own, outside a tool call (e.g. delivering
+    held mail). Bound by the gate; arguments and reason are scrubbed of secrets. Returns the receipt id.
+
+    Raises:
+        StateError: the ledger could not be written.
+    """
+
+    def __call__(self, *, tool: str, effect: Effect, outcome: str, reason: str, args: dict[str, Any],
+                 affected: int | None = None, refers_to: str | None = None) -> str: ...
 
 
 class AdapterSettings(BaseModel):
@@ -155,6 +168,9 @@ class Adapter(ABC):
         credentials can write (unless the adapter's settings allow it).
         """
         return {"can_write": None, "findings": []}
+
+    ledger: Ledger | None = None
+    """Set by the gate before any call; None when the adapter runs outside a gate (then record nothing)."""
 
     background: ClassVar[bool] = False
     """True when the adapter has work of its own to do while `serve` runs (see `run_background`)."""

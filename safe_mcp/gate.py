@@ -8,6 +8,7 @@ pending, intent receipt, execute, outcome receipt with compensation. `confirm` a
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import threading
 import time
@@ -441,8 +442,19 @@ class Gate:
                 adapter = target.adapter_cls(
                     target.name, target.settings, self._secrets.get(target.name, {}),
                     base_dir=self.config.base_dir, state_dir=str(self.config.state_dir))
+                adapter.ledger = functools.partial(self._record_for_adapter, target.name)
                 self._adapters[target.name] = adapter
             return adapter
+
+    def _record_for_adapter(self, target_name: str, *, tool: str, effect: Effect, outcome: str, reason: str,
+                            args: dict[str, Any], affected: int | None = None, refers_to: str | None = None) -> str:
+        """A receipt for what an adapter did on its own (its `ledger`): same chain, scrubbed, session "background"."""
+        receipt = self.store.append(
+            session="background", client=f"safe-mcp/{target_name}", target=target_name, tool=tool,
+            effect=effect.value, args=self.scrub(args), decision="allow", reason=self.scrub(reason), outcome=outcome,
+            policy_digest=self.policy_digest, affected=affected, refers_to=refers_to,
+        )
+        return receipt.id
 
     def _classify(self, adapter: Adapter, call: Call, caller: Caller) -> Classification:
         try:
