@@ -220,6 +220,11 @@ class SqliteAdapter(Adapter):
                 preview, outcome = self._dml(conn, sql, params, cls, budget)
             elif op == "drop_object":
                 preview, outcome = self._drop_object(conn, sql, params, cls)
+            elif op == "irreversible":
+                conn.execute(sql, params if params is not None else ())
+                preview = Preview(effect=Effect.IRREVERSIBLE, affected=0,
+                                  notes=[f"{cls.summary} cannot be undone by safe-mcp"])
+                outcome = Outcome(affected=0, summary=cls.summary)
             else:
                 raise AdapterError(f"{cls.reason}: safe-mcp has no way to run or undo this on SQLite")
             if preview.affected is not None and preview.affected > budget.rows_affected:
@@ -327,6 +332,8 @@ def _explain_error(exc: sqlite3.Error, deadline: float) -> str:
         return "the statement ran past statement_timeout_s and was stopped; narrow it or raise the limit"
     if "not authorized" in text:
         return "this statement tried to do more than read; reads run on a read-only connection"
+    if "FOREIGN KEY constraint failed" in text:
+        return "FOREIGN KEY constraint failed: rows in other tables refer to the rows this would change; change those first"
     if "no such table" in text:
         return f"{text}; the sql_schema tool lists the tables"
     if "attempt to write a readonly database" in text:

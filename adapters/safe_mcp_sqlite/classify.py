@@ -85,7 +85,8 @@ def collect(conn: sqlite3.Connection, sql: str, params: Any) -> Actions:
         if _EXPLAIN_NESTED.search(str(exc)):
             acts.opcodes = {"__explain__"}
             return acts
-        raise AdapterError(f"sqlite rejected the statement: {exc}") from None
+        hint = "; the sql_schema tool lists the tables and columns" if "no such" in str(exc) else ""
+        raise AdapterError(f"sqlite rejected the statement: {exc}{hint}") from None
     except sqlite3.Warning as exc:
         raise AdapterError(f"sqlite rejected the statement: {exc}") from None
     finally:

@@ -1,0 +1,112 @@
+"""The ledger: hash-chained, append-only; verify finds the first altered or removed receipt."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import write_config
+
+from safe_mcp.receipts import GENESIS, receipt_hash
+from safe_mcp.state import StateStore
+
+
+def _fill(store: StateStore, n: int) -> list[str]:
+    ids = []
+    for i in range(n):
+        r = store.append(session="s", client="c", target="t", tool="sql_execute", effect="write",
+                         args={"sql": f"UPDATE t SET x = {i}"}, decision="allow", reason="r", outcome="executed",
+                         affected=i, policy_digest="p")
+        ids.append(r.id)
+    return ids
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> StateStore:
+    s = StateStore(tmp_path / ".safe-mcp")
+    yield s
+    s.close()
+
+
+def test_chain_links_each_receipt_to_the_one_before(store: StateStore) -> None:
+    ids = _fill(store, 3)
+    rs = [store.receipt(i) for i in ids]
+    assert rs[0].prev == GENESIS
+    assert rs[1].prev == rs[0].hash and rs[2].prev == rs[1].hash
+    assert all(receipt_hash(r.body()) == r.hash for r in rs)
+    assert ids == sorted(ids), "ids sort in ledger order"
+    assert store.verify().ok and store.verify().count == 3
+
+
+def _raw(store: StateStore) -> sqlite3.Connection:
+    return sqlite3.connect(store.path, isolation_level=None)
+
+
+def test_an_altered_receipt_is_named(store: StateStore) -> None:
+    ids = _fill(store, 5)
+    db = _raw(store)
+    body = json.loads(db.execute("SELECT body FROM receipts WHERE id = ?", (ids[2],)).fetchone()[0])
+    body["affected"] = 0
+    db.execute("UPDATE receipts SET body = ? WHERE id = ?", (json.dumps(body), ids[2]))
+    db.close()
+    report = store.verify()
+    assert not report.ok and report.first_bad == ids[2] and "altered" in report.problem
+
+
+def test_an_altered_receipt_with_a_recomputed_hash_breaks_the_next_link(store: StateStore) -> None:
+    ids = _fill(store, 4)
+    db = _raw(store)
+    body = json.loads(db.execute("SELECT body FROM receipts WHERE id = ?", (ids[1],)).fetchone()[0])
+    body["outcome"] = "refused"
+    db.execute("UPDATE receipts SET body = ?, hash = ? WHERE id = ?", (json.dumps(body), receipt_hash(body), ids[1]))
+    db.close()
+    report = store.verify()
+    assert not report.ok and report.first_bad == ids[2]
+
+
+def test_a_receipt_removed_from_the_middle_is_detected(store: StateStore) -> None:
+    ids = _fill(store, 5)
+    db = _raw(store)
+    db.execute("DELETE FROM receipts WHERE id = ?", (ids[1],))
+    db.close()
+    report = store.verify()
+    assert not report.ok and report.first_bad == ids[2] and "missing" in report.problem
+
+
+def test_truncating_the_tail_is_detected(store: StateStore) -> None:
+    ids = _fill(store, 3)
+    db = _raw(store)
+    db.execute("DELETE FROM receipts WHERE id = ?", (ids[-1],))
+    db.close()
+    report = store.verify()
+    assert not report.ok and "removed at the end" in report.problem
+
+
+def test_cli_verify_exit_codes_and_export(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, '[targets.db]\nkind = "sqlite"\npath = "x.db"\n')
+    store = StateStore(tmp_path / ".safe-mcp")
+    ids = _fill(store, 3)
+    store.close()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "safe_mcp", "receipts", *args, "--config", str(cfg)],
+                              capture_output=True, text=True, timeout=60)
+
+    ok = run("verify")
+    assert ok.returncode == 0 and "3 receipts" in ok.stdout
+    lines = run("export").stdout.splitlines()
+    assert [json.loads(x)["id"] for x in lines] == ids
+    shown = json.loads(run("show", ids[1]).stdout)
+    assert shown["id"] == ids[1] and shown["hash"]
+    assert ids[2] in run("list").stdout
+
+    db = sqlite3.connect(tmp_path / ".safe-mcp" / "state.db")
+    db.execute("UPDATE receipts SET body = replace(body, 'UPDATE t SET x = 1', 'UPDATE t SET x = 9')")
+    db.commit()
+    db.close()
+    bad = run("verify")
+    assert bad.returncode == 1 and ids[1] in bad.stdout
