@@ -1,0 +1,104 @@
+"""A moto server (AWS over real HTTP on 127.0.0.1) for the whole session, and configs that point at it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import free_port, wait_port, write_config
+
+KEY_ID = "AKIASAFEMCPTEST00001"
+SECRET = "safe-mcp-test-secret-0123456789abcdef"
+ACCOUNT = "123456789012"  # moto's account
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET}
+    # moto logs every request; a pipe nobody reads would block it, so the log goes to a file
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=log, env=env)
+        try:
+            wait_port(port, proc)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def aws_env() -> Iterator[None]:
+    """Credentials by env: references (as a user would), and no ~/.aws files from this machine."""
+    values = {"SAFE_MCP_TEST_AWS_KEY": KEY_ID, "SAFE_MCP_TEST_AWS_SECRET": SECRET,
+              "AWS_CONFIG_FILE": "/nonexistent/safe-mcp-test", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/safe-mcp-test",
+              "AWS_EC2_METADATA_DISABLED": "true"}
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def boto(moto_endpoint: str) -> Iterator[Callable[[str], Any]]:
+    """Plain boto3 clients on the moto server, for arranging and checking state outside safe-mcp."""
+    import boto3
+
+    clients: list[Any] = []
+
+    def make(service: str) -> Any:
+        c = boto3.client(service, region_name=REGION, endpoint_url=moto_endpoint,
+                         aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def aws_config(directory: Path, endpoint: str, *, account: str = ACCOUNT, extra: str = "",
+               access: str = "read-write", tail: str = "") -> Path:
+    return write_config(directory, f"""
+        [targets.cloud]
+        kind = "aws"
+        region = "{REGION}"
+        account = "{account}"
+        endpoint_url = "{endpoint}"
+        access_key_id = "env:SAFE_MCP_TEST_AWS_KEY"
+        secret_access_key = "env:SAFE_MCP_TEST_AWS_SECRET"
+        access = "{access}"
+        {extra}
+
+        [confirm]
+        min_delay_s = 0
+        {tail}
+        """)
+
+
+def run_instance(ec2: Any, *, protected: bool = False) -> str:
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    out = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                            DisableApiTermination=protected)
+    return str(out["Instances"][0]["InstanceId"])
