@@ -1,0 +1,528 @@
+"""PostgreSQL: reads in READ ONLY transactions that are always rolled back, writes with before-images,
+soft DROP TABLE and TRUNCATE into a trash schema, undo, and an audit of the role."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import ipaddress
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import Field, field_validator
+
+from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview
+from safe_mcp.effects import Effect
+from safe_mcp.errors import AdapterError, Escalated, TooManyRows
+from safe_mcp.receipts import new_id
+from safe_mcp_postgres.capture import capture_sql, restore_rows, sample, table_info
+from safe_mcp_postgres.classify import classify_sql
+from safe_mcp_postgres.engine import Engine, qi, run_one, translate
+
+_SAMPLE = 5
+
+
+class PostgresSettings(AdapterSettings):
+    dsn: str = Field(description="postgresql://user@host:port/db (no password: use `password`)")
+    password: str | None = Field(None, description='a secret reference: "keyring:NAME" or "env:VAR"')
+    statement_timeout_ms: int = Field(30_000, gt=0, description="a statement running longer is cancelled")
+    lock_timeout_ms: int = Field(5_000, gt=0, description="waiting longer for a lock cancels the statement")
+    idle_in_transaction_timeout_ms: int = Field(60_000, gt=0, description="an idle open transaction is ended")
+    connect_timeout_s: int = Field(10, gt=0, description="give up connecting after this long")
+    pool_min_size: int = Field(1, ge=0, description="connections kept open once the pool is in use")
+    pool_max_size: int = Field(4, ge=1, description="connections at most")
+    trash_schema: str = Field("_safe_mcp_trash", min_length=1, max_length=63,
+                              description="where DROP TABLE and TRUNCATE keep the old data for undo")
+    allow_writable_role: bool = Field(False, description="let serve listen on HTTP/SSE for a read-only target "
+                                                          "whose role could write (not recommended)")
+
+    @field_validator("dsn")
+    @classmethod
+    def _no_password(cls, value: str) -> str:
+        try:
+            parts = conninfo_to_dict(value)
+        except psycopg.ProgrammingError:
+            raise ValueError("not a valid PostgreSQL connection string") from None
+        if "password" in parts:
+            raise ValueError('the dsn contains a password: remove it and set password = "keyring:NAME" or "env:VAR"')
+        return value
+
+
+class PostgresAdapter(Adapter):
+    kind = "postgres"
+    settings_model = PostgresSettings
+    tools = frozenset({"sql_query", "sql_execute", "sql_schema"})
+    secret_keys = frozenset({"password"})
+
+    def __init__(self, name: str, settings: AdapterSettings, secrets: Mapping[str, str], *,
+                 base_dir: str, state_dir: str) -> None:
+        super().__init__(name, settings, secrets, base_dir=base_dir, state_dir=state_dir)
+        assert isinstance(settings, PostgresSettings)
+        self.s = settings
+        self.limits = {"statement_timeout": settings.statement_timeout_ms, "lock_timeout": settings.lock_timeout_ms,
+                       "idle_in_transaction_session_timeout": settings.idle_in_transaction_timeout_ms}
+        self.engine = Engine(name, settings.dsn, secrets.get("password"), options=self.limits,
+                             min_size=settings.pool_min_size, max_size=settings.pool_max_size,
+                             connect_timeout_s=settings.connect_timeout_s)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def _error(self, exc: psycopg.Error) -> AdapterError:
+        return translate(exc, self.engine, limits=self.limits, tables=self._table_names)
+
+    # -------------------------------------------------------------- contract
+
+    def classify(self, call: Call) -> Classification:
+        if call.tool == "sql_schema":
+            return Classification(effect=Effect.READ, reason="schema", summary="schema", detail={"op": "schema"})
+        sql, _params = _sql_args(call)
+        return classify_sql(sql, self.s.trash_schema)
+
+    def preview(self, call: Call, classification: Classification, budget: Budget) -> Preview:
+        if classification.effect is Effect.READ:
+            return Preview(effect=Effect.READ, affected=0, notes=["reads change nothing"])
+        return self._write(call, classification, budget, commit=False)[0]
+
+    def execute(self, call: Call, classification: Classification, budget: Budget) -> Outcome:
+        if call.tool == "sql_schema":
+            return self._schema(call.args.get("table"))
+        if classification.effect is Effect.READ:
+            return self._read(call, budget)
+        return self._write(call, classification, budget, commit=True)[1]
+
+    def compensate(self, compensation: Mapping[str, Any], budget: Budget) -> Outcome:
+        comp = dict(compensation)
+        try:
+            with self.engine.connection() as conn:
+                conn.read_only = False
+                n, summary = self._apply_compensation(conn, comp)
+                conn.commit()
+        except psycopg.Error as exc:
+            raise AdapterError(f"undo failed and was rolled back: {self._error(exc)}") from None
+        return Outcome(affected=n, summary=summary, result={"restored": n})
+
+    @classmethod
+    def describe(cls, settings: AdapterSettings) -> dict[str, str]:
+        assert isinstance(settings, PostgresSettings)
+        from safe_mcp_postgres.engine import where
+
+        return {"reaches": f"postgresql {where(settings.dsn)}",
+                "compensation": "before-images of updated/deleted rows (tables with a key); DROP TABLE and TRUNCATE "
+                                f"keep the old data in schema {settings.trash_schema}",
+                "statement_timeout_ms": str(settings.statement_timeout_ms)}
+
+    def audit(self) -> dict[str, Any]:
+        """What the role could do beyond read-only access (superuser, write privileges, server files)."""
+        try:
+            with self.engine.connection() as conn:
+                conn.read_only = True
+                row = conn.execute(_AUDIT_SQL).fetchone()
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+        assert row is not None
+        (user, superuser, createrole, createdb, replication, bypassrls, read_files, write_files, program, signal,
+         write_all, db_create, n_writable, writable, create_in) = row
+        findings = []
+        if superuser:
+            findings.append(f"role {user} is a superuser: it can write anything, read and write server files and "
+                            "run programs")
+        for flag, text in ((createrole, "can create roles (CREATEROLE)"), (createdb, "can create databases"),
+                           (replication, "has REPLICATION"), (bypassrls, "bypasses row-level security"),
+                           (read_files, "is a member of pg_read_server_files"),
+                           (write_files, "is a member of pg_write_server_files"),
+                           (program, "is a member of pg_execute_server_program"),
+                           (signal, "is a member of pg_signal_backend (can cancel other sessions)"),
+                           (write_all, "is a member of pg_write_all_data"),
+                           (db_create, "can create schemas in this database")):
+            if flag and not superuser:
+                findings.append(f"role {user} {text}")
+        if n_writable and not superuser:
+            findings.append(f"role {user} can write to {n_writable} tables (e.g. {', '.join(writable)})")
+        if create_in and not superuser:
+            findings.append(f"role {user} can create objects in schemas {', '.join(create_in)}")
+        can_write = bool(superuser or n_writable or create_in or db_create or write_files or program or write_all)
+        return {"can_write": can_write, "findings": findings}
+
+    # -------------------------------------------------------------- reads
+
+    def _read(self, call: Call, budget: Budget) -> Outcome:
+        sql, params = _sql_args(call)
+        try:
+            with self.engine.connection() as conn:
+                conn.read_only = True
+                try:
+                    cur = run_one(conn, sql, params)
+                    rows = cur.fetchmany(budget.rows_returned + 1) if cur.description else []
+                    columns = [d.name for d in cur.description or ()]
+                finally:
+                    conn.rollback()
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+        truncated = len(rows) > budget.rows_returned
+        rows = rows[: budget.rows_returned]
+        return Outcome(
+            result={"columns": columns, "rows": [[_jsonable(v) for v in r] for r in rows],
+                    "row_count": len(rows), "truncated": truncated},
+            summary=f"{len(rows)} rows" + (f" (truncated at rows_returned={budget.rows_returned})" if truncated else ""),
+        )
+
+    def _table_names(self) -> list[str]:
+        try:
+            with self.engine.connection() as conn:
+                conn.read_only = True
+                rows = conn.execute(_TABLES_SQL, [self.s.trash_schema]).fetchall()
+        except (psycopg.Error, AdapterError):
+            return []
+        return [_shown(s, n) for s, n, _k in rows]
+
+    def _schema(self, table: str | None) -> Outcome:
+        try:
+            with self.engine.connection() as conn:
+                conn.read_only = True
+                listed = conn.execute(_TABLES_SQL, [self.s.trash_schema]).fetchall()
+                names = {_shown(s, n): (s, n, k) for s, n, k in listed}
+                if table is not None and table not in names:
+                    raise AdapterError(f"no table named {table!r}; tables: {', '.join(names) or 'none'}")
+                tables = []
+                for shown in [table] if table else list(names):
+                    schema, name, kind = names[shown]
+                    oid = f"{qi(schema)}.{qi(name)}"
+                    cols = [{"name": c, "type": t, "not_null": nn, "default": d}
+                            for c, t, nn, d in conn.execute(_COLUMNS_SQL, [oid]).fetchall()]
+                    entry: dict[str, Any] = {"name": shown, "kind": _KINDS.get(kind, kind), "columns": cols}
+                    if table:
+                        entry["indexes"] = [r[0] for r in conn.execute(
+                            "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = to_regclass($1)",
+                            [oid]).fetchall()]
+                        entry["constraints"] = [r[0] for r in conn.execute(
+                            "SELECT conname || ': ' || pg_get_constraintdef(oid) FROM pg_constraint "
+                            "WHERE conrelid = to_regclass($1) ORDER BY conname", [oid]).fetchall()]
+                    tables.append(entry)
+        except psycopg.Error as exc:
+            raise AdapterError(f"could not read the schema: {self._error(exc)}") from None
+        return Outcome(result={"tables": tables}, summary=f"{len(tables)} tables")
+
+    # -------------------------------------------------------------- writes
+
+    def _write(self, call: Call, cls: Classification, budget: Budget, *, commit: bool) -> tuple[Preview, Outcome]:
+        """Run a write in one transaction; commit only when `commit` and within `budget`."""
+        sql, params = _sql_args(call)
+        op = cls.detail.get("op")
+        if op == "autocommit":
+            return self._autocommit(sql, cls, commit=commit)
+        try:
+            with self.engine.connection() as conn:
+                conn.read_only = False
+                try:
+                    if op in {"insert", "update", "delete"}:
+                        preview, outcome = self._dml(conn, sql, params, cls)
+                    elif op == "drop_table":
+                        preview, outcome = self._soft_drop(conn, sql, params, cls)
+                    elif op == "truncate":
+                        preview, outcome = self._truncate(conn, sql, params, cls)
+                    elif op == "create":
+                        preview, outcome = self._create(conn, sql, params, cls)
+                    elif op == "plain":
+                        cur = run_one(conn, sql, params)
+                        n = max(cur.rowcount, 0)
+                        preview = Preview(effect=cls.effect, affected=n, notes=[cls.reason, "no compensation exists"])
+                        outcome = Outcome(affected=n, summary=cls.summary, result=_returned(cur, 0, budget))
+                    else:
+                        raise AdapterError(f"{cls.reason}: safe-mcp has no way to run this on PostgreSQL")
+                    if preview.affected is not None and preview.affected > budget.rows_affected:
+                        raise TooManyRows(preview.affected, budget.rows_affected)
+                    if commit and preview.effect.rank > budget.allowed_effect.rank:
+                        raise Escalated(preview.effect, "; ".join(preview.notes) or cls.reason, preview)
+                    if commit:
+                        conn.commit()
+                finally:
+                    if not commit or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                        conn.rollback()
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+        return preview, outcome
+
+    def _autocommit(self, sql: str, cls: Classification, *, commit: bool) -> tuple[Preview, Outcome]:
+        preview = Preview(effect=cls.effect, affected=None, notes=[cls.reason, "it cannot run in a transaction, so "
+                                                                              "it cannot be measured or undone"])
+        if not commit:
+            return preview, Outcome()
+        try:
+            with self.engine.connection() as conn:
+                conn.autocommit = True
+                try:
+                    run_one(conn, sql, None)
+                finally:
+                    conn.autocommit = False
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+        return preview, Outcome(affected=0, summary=cls.summary)
+
+    def _dml(self, conn: psycopg.Connection[Any], sql: str, params: list[Any] | None,
+             cls: Classification) -> tuple[Preview, Outcome]:
+        op = cls.detail["op"]
+        info = table_info(conn, cls.detail.get("schema"), cls.detail["name"])
+        hazard = info.irreversible_because()
+        effect, notes = cls.effect, []
+        if hazard is not None:
+            cur = run_one(conn, sql, params)
+            n = max(cur.rowcount, 0)
+            effect = effect.at_least(Effect.IRREVERSIBLE)
+            notes.append(f"no undo: {hazard}")
+            return (Preview(effect=effect, affected=n, notes=notes),
+                    Outcome(affected=n, summary=cls.summary, result=_returned(cur, 0, None)))
+        rewritten, extra = capture_sql(sql, info)
+        cur = run_one(conn, rewritten, params)
+        rows = cur.fetchall()
+        n = len(rows)
+        width = len(cur.description or ()) - extra
+        if op == "update":
+            images: list[Any] = [[r[width], r[width + 1]] for r in rows]
+        else:
+            images = [r[width] for r in rows]
+        if op in {"update", "delete"} and n > 1:
+            left = conn.execute(f"SELECT count(*) FROM {info.qualified}").fetchone()
+            remaining = int(left[0]) if left else 0
+            every = (op == "delete" and remaining == 0) or (op == "update" and remaining <= n)
+            if every and effect.rank < Effect.DESTRUCTIVE.rank:
+                effect = Effect.DESTRUCTIVE
+                notes.append(f"it changes every row of {info.name} ({n} rows)")
+        preview = Preview(effect=effect, affected=n, sample=sample(info, op, images, _SAMPLE), notes=notes)
+        comp = {"op": "rows", "schema": info.schema, "table": info.name, "columns": info.columns,
+                "types": info.types, "key": info.key, "affected": n,
+                "inserted": images if op == "insert" else [], "updated": images if op == "update" else [],
+                "deleted": images if op == "delete" else []}
+        user = [[_jsonable(v) for v in r[:width]] for r in rows[:_SAMPLE * 20]] if width > 0 else []
+        result: dict[str, Any] = {"rows_affected": n}
+        if width > 0:
+            result["returning"] = user
+            result["columns"] = [d.name for d in (cur.description or ())[:width]]
+        return preview, Outcome(affected=n, compensation=comp, summary=cls.summary, result=result)
+
+    def _trash_ready(self, conn: psycopg.Connection[Any]) -> None:
+        exists = conn.execute("SELECT to_regnamespace($1) IS NOT NULL", [qi(self.s.trash_schema)]).fetchone()
+        if exists and exists[0]:
+            return
+        try:
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {qi(self.s.trash_schema)}")
+        except psycopg.errors.InsufficientPrivilege:
+            raise AdapterError(f"the role cannot create the trash schema {self.s.trash_schema}, so this cannot be made "
+                               f"restorable; a human can run CREATE SCHEMA {self.s.trash_schema} with a role that may") from None
+        except psycopg.errors.UniqueViolation:
+            pass
+
+    def _soft_drop(self, conn: psycopg.Connection[Any], sql: str, params: Any,
+                   cls: Classification) -> tuple[Preview, Outcome]:
+        moved, samples, total, notes = [], [], 0, []
+        self._trash_ready(conn)
+        for t in cls.detail["tables"]:
+            shown = f"{qi(t['schema'])}.{qi(t['name'])}" if t["schema"] else qi(t["name"])
+            found = conn.execute("SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n "
+                                 "ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)", [shown]).fetchone()
+            if found is None:
+                if cls.detail.get("missing_ok"):
+                    notes.append(f"table {t['name']} does not exist; skipped")
+                    continue
+                raise AdapterError(f"no table named {t['name']}; sql_schema lists the tables")
+            oid, schema, name, kind = found
+            if kind not in ("r", "p"):
+                raise AdapterError(f"{name} is not a table (relkind {kind}); DROP TABLE applies to tables")
+            refs = conn.execute("SELECT conrelid::regclass::text FROM pg_constraint WHERE confrelid = $1 "
+                                "AND contype = 'f' AND conrelid <> $1", [oid]).fetchall()
+            if refs:
+                raise AdapterError(f"{name} is referenced by foreign keys from {', '.join(r[0] for r in refs)}; "
+                                   "it cannot be kept restorable. Drop those constraints first (a separate call)")
+            q = f"{qi(schema)}.{qi(name)}"
+            count = int(conn.execute(f"SELECT count(*) FROM {q}").fetchone()[0])  # type: ignore[index]
+            samples += [{"table": name, "change": "drop", "before": _jsonable(r[0])}
+                        for r in conn.execute(f"SELECT to_jsonb(x) FROM {q} AS x LIMIT {_SAMPLE}").fetchall()]
+            trash = _trash_name(name)
+            conn.execute(f"ALTER TABLE {q} RENAME TO {qi(trash)}")
+            conn.execute(f"ALTER TABLE {qi(schema)}.{qi(trash)} SET SCHEMA {qi(self.s.trash_schema)}")
+            moved.append({"schema": schema, "table": name, "trash": trash, "rows": count})
+            total += count
+            notes.append(f"table {name} ({count} rows) is moved to {self.s.trash_schema}.{trash}; undo restores it")
+        preview = Preview(effect=Effect.DESTRUCTIVE, affected=total, sample=samples[:_SAMPLE], notes=notes)
+        comp = {"op": "restore_tables", "tables": moved, "affected": total}
+        return preview, Outcome(affected=total, summary=cls.summary, compensation=comp if moved else None,
+                                result={"dropped": [m["table"] for m in moved], "rows": total})
+
+    def _truncate(self, conn: psycopg.Connection[Any], sql: str, params: Any,
+                  cls: Classification) -> tuple[Preview, Outcome]:
+        self._trash_ready(conn)
+        kept, samples, total = [], [], 0
+        for t in cls.detail["tables"]:
+            info = table_info(conn, t["schema"], t["name"])
+            trash = _trash_name(info.name)
+            cur = conn.execute(f"CREATE TABLE {qi(self.s.trash_schema)}.{qi(trash)} AS TABLE {info.qualified}")
+            count = max(cur.rowcount, 0)
+            samples += [{"table": info.name, "change": "truncate", "before": _jsonable(r[0])}
+                        for r in conn.execute(f"SELECT to_jsonb(x) FROM {info.qualified} AS x LIMIT {_SAMPLE}")]
+            kept.append({"schema": info.schema, "table": info.name, "trash": trash, "columns": info.columns,
+                         "rows": count})
+            total += count
+        run_one(conn, sql, params)
+        preview = Preview(effect=Effect.DESTRUCTIVE, affected=total, sample=samples[:_SAMPLE],
+                          notes=[f"the {total} old rows are kept in {self.s.trash_schema}; undo puts them back"])
+        return preview, Outcome(affected=total, summary=cls.summary,
+                                compensation={"op": "refill", "tables": kept, "affected": total},
+                                result={"truncated": [k["table"] for k in kept], "rows": total})
+
+    def _create(self, conn: psycopg.Connection[Any], sql: str, params: Any,
+                cls: Classification) -> tuple[Preview, Outcome]:
+        d = cls.detail
+        cur = run_one(conn, sql, params)
+        n = max(cur.rowcount, 0) if d["type"] == "table" else 0
+        shown = f"{qi(d['schema'])}.{qi(d['name'])}" if d.get("schema") else qi(d["name"])
+        found = conn.execute("SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                             "WHERE c.oid = to_regclass($1)", [shown]).fetchone()
+        if found is None:
+            raise AdapterError(f"the new {d['type']} {d['name']} cannot be found after creating it")
+        comp = {"op": "drop_created", "type": d["type"], "schema": found[0], "name": d["name"], "affected": 0}
+        preview = Preview(effect=cls.effect, affected=n, notes=[f"undo removes the new {d['type']} "
+                                                               "(a table goes to the trash)"])
+        return preview, Outcome(affected=n, summary=cls.summary, compensation=comp)
+
+    # -------------------------------------------------------------- undo
+
+    def _apply_compensation(self, conn: psycopg.Connection[Any], comp: dict[str, Any]) -> tuple[int, str]:
+        op = comp.get("op")
+        trash = qi(self.s.trash_schema)
+        if op == "rows":
+            n = restore_rows(conn, comp)
+            return n, f"{n} rows of {comp['table']} restored"
+        if op == "restore_tables":
+            for t in comp["tables"]:
+                taken = conn.execute("SELECT to_regclass($1)", [f"{qi(t['schema'])}.{qi(t['table'])}"]).fetchone()
+                if taken and taken[0] is not None:
+                    raise AdapterError(f"a new table named {t['table']} exists now; undo would replace it, so it "
+                                       "stopped and changed nothing (rename or drop the new table first)")
+                if conn.execute("SELECT to_regclass($1)", [f"{trash}.{qi(t['trash'])}"]).fetchone() == (None,):
+                    raise AdapterError(f"the trashed copy of {t['table']} is gone; nothing can be restored")
+                conn.execute(f"ALTER TABLE {trash}.{qi(t['trash'])} SET SCHEMA {qi(t['schema'])}")
+                conn.execute(f"ALTER TABLE {qi(t['schema'])}.{qi(t['trash'])} RENAME TO {qi(t['table'])}")
+            names = ", ".join(t["table"] for t in comp["tables"])
+            return int(comp.get("affected", 0)), f"table {names} restored"
+        if op == "refill":
+            n = 0
+            for t in comp["tables"]:
+                q = f"{qi(t['schema'])}.{qi(t['table'])}"
+                if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {q})").fetchone() != (False,):
+                    raise AdapterError(f"{t['table']} has new rows since it was truncated; undo would mix old and new "
+                                       "data, so it stopped and changed nothing")
+                cols = ", ".join(qi(c) for c in t["columns"])
+                cur = conn.execute(f"INSERT INTO {q} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} "
+                                   f"FROM {trash}.{qi(t['trash'])}")
+                n += max(cur.rowcount, 0)
+                conn.execute(f"DROP TABLE {trash}.{qi(t['trash'])}")
+            return n, f"{n} rows put back"
+        if op == "drop_created":
+            q = f"{qi(comp['schema'])}.{qi(comp['name'])}"
+            if comp["type"] == "table":
+                self._trash_ready(conn)
+                name = _trash_name(comp["name"])
+                conn.execute(f"ALTER TABLE {q} RENAME TO {qi(name)}")
+                conn.execute(f"ALTER TABLE {qi(comp['schema'])}.{qi(name)} SET SCHEMA {trash}")
+                return 0, f"table {comp['name']} moved to {self.s.trash_schema}.{name}"
+            conn.execute(f"DROP {'VIEW' if comp['type'] == 'view' else 'INDEX'} {q}")
+            return 0, f"{comp['type']} {comp['name']} dropped"
+        raise AdapterError(f"unknown compensation {op!r}")
+
+
+# ------------------------------------------------------------------ helpers
+
+_KINDS = {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view", "f": "foreign table"}
+
+_TABLES_SQL = """
+SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1)
+  AND n.nspname NOT LIKE 'pg\\_%' AND NOT c.relispartition
+ORDER BY n.nspname <> 'public', n.nspname, c.relname
+"""
+
+_COLUMNS_SQL = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid)
+FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum
+"""
+
+_AUDIT_SQL = """
+SELECT current_user::text, r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolreplication, r.rolbypassrls,
+  pg_has_role(current_user, 'pg_read_server_files', 'MEMBER'),
+  pg_has_role(current_user, 'pg_write_server_files', 'MEMBER'),
+  pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER'),
+  pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'),
+  pg_has_role(current_user, 'pg_write_all_data', 'MEMBER'),
+  has_database_privilege(current_database(), 'CREATE'),
+  (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname NOT LIKE 'pg\\_%'
+      AND has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')),
+  coalesce((SELECT array_agg(x) FROM (SELECT c.relname::text AS x FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname NOT LIKE 'pg\\_%'
+      AND has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE') ORDER BY 1 LIMIT 5) s), '{}'),
+  coalesce((SELECT array_agg(nspname::text ORDER BY nspname) FROM pg_namespace
+    WHERE has_schema_privilege(oid, 'CREATE') AND nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'),
+    '{}')
+FROM pg_roles r WHERE r.rolname = current_user
+"""
+
+
+def _shown(schema: str, name: str) -> str:
+    return name if schema == "public" else f"{schema}.{name}"
+
+
+def _trash_name(name: str) -> str:
+    return f"{name[:40]}_{new_id('t').split('_', 1)[1][-16:]}".lower()
+
+
+def _returned(cur: psycopg.Cursor[Any], extra: int, budget: Budget | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"rows_affected": max(cur.rowcount, 0)}
+    if cur.description:
+        limit = budget.rows_returned if budget is not None else 100
+        out["columns"] = [d.name for d in cur.description]
+        out["returning"] = [[_jsonable(v) for v in r] for r in cur.fetchmany(limit)]
+    return out
+
+
+def _sql_args(call: Call) -> tuple[str, list[Any] | None]:
+    sql = call.args.get("sql")
+    if not isinstance(sql, str) or not sql.strip():
+        raise AdapterError("sql must be a non-empty string holding one statement")
+    params = call.args.get("params")
+    if params is None:
+        return sql, None
+    if not isinstance(params, list):
+        raise AdapterError("params must be a list: one value per $1, $2, ... placeholder (PostgreSQL has no :name)")
+    return sql, params
+
+
+def _jsonable(value: Any) -> Any:
+    """A value as JSON can carry it: exact numbers and binary as strings, times in ISO 8601."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$bytes": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (uuid.UUID, ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Network,
+                          ipaddress.IPv6Network, ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
+        return str(value)
+    return str(value)

@@ -1,0 +1,182 @@
+"""Connections, the one-statement run, and the translation of driver errors.
+
+Every statement an agent wrote is sent with the extended protocol (a pipeline always uses
+it), which PostgreSQL refuses to run with more than one statement in it, whatever the
+classifier said. Timeouts are connection settings fixed at connect time, so a statement
+cannot change them (SET and set_config are refused anyway).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import RawCursor, errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from safe_mcp.errors import AdapterError
+
+__all__ = ["Engine", "qi", "run_one", "translate"]
+
+
+def qi(name: str) -> str:
+    """Quote an identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def where(dsn: str) -> str:
+    """user@host:port/db of a DSN, for messages (never the password)."""
+    try:
+        d = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "(unparseable dsn)"
+    return f"{d.get('user', '?')}@{d.get('host', 'localhost')}:{d.get('port', 5432)}/{d.get('dbname', '?')}"
+
+
+class Engine:
+    """One lazily opened connection pool for one target."""
+
+    def __init__(self, target: str, dsn: str, password: str | None, *, options: dict[str, int], min_size: int,
+                 max_size: int, connect_timeout_s: int) -> None:
+        self.target = target
+        self.dsn = dsn
+        self.shown = where(dsn)
+        self._password = password
+        self._options = options
+        self._sizes = (min_size, max_size)
+        self._connect_timeout = connect_timeout_s
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._lock = threading.Lock()
+
+    def _kwargs(self) -> dict[str, Any]:
+        opts = " ".join(f"-c {k}={v}" for k, v in self._options.items())
+        kw: dict[str, Any] = {"autocommit": False, "cursor_factory": RawCursor, "options": opts,
+                              "application_name": f"safe-mcp/{self.target}", "connect_timeout": self._connect_timeout}
+        if self._password is not None:
+            kw["password"] = self._password
+        return kw
+
+    def pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        with self._lock:
+            if self._pool is None:
+                pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+                    self.dsn, kwargs=self._kwargs(), min_size=self._sizes[0], max_size=self._sizes[1], open=False,
+                    name=f"safe-mcp-{self.target}", timeout=self._connect_timeout)
+                try:
+                    pool.open(wait=True, timeout=self._connect_timeout)
+                except PoolTimeout:
+                    pool.close()
+                    raise AdapterError(self._connect_failure()) from None
+                self._pool = pool
+            return self._pool
+
+    def _connect_failure(self) -> str:
+        try:
+            with psycopg.connect(self.dsn, **self._kwargs()):
+                reason = "connections kept failing"
+        except psycopg.Error as exc:
+            reason = self.scrub(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
+        return f"cannot connect to target {self.target!r} ({self.shown}): {reason}"
+
+    def scrub(self, text: str) -> str:
+        if self._password and len(self._password) >= 4:
+            text = text.replace(self._password, "[redacted]")
+        return text.replace(self.dsn, self.shown) if self.dsn else text
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection, idle on entry and rolled back on exit unless the caller committed.
+
+        Raises:
+            AdapterError: no connection could be had.
+        """
+        pool = self.pool()
+        try:
+            ctx = pool.connection(timeout=self._connect_timeout)
+            conn = ctx.__enter__()
+        except PoolTimeout:
+            raise AdapterError(f"no connection to target {self.target!r} became free within "
+                               f"{self._connect_timeout}s; retry") from None
+        except psycopg.OperationalError:
+            raise AdapterError(self._connect_failure()) from None
+        try:
+            yield conn
+        except BaseException as exc:
+            _quiet_rollback(conn)
+            ctx.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        _quiet_rollback(conn)
+        ctx.__exit__(None, None, None)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+
+def _quiet_rollback(conn: psycopg.Connection[Any]) -> None:
+    if conn.closed or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return
+    try:
+        conn.rollback()
+    except psycopg.Error:
+        conn.close()  # the pool discards it
+
+
+def run_one(conn: psycopg.Connection[Any], sql: str, params: list[Any] | None) -> psycopg.Cursor[Any]:
+    """Send one statement with the extended protocol (several statements are refused by the server)."""
+    cur = conn.cursor()
+    with conn.pipeline():
+        cur.execute(sql, params)  # type: ignore[arg-type]
+    return cur
+
+
+def translate(exc: psycopg.Error, engine: Engine, *, limits: dict[str, int],
+              tables: Callable[[], list[str]] | None = None) -> AdapterError:
+    """A message the agent can act on, for any psycopg error. Never contains the DSN or the password."""
+    diag = getattr(exc, "diag", None)
+    primary = (diag.message_primary if diag is not None else None) or str(exc).strip() or type(exc).__name__
+    primary = engine.scrub(primary)
+    target = engine.target
+    if isinstance(exc, errors.QueryCanceled):
+        ms = limits.get("statement_timeout", 0)
+        return AdapterError(f"the statement ran longer than statement_timeout_ms = {ms} and was cancelled; narrow it "
+                            f"(WHERE, LIMIT, an index) or a human can raise statement_timeout_ms under "
+                            f"[targets.{target}]")
+    if isinstance(exc, errors.LockNotAvailable):
+        ms = limits.get("lock_timeout", 0)
+        return AdapterError(f"a lock was not granted within lock_timeout_ms = {ms} (another session holds it); retry "
+                            f"later, or a human can raise lock_timeout_ms under [targets.{target}]")
+    if isinstance(exc, errors.IdleInTransactionSessionTimeout):
+        return AdapterError("the session was idle in a transaction too long and was closed; retry")
+    if isinstance(exc, errors.ReadOnlySqlTransaction):
+        return AdapterError(f"this statement tried to write ({primary}); reads run in a READ ONLY transaction. "
+                            "Use sql_execute on a read-write target for changes")
+    if isinstance(exc, errors.UndefinedTable):
+        known = tables() if tables is not None else []
+        shown = ", ".join(known[:50]) + (" ..." if len(known) > 50 else "") if known else "none visible to this role"
+        return AdapterError(f"{primary}; the tables are: {shown} (sql_schema describes them)")
+    if isinstance(exc, errors.UndefinedColumn):
+        return AdapterError(f"{primary}; sql_schema with table=NAME lists the columns")
+    if isinstance(exc, errors.InsufficientPrivilege):
+        return AdapterError(f"the database role of target {target!r} may not do this: {primary}; "
+                            "ask a human to grant it, or do without")
+    if isinstance(exc, errors.UniqueViolation | errors.ForeignKeyViolation | errors.NotNullViolation
+                  | errors.CheckViolation):
+        detail = engine.scrub(diag.message_detail) if diag is not None and diag.message_detail else ""
+        return AdapterError(f"{primary}{': ' + detail if detail else ''}; nothing was changed")
+    if isinstance(exc, errors.SyntaxError | errors.UndefinedFunction | errors.DatatypeMismatch
+                  | errors.InvalidTextRepresentation | errors.UndefinedParameter | errors.AmbiguousColumn):
+        hint = engine.scrub(diag.message_hint) if diag is not None and diag.message_hint else ""
+        return AdapterError(f"postgres rejected the statement: {primary}{' (' + hint + ')' if hint else ''}")
+    if isinstance(exc, psycopg.OperationalError) and getattr(exc, "sqlstate", None) is None:
+        return AdapterError(f"the connection to target {target!r} ({engine.shown}) failed: {primary}; retry")
+    if isinstance(exc, psycopg.ProgrammingError) and "parameter" in primary.lower():
+        return AdapterError(f"bad params: {primary}; pass a list with one value per $1, $2, ... placeholder")
+    code = getattr(exc, "sqlstate", None)
+    return AdapterError(f"postgres: {primary}" + (f" (sqlstate {code})" if code else ""))
