@@ -112,7 +112,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from safe_mcp.runtime import Runtime
     from safe_mcp.server import build_server
 
-    server = build_server(Runtime(config))
+    runtime = Runtime(config)
+    if args.transport != "stdio":
+        # A network listener on a read-only target whose role can write is one bug away from writes.
+        for name, target in config.targets.items():
+            if target.access.value != "read-only" or getattr(target.settings, "allow_writable_role", False):
+                continue
+            if runtime.gate.audit(name).get("can_write"):
+                runtime.close()
+                raise ConfigError(config.source, f"targets.{name}",
+                                  f"target {name!r} is read-only but its database role can write; refusing to serve "
+                                  f"it over {args.transport}",
+                                  f"give it a role that can only read (safe-mcp check lists what it can do), or set "
+                                  f"allow_writable_role = true under [targets.{name}]")
+    server = build_server(runtime)
     if args.transport == "stdio":
         server.run("stdio")
     elif args.transport == "sse":
