@@ -326,6 +326,13 @@ class Gate:
             if key:
                 self.store.settle_idempotency(call.target, key, None, None)
             raise
+        if effect is Effect.READ:
+            rid = self.store.append_later(
+                session=caller.session, client=caller.client, target=call.target, tool=call.tool, effect=effect.value,
+                args=self.scrub(dict(call.args)), decision="allow", reason=decision.reason, outcome="executed",
+                policy_digest=self.policy_digest, duration_ms=_ms(started))
+            return GateResult(status="ok", receipt_id=rid, target=call.target, tool=call.tool, effect=effect.value,
+                              result=self.scrub(outcome.result), message=outcome.summary or "read")
         comp_id = new_id("comp") if outcome.compensation is not None else None
         receipt = self._append(
             call, caller, effect, "allow", decision.reason, "executed", affected=outcome.affected,
@@ -335,7 +342,7 @@ class Gate:
         )
         result = GateResult(
             status="ok", receipt_id=receipt.id, target=call.target, tool=call.tool, effect=effect.value,
-            affected=outcome.affected if effect is not Effect.READ else None,
+            affected=outcome.affected,
             result=self.scrub(outcome.result),
             undo=(f"undo(receipt_id={receipt.id!r})" if comp_id else None),
             message=self._done_message(outcome, effect, comp_id is not None),
@@ -499,8 +506,9 @@ class Gate:
         args = {k: v for k, v in call.args.items()}
         return self.store.append(
             session=caller.session, client=caller.client, target=call.target, tool=tool or call.tool,
-            effect=effect.value, args=self.scrub(args), decision=decision, reason=self.scrub(reason),
-            outcome=outcome, policy_digest=self.policy_digest, compensation=compensation, **extra,
+            effect=effect.value, args=_utf8_safe(self.scrub(args)), decision=decision,
+            reason=_utf8_safe(self.scrub(reason)), outcome=outcome, policy_digest=self.policy_digest,
+            compensation=compensation, **extra,
         )
 
     def _refuse(self, call: Call, caller: Caller, effect: Effect, reason: str, remedy: str = "",
@@ -581,6 +589,18 @@ def _gate_scope() -> Iterator[None]:
         yield
     finally:
         _IN_GATE.reset(token)
+
+
+def _utf8_safe(value: Any) -> Any:
+    """Lone surrogates (JSON "\\ud800" escapes) cannot be encoded, so a receipt holding one could not be
+    written and even the refusal of a bad call would fail; they are recorded backslash-escaped instead."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_utf8_safe(k): _utf8_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_utf8_safe(v) for v in value]
+    return value
 
 
 def _ms(started: float) -> float:

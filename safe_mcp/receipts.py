@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from typing import Any
 
@@ -17,9 +18,20 @@ _DOMAIN = b"safe-mcp/receipt/v1\x00"
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
+_last = [0]
+_id_lock = threading.Lock()
+
+
 def new_id(prefix: str) -> str:
-    """A sortable, unguessable id: 48-bit milliseconds then 80 random bits (ULID layout)."""
-    n = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    """A sortable, unguessable id: 48-bit milliseconds then 80 random bits (ULID layout).
+
+    Monotonic within a process: ids made in the same millisecond sort in the order they were made.
+    """
+    with _id_lock:
+        n = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+        if n <= _last[0]:
+            n = _last[0] + 1 + (int.from_bytes(os.urandom(4), "big") & 0xFFFF)
+        _last[0] = n
     chars = []
     for _ in range(26):
         chars.append(_B32[n & 31])

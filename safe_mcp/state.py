@@ -7,6 +7,7 @@ CLI (WAL, `BEGIN IMMEDIATE` for every append so the hash chain stays linear).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -121,10 +122,62 @@ class StateStore:
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"cannot open the state store in {directory}: {exc}") from None
         self._lock = threading.Lock()
+        # Receipts of reads are group-committed: `append_later` queues them and a flusher thread
+        # writes them in batches. Anything that reads or extends the ledger flushes first, so the
+        # chain order is the order calls finished and no reader misses a receipt it was given.
+        self._later: list[dict[str, Any]] = []
+        self._later_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        self._flusher: threading.Thread | None = None
 
     def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._flusher is not None:
+            self._flusher.join(5)
+        try:
+            self.flush()
+        except StateError as exc:
+            logging.getLogger("safe_mcp").error("%d read receipts could not be written: %s", len(self._later), exc)
         with self._lock:
             self._db.close()
+
+    def append_later(self, **fields: Any) -> str:
+        """Queue a receipt to be appended within ~50 ms; return its id now. For reads only: a write's
+        receipts go through `append`, which fails loudly when the ledger cannot be written."""
+        fields.setdefault("time", _now_iso())
+        fields.setdefault("id", new_id("rcpt"))
+        with self._later_lock:
+            self._later.append(fields)
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_loop, name="safe-mcp-receipts", daemon=True)
+                self._flusher.start()
+        return str(fields["id"])
+
+    def _flush_loop(self) -> None:
+        while not self._closing:
+            self._wake.wait(0.05)
+            self._wake.clear()
+            try:
+                self.flush()
+            except StateError:
+                logging.getLogger("safe_mcp").exception("could not write read receipts; will retry")
+
+    def flush(self) -> None:
+        """Write every queued receipt now."""
+        with self._later_lock:
+            batch, self._later = self._later, []
+        if not batch:
+            return
+        try:
+            with self._tx() as db:
+                for fields in batch:
+                    self._append_in(db, fields, None)
+        except StateError:
+            with self._later_lock:
+                self._later[:0] = batch
+            raise
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -160,37 +213,45 @@ class StateStore:
         """
         fields.setdefault("time", _now_iso())
         fields.setdefault("id", new_id("rcpt"))
+        self.flush()
         with self._tx() as db:
-            row = db.execute("SELECT seq, hash FROM ledger_head WHERE one = 1").fetchone()
-            seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
-            body = {k: v for k, v in fields.items()}
-            body["seq"], body["prev"] = seq, prev
-            draft = Receipt.model_validate({**body, "hash": ""})
-            digest = receipt_hash(draft.body())
-            receipt = draft.model_copy(update={"hash": digest})
+            return self._append_in(db, fields, compensation)
+
+    def _append_in(
+        self, db: sqlite3.Connection, fields: dict[str, Any], compensation: tuple[str, str, dict[str, Any]] | None
+    ) -> Receipt:
+        row = db.execute("SELECT seq, hash FROM ledger_head WHERE one = 1").fetchone()
+        seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
+        body = {k: v for k, v in fields.items()}
+        body["seq"], body["prev"] = seq, prev
+        draft = Receipt.model_validate({**body, "hash": ""})
+        digest = receipt_hash(draft.body())
+        receipt = draft.model_copy(update={"hash": digest})
+        db.execute(
+            "INSERT INTO receipts (seq, id, body, hash) VALUES (?, ?, ?, ?)",
+            (seq, receipt.id, canonical_json(receipt.body()), digest),
+        )
+        db.execute(
+            "INSERT INTO ledger_head (one, seq, hash) VALUES (1, ?, ?) "
+            "ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            (seq, digest),
+        )
+        if compensation is not None:
+            cid, tool, data = compensation
             db.execute(
-                "INSERT INTO receipts (seq, id, body, hash) VALUES (?, ?, ?, ?)",
-                (seq, receipt.id, canonical_json(receipt.body()), digest),
+                "INSERT INTO compensations VALUES (?, ?, ?, ?, ?, 'available', NULL)",
+                (cid, receipt.id, receipt.target, tool, canonical_json(data)),
             )
-            db.execute(
-                "INSERT INTO ledger_head (one, seq, hash) VALUES (1, ?, ?) "
-                "ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                (seq, digest),
-            )
-            if compensation is not None:
-                cid, tool, data = compensation
-                db.execute(
-                    "INSERT INTO compensations VALUES (?, ?, ?, ?, ?, 'available', NULL)",
-                    (cid, receipt.id, receipt.target, tool, canonical_json(data)),
-                )
         return receipt
 
     def receipt(self, receipt_id: str) -> Receipt | None:
+        self.flush()
         rows = self._read("SELECT body, hash FROM receipts WHERE id = ?", (receipt_id,))
         return Receipt.model_validate({**json.loads(rows[0][0]), "hash": rows[0][1]}) if rows else None
 
     def receipts(self, limit: int = 50, session: str | None = None) -> list[Receipt]:
         """The newest `limit` receipts, oldest first."""
+        self.flush()
         if session is None:
             rows = self._read("SELECT body, hash FROM receipts ORDER BY seq DESC LIMIT ?", (limit,))
         else:
@@ -202,6 +263,7 @@ class StateStore:
 
     def iter_receipts(self) -> Iterator[tuple[int, str, str, str]]:
         """(seq, id, stored body, stored hash) in ledger order, read in pages."""
+        self.flush()
         last = 0
         while True:
             rows = self._read("SELECT seq, id, body, hash FROM receipts WHERE seq > ? ORDER BY seq LIMIT 1000", (last,))
@@ -241,6 +303,7 @@ class StateStore:
         return VerifyReport(ok=True, count=count)
 
     def count_session_writes(self, session: str) -> int:
+        self.flush()
         rows = self._read(
             "SELECT count(*) FROM receipts WHERE json_extract(body, '$.session') = ? "
             "AND json_extract(body, '$.outcome') = 'executed' AND json_extract(body, '$.effect') != 'read'",
