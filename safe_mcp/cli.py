@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("pending", parents=[common], help="list pending actions with their previews")
 
+    ob = sub.add_parser("outbox", help="list or cancel held mail")
+    osub = ob.add_subparsers(dest="action", required=True, metavar="ACTION")
+    osub.add_parser("list", parents=[common], help="the latest messages of every mail target")
+    oc = osub.add_parser("cancel", parents=[common], help="cancel a held message (through undo, receipted)")
+    oc.add_argument("id", help="the message's outbox id (msg_...) or the receipt id of its email_send")
+
     cc = sub.add_parser("client-config", parents=[common], help="print the JSON to paste into a client")
     cc.add_argument("client", choices=["cursor", "claude"])
 
@@ -255,8 +261,50 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from safe_mcp.adapter import Call
+    from safe_mcp.gate import Caller
+
+    rt = _runtime(args)
+    who = Caller(session=rt.session, client="safe-mcp-cli")
+    try:
+        if args.action == "list":
+            mail = [n for n, t in rt.config.targets.items() if "email_outbox" in t.adapter_cls.tools]
+            for name in mail:
+                r = rt.gate.run(Call(target=name, tool="email_outbox"), who)
+                print(f"target {name}: {r.message}")
+                for m in r.result.get("messages", []):
+                    when = m.get("leaves_at") or m.get("finished_at") or ""
+                    error = f"  error: {m['last_error']}" if m.get("last_error") else ""
+                    print(f"  {m['id']}  {m['status']:<16} {when}  to={','.join(m.get('to') or [])}  "
+                          f"{m.get('subject')!r}{error}")
+            if not mail:
+                print("no mail targets in this config")
+            return 0
+        receipt_id = args.id if args.id.startswith("rcpt_") else _send_receipt(rt, args.id)
+        if receipt_id is None:
+            print(f"safe-mcp: no email_send receipt names message {args.id!r}", file=sys.stderr)
+            return 1
+        r = rt.gate.undo(receipt_id, who)
+        print(f"{r.message} (receipt {r.receipt_id})")
+        return 0
+    finally:
+        rt.close()
+
+
+def _send_receipt(rt: Runtime, outbox_id: str) -> str | None:
+    """The receipt of the email_send that queued `outbox_id` (its compensation names the message)."""
+    for _seq, rid, body, _digest in rt.store.iter_receipts():
+        doc = json.loads(body)
+        if doc.get("tool") == "email_send" and doc.get("compensation_id"):
+            comp = rt.store.compensation_for(rid)
+            if comp is not None and comp[2].get("outbox_id") == outbox_id:
+                return rid
+    return None
+
+
 _COMMANDS = {
     "serve": cmd_serve, "demo": cmd_demo, "check": cmd_check, "receipts": cmd_receipts, "undo": cmd_undo,
     "pending": cmd_pending, "client-config": cmd_client_config, "secrets": cmd_secrets,
-    "config-schema": cmd_config_schema,
+    "config-schema": cmd_config_schema, "outbox": cmd_outbox,
 }
