@@ -99,6 +99,8 @@ def aws_config(directory: Path, endpoint: str, *, account: str = ACCOUNT, extra:
 
 def run_instance(ec2: Any, *, protected: bool = False) -> str:
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    out = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro",
-                            DisableApiTermination=protected)
-    return str(out["Instances"][0]["InstanceId"])
+    out = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro")
+    instance = str(out["Instances"][0]["InstanceId"])
+    if protected:  # moto ignores DisableApiTermination on RunInstances; the attribute call it honours
+        ec2.modify_instance_attribute(InstanceId=instance, DisableApiTermination={"Value": True})
+    return instance
