@@ -36,7 +36,7 @@ class Recorder:
     attempts: int = 0
     entered: threading.Event = field(default_factory=threading.Event)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's hook name
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.attempts += 1
         if self.script:
             return self.script.pop(0)
@@ -56,7 +56,7 @@ class Server:
         kwargs: dict[str, Any] = {}
         if user:
             def auth(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
-                ok = isinstance(data, LoginPassword) and data.login == user.encode() and data.password == (password or "").encode()
+                ok = isinstance(data, LoginPassword) and (data.login, data.password) == (user.encode(), (password or "").encode())
                 return AuthResult(success=ok)
             kwargs = {"authenticator": auth, "auth_require_tls": False}
         self.controller = Controller(self.recorder, hostname="127.0.0.1", port=port, **kwargs)
