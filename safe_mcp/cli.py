@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", parents=[common], help="validate a config and print its blast radius")
     c.add_argument("--format", choices=["text", "json"], default="text")
+    c.add_argument("--offline", action="store_true", help="do not connect to targets to audit their credentials")
 
     r = sub.add_parser("receipts", help="list, show, verify or export receipts")
     rsub = r.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -152,11 +153,33 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     config = _config(args)
     inv = inventory(config)
+    if not args.offline:
+        _audit_targets(config, inv)
     if args.format == "json":
         print(json.dumps(inv, indent=2))
     else:
         print(render_text(inv))
     return 0
+
+
+def _audit_targets(config: Config, inv: dict[str, Any]) -> None:
+    """Connect to every target whose adapter can audit its credentials and add what it found."""
+    from safe_mcp.adapter import Adapter
+    from safe_mcp.runtime import Runtime
+
+    auditable = [t for t in config.targets.values() if t.adapter_cls.audit is not Adapter.audit]
+    if not auditable:
+        return
+    rt = Runtime(config, session="check")
+    try:
+        by_name = {t["name"]: t for t in inv["targets"]}
+        for t in auditable:
+            try:
+                by_name[t.name]["audit"] = rt.gate.audit(t.name)
+            except SafeMcpError as exc:
+                by_name[t.name]["audit"] = {"can_write": None, "findings": [f"could not connect: {exc}"]}
+    finally:
+        rt.close()
 
 
 def cmd_receipts(args: argparse.Namespace) -> int:
