@@ -215,6 +215,11 @@ class PostgresAdapter(Adapter):
         op = cls.detail.get("op")
         if op == "autocommit":
             return self._autocommit(sql, cls, commit=commit)
+        if op == "plain" and not commit:
+            # No compensation exists, so it does not run at all before approval (not even rolled back:
+            # sequences, for one, would still advance).
+            return Preview(effect=cls.effect, affected=None, notes=[cls.reason, "not measured: it runs only once "
+                                                                                "approved, and cannot be undone"]), Outcome()
         try:
             with self.engine.connection() as conn:
                 conn.read_only = False
