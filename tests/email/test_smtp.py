@@ -182,8 +182,7 @@ async def test_allow_list_refuses_the_whole_message(tmp_path: Path, port: int, a
         async with connect(config(tmp_path, port, hold_s=0.1)) as client:
             text = await refused(client, "email_send", target="mail", subject="s", body="b", **args)
             assert named in text
-            await anyio.sleep(0.3)
-            assert smtp.received == [] and (await outbox(client))["messages"] == []
+            assert smtp.received == [] and (await outbox(client))["messages"] == []  # nothing queued: nothing can leave
 
 
 @pytest.mark.parametrize(("args", "says"), [
@@ -214,7 +213,6 @@ async def test_bad_input_is_refused_clearly(tmp_path: Path, port: int, args: dic
             full = {"to": ["a@example.com"], "subject": "s", "body": "b", **args}
             text = await refused(client, "email_send", target="mail", **full)
             assert says in text, text
-            await anyio.sleep(0.2)
             assert smtp.received == [] and (await outbox(client))["messages"] == []
 
 
