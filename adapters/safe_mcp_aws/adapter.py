@@ -151,8 +151,6 @@ class AwsAdapter(Adapter):
         op = classification.detail.get("operation", "")
         try:
             return self._measure(service, op, params, classification, budget)
-        except (AdapterError, TooManyRows):
-            raise
         except _boto_errors() as exc:
             raise self._error(exc, f"{service}.{op} (preview)") from None
 
@@ -241,8 +239,6 @@ class AwsAdapter(Adapter):
             if classification.effect is Effect.READ:
                 return self._read(service, op, params, call.args.get("max_items"), budget)
             return self._write(service, op, params, classification, budget)
-        except (AdapterError, TooManyRows, Escalated):
-            raise
         except _boto_errors() as exc:
             raise self._error(exc, f"{service}.{op}") from None
 
@@ -348,8 +344,6 @@ class AwsAdapter(Adapter):
 
         try:
             n, summary = comp.apply(self._client, compensation)
-        except AdapterError:
-            raise
         except _boto_errors() as exc:
             raise self._error(exc, "undo") from None
         return Outcome(affected=n, summary=summary, result={"restored": n})

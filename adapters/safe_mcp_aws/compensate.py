@@ -38,7 +38,7 @@ def s3_state(s3: Client, bucket: str, key: str) -> dict[str, Any] | None:
 
 
 def s3_versioned(s3: Client, bucket: str) -> bool:
-    return s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled"
+    return bool(s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled")
 
 
 def s3_keep(s3: Client, bucket: str, keys: list[str], quarantine: str) -> list[dict[str, Any]]:
