@@ -9,7 +9,7 @@ import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -23,6 +23,7 @@ __all__ = [
     "ConfirmMode",
     "ConfirmRules",
     "Limits",
+    "ServerSettings",
     "StateSettings",
     "Target",
     "default_config_path",
@@ -83,6 +84,18 @@ class StateSettings(_Strict):
     path: str = Field(".safe-mcp", description="receipts, pending actions and trash; relative to the config")
 
 
+class ServerSettings(_Strict):
+    """How HTTP/SSE listeners authenticate callers and which Host/Origin headers they accept."""
+
+    auth: Literal["token", "none"] = Field(
+        "token", description='token: every HTTP/SSE request needs a token from `safe-mcp token create`; '
+                             'none: no authentication, allowed only on a loopback-only listener')
+    allowed_hosts: list[str] = Field(default_factory=list, description='Host headers accepted, e.g. "mcp.internal:8765" '
+                                                                       'or "mcp.internal:*"; required beyond loopback')
+    allowed_origins: list[str] = Field(default_factory=list, description='Origin headers accepted, e.g. '
+                                                                         '"https://ide.internal"; required beyond loopback')
+
+
 class _TargetCommon(_Strict):
     kind: str
     access: Access = Access.READ_ONLY
@@ -111,6 +124,9 @@ class Config(BaseModel):
     limits: Limits
     confirm: ConfirmRules
     state: StateSettings
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    org_policy: dict[str, Any] = Field(default_factory=dict)
+    """Set by `safe_mcp.orgpolicy.apply_policy`: source, digest, forbid lists and provenance of the org policy."""
 
     @property
     def state_dir(self) -> Path:
@@ -131,6 +147,8 @@ class Config(BaseModel):
                 for n, t in sorted(self.targets.items())
             },
         }
+        if self.org_policy.get("digest"):
+            doc["org_policy"] = self.org_policy["digest"]
         blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(b"safe-mcp/policy/v1\x00" + blob).hexdigest()
 
@@ -140,6 +158,7 @@ class _Root(_Strict):
     limits: Limits = Field(default_factory=Limits)
     confirm: ConfirmRules = Field(default_factory=ConfirmRules)
     state: StateSettings = Field(default_factory=StateSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
 
 
 def default_config_path() -> Path:
@@ -212,6 +231,7 @@ def parse_config(raw: dict[str, Any], *, source: str, base_dir: str) -> Config:
         limits=root.limits,
         confirm=root.confirm,
         state=root.state,
+        server=root.server,
     )
 
 

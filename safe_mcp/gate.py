@@ -22,6 +22,7 @@ from safe_mcp.adapter import Adapter, Budget, Call, Classification, Outcome, Pre
 from safe_mcp.config import Config, ConfirmMode, Target
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Escalated, Refused, StateError, TooManyRows
+from safe_mcp.orgpolicy import org_forbid
 from safe_mcp.policy import Decision, Verdict, decide
 from safe_mcp.receipts import Receipt, canonical_json, new_id
 from safe_mcp.secrets import Scrubber
@@ -466,7 +467,9 @@ class Gate:
     def _classify(self, adapter: Adapter, call: Call, caller: Caller) -> Classification:
         try:
             with _gate_scope():
-                return adapter.classify(call)
+                classification = adapter.classify(call)
+            # The org policy's [forbid] lists add to the adapter's own forbidden calls.
+            return org_forbid(self.config, call, classification) if self.config.org_policy else classification
         except AdapterError as exc:
             self._refuse(call, caller, Effect.FORBIDDEN, f"cannot classify the call: {exc}",
                          "fix the statement; unparseable calls never run")

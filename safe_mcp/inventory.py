@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from safe_mcp.config import Access, Config
+from safe_mcp.config import Access, Config, Target
 from safe_mcp.effects import Effect
+from safe_mcp.orgpolicy import reaches
 from safe_mcp.policy import Verdict, decide
 
-__all__ = ["inventory", "render_text"]
+__all__ = ["inventory", "inventory_schema", "render_md", "render_text"]
 
 
 def inventory(config: Config) -> dict[str, Any]:
@@ -24,10 +25,14 @@ def inventory(config: Config) -> dict[str, Any]:
                 else "refused"
             )
         described = t.adapter_cls.describe(t.settings)
+        refs = {k: str(getattr(t.settings, k)) for k in sorted(t.adapter_cls.secret_keys) if getattr(t.settings, k, None)}
         targets.append({
             "name": t.name, "kind": t.kind, "access": t.access.value,
             "reaches": described.get("reaches", ""),
             "credentials": sorted(t.adapter_cls.secret_keys & set(t.settings.model_fields_set)),
+            "credential_refs": refs,
+            "reaches_detail": reaches(t.settings),
+            "forbidden": _forbidden(config, t),
             "tools": sorted(t.adapter_cls.tools),
             "effects": effects,
             "limits": t.limits.model_dump(),
@@ -39,8 +44,23 @@ def inventory(config: Config) -> dict[str, Any]:
         "state": str(config.state_dir),
         "confirm": {"ttl_s": config.confirm.ttl_s, "min_delay_s": config.confirm.min_delay_s},
         "policy_digest": config.policy_digest(),
+        "org_policy": ({k: config.org_policy[k] for k in ("source", "digest", "ceilings", "network")}
+                       if config.org_policy else None),
+        "provenance": config.org_policy.get("provenance", {}),
         "targets": targets,
     }
+
+
+def _forbidden(config: Config, t: Target) -> list[str]:
+    out = [f"built-in: what the {t.kind} adapter classifies as forbidden (never runs, whatever the config)"]
+    forbid = config.org_policy.get("forbid") or {}
+    if {"sql_query", "sql_execute"} & t.adapter_cls.tools:
+        out += [f"org policy: SQL function {f}" for f in forbid.get("sql", [])]
+    if "aws_call" in t.adapter_cls.tools:
+        out += [f"org policy: {op}" for op in forbid.get("aws", [])]
+    if t.access is Access.READ_ONLY:
+        out.append("every write (read-only target)")
+    return out
 
 
 def render_text(inv: dict[str, Any]) -> str:
@@ -67,3 +87,77 @@ def render_text(inv: dict[str, Any]) -> str:
     lines.append(f"confirmations expire after {inv['confirm']['ttl_s']}s and are accepted "
                  f"{inv['confirm']['min_delay_s']}s after the preview at the earliest")
     return "\n".join(lines)
+
+
+def render_md(inv: dict[str, Any]) -> str:
+    """The inventory as Markdown, for a security review."""
+    lines = [f"# safe-mcp inventory: `{inv['config']}`", "", f"- state: `{inv['state']}`",
+             f"- policy digest: `{inv['policy_digest']}`"]
+    org = inv.get("org_policy")
+    lines.append(f"- org policy: `{org['source']}` (digest `{org['digest']}`)" if org else "- org policy: none")
+    lines.append("")
+    for t in inv["targets"]:
+        lines += [f"## {t['name']} ({t['kind']}, {t['access']})", "", "| | |", "|---|---|",
+                  f"| reaches | {t['reaches']} |"]
+        for key, values in t["reaches_detail"].items():
+            if values:
+                lines.append(f"| {key} | {', '.join(values)} |")
+        refs = ", ".join(f"{k} = `{v}`" for k, v in t["credential_refs"].items()) or "none"
+        lines += [f"| credentials | {refs} |", f"| tools | {', '.join(t['tools'])} |"]
+        lines += [f"| {effect} | {verdict} |" for effect, verdict in t["effects"].items()]
+        lines.append(f"| limits | {', '.join(f'{k}={v}' for k, v in t['limits'].items())} |")
+        lines.append(f"| compensation | {t['compensation']} |")
+        lines.append(f"| forbidden | {'; '.join(t['forbidden'])} |")
+        lines.append("")
+    if inv.get("provenance"):
+        lines += ["## Where each value came from", "", "| key | source |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(inv["provenance"].items())]
+    return "\n".join(lines)
+
+
+def inventory_schema() -> dict[str, Any]:
+    """The JSON schema of `safe-mcp check --format json` (published as config/inventory.schema.json)."""
+    strs = {"type": "array", "items": {"type": "string"}}
+    target = {
+        "type": "object", "additionalProperties": False,
+        "required": ["name", "kind", "access", "reaches", "credentials", "credential_refs", "reaches_detail",
+                     "forbidden", "tools", "effects", "limits", "compensation", "details"],
+        "properties": {
+            "name": {"type": "string"}, "kind": {"type": "string"},
+            "access": {"enum": [a.value for a in Access]},
+            "reaches": {"type": "string", "description": "the system and host/account the target reaches"},
+            "credentials": {**strs, "description": "settings keys that hold secret references"},
+            "credential_refs": {"type": "object", "additionalProperties": {"type": "string"},
+                                "description": "the references themselves (keyring:NAME, env:VAR); never values"},
+            "reaches_detail": {"type": "object", "additionalProperties": False,
+                               "required": ["hosts", "aws_accounts", "regions", "recipients"],
+                               "properties": {k: strs for k in ("hosts", "aws_accounts", "regions", "recipients")}},
+            "forbidden": strs,
+            "tools": strs,
+            "effects": {"type": "object", "required": [e.value for e in Effect],
+                        "additionalProperties": {"type": "string"},
+                        "description": "per effect class: allowed, needs <who> confirmation, or refused"},
+            "limits": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "compensation": {"type": "string"},
+            "details": {"type": "object", "additionalProperties": {"type": "string"}},
+            "audit": {"type": "object", "properties": {"can_write": {"type": ["boolean", "null"]}, "findings": strs}},
+        },
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "safe-mcp inventory (safe-mcp check --format json)",
+        "type": "object", "additionalProperties": False,
+        "required": ["config", "state", "confirm", "policy_digest", "org_policy", "provenance", "targets"],
+        "properties": {
+            "config": {"type": "string"}, "state": {"type": "string"},
+            "confirm": {"type": "object", "properties": {"ttl_s": {"type": "integer"}, "min_delay_s": {"type": "number"}}},
+            "policy_digest": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "org_policy": {"oneOf": [{"type": "null"}, {
+                "type": "object", "required": ["source", "digest", "ceilings", "network"],
+                "properties": {"source": {"type": "string"}, "digest": {"type": "string"},
+                               "ceilings": {"type": "object"}, "network": {"type": "object"}}}]},
+            "provenance": {"type": "object", "additionalProperties": {"type": "string"},
+                           "description": "effective key -> config, default, or the org policy rule that set it"},
+            "targets": {"type": "array", "items": target},
+        },
+    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from safe_mcp.config import Access, ConfirmRules, Limits, LimitsOverride, StateSettings
+from safe_mcp.config import Access, ConfirmRules, Limits, LimitsOverride, ServerSettings, StateSettings
 from safe_mcp.registry import available_kinds, load_adapter
 
 __all__ = ["config_schema"]
@@ -41,6 +41,7 @@ def config_schema() -> dict[str, Any]:
             "limits": ref(Limits, "Limits"),
             "confirm": ref(ConfirmRules, "ConfirmRules"),
             "state": ref(StateSettings, "StateSettings"),
+            "server": ref(ServerSettings, "ServerSettings"),
         },
         "required": ["targets"],
         "$defs": defs,

@@ -31,6 +31,11 @@ def resolve_ref(ref: str, *, source: str, key: str) -> str:
             raise ConfigError(source, key, f"environment variable {name} is not set", f"export {name}=... before starting")
         return value
     if scheme == "keyring":
+        from safe_mcp.secretstore import file_secret, secrets_file
+
+        file = secrets_file()
+        if file is not None:
+            return file_secret(file, name, source=source, key=key)
         try:
             import keyring
             import keyring.errors
@@ -41,7 +46,8 @@ def resolve_ref(ref: str, *, source: str, key: str) -> str:
         except keyring.errors.KeyringError as exc:
             raise ConfigError(
                 source, key, f"no usable keyring backend ({type(exc).__name__})",
-                f'use {key.rsplit(".", 1)[-1]} = "env:VAR" on headless machines, or install a keyring backend',
+                "on a headless machine set SAFE_MCP_SECRETS_FILE=/path/secrets.toml (mode 0600) and store it with "
+                f"`safe-mcp secrets set {name}`, use an env:VAR reference, or install a keyring backend",
             ) from None
         if not value:
             raise ConfigError(source, key, f"keyring has no secret named {name!r}", f"run: safe-mcp secrets set {name}")

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import anyio.to_thread
 from mcp.server import MCPServer
+from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
@@ -17,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from safe_mcp import __version__
 from safe_mcp.adapter import Call
+from safe_mcp.auth import TokenStore
 from safe_mcp.errors import Refused, SafeMcpError
 from safe_mcp.gate import Caller, Gate, GateResult, PendingView
 from safe_mcp.receipts import new_id
@@ -102,8 +104,12 @@ def _action(r: GateResult) -> ActionResult:
     return ActionResult.model_validate(r.model_dump())
 
 
-def build_server(runtime: Runtime) -> MCPServer[Any]:
-    """An MCPServer whose every tool goes through `runtime.gate`."""
+def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str = "") -> MCPServer[Any]:
+    """An MCPServer whose every tool goes through `runtime.gate`.
+
+    With `tokens`, HTTP/SSE requests need a live bearer token (401 otherwise) and the token's name is
+    recorded as the caller in every receipt; `url` is this server's own URL (its resource identifier).
+    """
     gate: Gate = runtime.gate
 
     @asynccontextmanager
@@ -114,6 +120,14 @@ def build_server(runtime: Runtime) -> MCPServer[Any]:
         finally:
             await anyio.to_thread.run_sync(runtime.close)
 
+    auth: dict[str, Any] = {}
+    if tokens is not None:
+        from mcp.server.auth.settings import AuthSettings
+
+        from safe_mcp.auth import MCP_SCOPE, TokenVerifier
+
+        auth = {"token_verifier": TokenVerifier(tokens), "auth": AuthSettings(
+            issuer_url=url, resource_server_url=url, required_scopes=[MCP_SCOPE], validate_token_resource=False)}
     server: MCPServer[Any] = MCPServer(
         "safe-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
     )
@@ -123,17 +137,25 @@ def build_server(runtime: Runtime) -> MCPServer[Any]:
         params = ctx.session.client_params
         if params is not None:
             client = f"{params.client_info.name}/{params.client_info.version}"
+        token = get_access_token()
+        if token is not None:
+            client = f"token:{token.client_id} via {client}"
         headers = ctx.headers or {}
         session = headers.get("mcp-session-id") or runtime.session
         return Caller(session=session, client=client)
 
     async def through_gate(fn: Callable[[], T]) -> T:
         try:
-            return await anyio.to_thread.run_sync(fn)
+            result = await anyio.to_thread.run_sync(fn)
         except Refused as exc:
-            raise ToolError(exc.text()) from None
+            raise ToolError(runtime.scrub(exc.text())) from None
         except SafeMcpError as exc:
             raise ToolError(runtime.scrub(str(exc))) from None
+        if isinstance(result, BaseModel):
+            # Last line of defence: no resolved secret leaves in any field, whatever the adapter returned.
+            scrubbed: T = type(result).model_validate(runtime.scrub(result.model_dump(mode="json")))
+            return scrubbed
+        return result
 
     def gate_call(ctx: Context, tool: str, target: str, **args: Any) -> Callable[[], GateResult]:
         call = Call(target=target, tool=tool, args={k: v for k, v in args.items() if v is not None and v is not False})

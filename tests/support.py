@@ -84,7 +84,7 @@ async def connect(config: Path, transport: str = "memory", env: dict[str, str] |
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
         try:
             wait_port(port, proc)
-            async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            async with http_client(f"http://127.0.0.1:{port}/mcp", config, env=env) as client:
                 yield client
         finally:
             proc.terminate()
@@ -96,6 +96,28 @@ async def connect(config: Path, transport: str = "memory", env: dict[str, str] |
                 proc.stderr.close()
     else:
         raise ValueError(transport)
+
+
+def create_token(config: Path, name: str = "test-client", role: str = "agent", env: dict[str, str] | None = None) -> str:
+    """A new bearer token from `safe-mcp token create` (HTTP/SSE require one by default)."""
+    r = subprocess.run([sys.executable, "-m", "safe_mcp", "token", "create", "--config", str(config), "--name", name,
+                        "--role", role], capture_output=True, text=True, env={**os.environ, **(env or {})}, check=True)
+    return r.stdout.strip()
+
+
+@asynccontextmanager
+async def http_client(url: str, config: Path, env: dict[str, str] | None = None,
+                      token: str | None = None) -> AsyncIterator[Client]:
+    """An MCP client over streamable HTTP sending a fresh token for `config` (or `token`)."""
+    import uuid
+
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    bearer = token or create_token(config, name=f"test-{uuid.uuid4().hex[:8]}", env=env)
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {bearer}"}) as http, \
+            Client(streamable_http_client(url, http_client=http)) as client:
+        yield client
 
 
 async def call(client: Client, tool: str, **args: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import anyio
 import pytest
 from mailserver import Recorder, Server
 from mcp import Client
-from support import call, connect, free_port, refused, serve_cmd, wait_port, write_config
+from support import call, connect, free_port, http_client, refused, serve_cmd, wait_port, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -344,7 +344,7 @@ async def test_a_crash_mid_send_is_reported_never_sent_twice(tmp_path: Path, por
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_port(http, proc)
-            async with Client(f"http://127.0.0.1:{http}/mcp") as client:
+            async with http_client(f"http://127.0.0.1:{http}/mcp", cfg) as client:
                 sent = await call(client, "email_send", target="mail", to=["a@example.com"], subject="s", body="b")
                 await anyio.to_thread.run_sync(rec.entered.wait, 10)
                 proc.kill()  # the sender is inside DATA, waiting for the server's reply

@@ -1,0 +1,161 @@
+"""CLI commands for locked-down installs: `policy keygen|sign|verify`, `token create|list|revoke`,
+`secrets check`, `inventory-schema`, and the HTTP/SSE listener set-up used by `serve`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from safe_mcp.config import Config
+    from safe_mcp.runtime import Runtime
+
+__all__ = ["COMMANDS", "add_parsers", "run_server", "secrets_check"]
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("policy", help="org policy signing: keygen, sign, verify")
+    psub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    kg = psub.add_parser("keygen", help="write DIR/policy.key (keep it secret) and DIR/policy.pub (pin it)")
+    kg.add_argument("--out", metavar="DIR", default=".", help="directory for the key pair (default .)")
+    sg = psub.add_parser("sign", help="write FILE.sig beside FILE")
+    sg.add_argument("file")
+    sg.add_argument("--key", metavar="K", required=True, help="the policy.key from keygen")
+    vf = psub.add_parser("verify", help="check FILE against FILE.sig and a public key, and that it parses")
+    vf.add_argument("file")
+    vf.add_argument("--pub", metavar="P", help="public key (default: $SAFE_MCP_POLICY_PUBKEY, else /etc/safe-mcp/policy.pub)")
+
+    t = sub.add_parser("token", help="bearer tokens for HTTP/SSE clients")
+    tsub = t.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tc = tsub.add_parser("create", parents=[common], help="create a token; it is printed once, only its hash is kept")
+    tc.add_argument("--name", required=True, help="who uses it; recorded in every receipt of its calls")
+    tc.add_argument("--role", choices=["agent", "approver", "admin"], default="agent")
+    tsub.add_parser("list", parents=[common], help="tokens by name, role and state (never the tokens)")
+    tr = tsub.add_parser("revoke", parents=[common], help="revoke the live token with this name")
+    tr.add_argument("name")
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from safe_mcp.signing import keygen, sign_file
+
+    if args.action == "keygen":
+        key, pub_path = keygen(Path(args.out))
+        print(f"private key: {key} (keep it off developer machines)\npublic key:  {pub_path} (pin it: /etc/safe-mcp/policy.pub "
+              "or SAFE_MCP_POLICY_PUBKEY)")
+        return 0
+    if args.action == "sign":
+        sig = sign_file(Path(args.file), Path(args.key))
+        print(f"signed: {sig}")
+        return 0
+    from safe_mcp.orgpolicy import find_policy, load_policy
+
+    pub: Path | None = Path(args.pub) if args.pub else find_policy(None)[1]
+    if pub is None:
+        print("safe-mcp: no public key: pass --pub or set SAFE_MCP_POLICY_PUBKEY", file=sys.stderr)
+        return 2
+    policy = load_policy(Path(args.file), pub)
+    print(f"ok: {policy.source} is signed by {pub}; digest {policy.digest}")
+    return 0
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from safe_mcp.auth import TokenStore
+    from safe_mcp.cli import _config
+
+    return TokenStore(_config(args).state_dir)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        if args.action == "create":
+            token = store.create(args.name, args.role)
+            print(token)
+            print(f"token {args.name!r} ({args.role}) created; it is shown once. Send it as 'Authorization: Bearer ...'",
+                  file=sys.stderr)
+            return 0
+        if args.action == "list":
+            for info in store.list():
+                state = "revoked " + time.strftime("%Y-%m-%d %H:%M", time.gmtime(info.revoked)) if info.revoked else "live"
+                print(f"{info.name:<24} {info.role:<9} created {time.strftime('%Y-%m-%d %H:%M', time.gmtime(info.created))}"
+                      f"  {state}")
+            return 0
+        if store.revoke(args.name):
+            print(f"revoked {args.name!r}; requests with it now get 401")
+            return 0
+        print(f"safe-mcp: no live token named {args.name!r}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+
+
+def cmd_inventory_schema(args: argparse.Namespace) -> int:
+    from safe_mcp.inventory import inventory_schema
+
+    print(json.dumps(inventory_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+def secrets_check(config: Config) -> int:
+    """Resolve every secret reference of `config`; print ok or the problem for each, never a value."""
+    from safe_mcp.errors import ConfigError
+    from safe_mcp.secrets import resolve_ref
+
+    bad = 0
+    seen = 0
+    for name, target in config.targets.items():
+        for key in sorted(target.adapter_cls.secret_keys):
+            ref = getattr(target.settings, key, None)
+            if not ref:
+                continue
+            seen += 1
+            try:
+                resolve_ref(ref, source=config.source, key=f"targets.{name}.{key}")
+                print(f"ok       targets.{name}.{key} = {ref}")
+            except ConfigError as exc:
+                bad += 1
+                print(f"MISSING  targets.{name}.{key} = {ref}: {exc.problem}" + (f" (fix: {exc.fix})" if exc.fix else ""))
+    if not seen:
+        print("this config references no secrets")
+    return 1 if bad else 0
+
+
+def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopback: bool) -> None:
+    """Serve `runtime`: stdio, or HTTP/SSE with tokens (unless opted out on loopback) and Host/Origin checks."""
+    from safe_mcp.secretstore import install_log_scrubber
+    from safe_mcp.server import build_server
+
+    install_log_scrubber(runtime.scrub)
+    if transport == "stdio":
+        build_server(runtime).run("stdio")
+        return
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    from safe_mcp.auth import TokenStore
+
+    settings = runtime.config.server
+    tokens = TokenStore(runtime.config.state_dir) if settings.auth == "token" else None
+    path = "/sse" if transport == "sse" else "/mcp"
+    shown = f"[{host}]" if ":" in host else host
+    server = build_server(runtime, tokens=tokens, url=f"http://{shown}:{port}{path}")
+    hosts, origins = list(settings.allowed_hosts), list(settings.allowed_origins)
+    if loopback:
+        hosts += ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+        origins += ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+    security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+    logging.getLogger("safe_mcp").info("serving %s on %s:%s (auth: %s)", transport, host, port, settings.auth)
+    if transport == "sse":
+        server.run("sse", host=host, port=port, transport_security=security)
+    else:
+        server.run("streamable-http", host=host, port=port, transport_security=security)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "policy": cmd_policy, "token": cmd_token, "inventory-schema": cmd_inventory_schema,
+}
