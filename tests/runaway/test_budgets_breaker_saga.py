@@ -174,3 +174,35 @@ def test_gameday_passes_on_the_demo_config_and_fails_on_a_loose_one(tmp_path: Pa
         assert " FAIL " in line, line
     assert "would have done damage" in bad.stdout
     assert rows(demo, "SELECT * FROM orders ORDER BY id") == before
+
+
+async def test_run_undo_covers_rows_and_a_held_mail(tmp_path: Path) -> None:
+    """A mixed run: a SQLite write and a held mail; undoing the run restores the rows and cancels the mail."""
+    cfg = make(tmp_path, per_minute=100, refusals=50)
+    cfg.write_text(cfg.read_text() + """
+[targets.mail]
+kind = "smtp"
+host = "127.0.0.1"
+port = 2
+tls = "none"
+from = "agent@example.com"
+allow_recipients = ["*@example.com"]
+hold_s = 600
+access = "read-write"
+""")
+    async with connect(cfg, "memory") as c:
+        await call(c, "sql_execute", target="admin", sql="UPDATE orders SET status = 'refunded' WHERE id = 2", run_id="refunds")
+        sent = await call(c, "email_send", target="mail", to=["ada@example.com"], subject="Your refund",
+                          body="Refunded.", run_id="refunds")
+        assert sent["status"] == "ok"
+        outbox = await call(c, "email_outbox", target="mail")
+        assert "held" in json.dumps(outbox)
+    undo = cli(cfg, "undo", "--run", "refunds")
+    assert undo.returncode == 0, undo.stdout + undo.stderr
+    assert "undone: 2; not undone: 0" in undo.stdout
+    assert rows(tmp_path, "SELECT status FROM orders WHERE id = 2") == [("shipped",)]
+    async with connect(cfg, "memory") as c:
+        outbox = await call(c, "email_outbox", target="mail")
+        assert "cancelled" in json.dumps(outbox)
+    again = cli(cfg, "undo", "--run", "refunds")
+    assert again.returncode == 0 and "undone: 0" in again.stdout
