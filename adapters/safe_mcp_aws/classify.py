@@ -77,6 +77,12 @@ FORBIDDEN_OPS: dict[str, str] = {
        for op in ("AssumeRole", "AssumeRoleWithSAML", "AssumeRoleWithWebIdentity", "AssumeRoot",
                   "GetSessionToken", "GetFederationToken")},
     "ecr:GetAuthorizationToken": "it returns registry credentials",
+    # Secrets stores: a read would put a secret into the agent's context, where injected text can ask
+    # it to post the value anywhere. Secrets reach code through config references, not through the agent.
+    "secretsmanager:GetSecretValue": "it returns a secret's value",
+    "secretsmanager:BatchGetSecretValue": "it returns secrets' values",
+    "kms:Decrypt": "it returns decrypted data keys or secrets",
+    "kms:GenerateDataKey": "it returns a plaintext data key",
     "codeartifact:GetAuthorizationToken": "it returns repository credentials",
     "s3:PutObjectLockConfiguration": "object lock protects data from deletion",
     "s3:PutObjectRetention": "object lock retention protects data from deletion",
@@ -191,6 +197,9 @@ def _forbidden_by_params(key: str, p: Mapping[str, Any]) -> str:
             return f"{key} with VersionId deletes object versions permanently"
     if key.startswith("s3:") and p.get("BypassGovernanceRetention"):
         return f"{key} with BypassGovernanceRetention overrides object lock"
+    if key in {"ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "ssm:GetParameterHistory"} \
+            and p.get("WithDecryption"):
+        return f"{key} with WithDecryption returns SecureString secrets in clear text"
     if key == "ec2:ModifyInstanceAttribute":
         flag = p.get("DisableApiTermination")
         value = flag.get("Value") if isinstance(flag, Mapping) else flag

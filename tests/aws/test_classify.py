@@ -63,6 +63,11 @@ def test_every_operation_of_every_service_has_an_effect(models: Any) -> None:
     ("iam", "ListUsers", {}, Effect.READ),
     ("cognito-idp", "AdminDeleteUser", {}, Effect.IRREVERSIBLE),
     # forbidden: backups and their protection, identity, keys, audit, organizations, credentials
+    ("secretsmanager", "GetSecretValue", {"SecretId": "x"}, Effect.FORBIDDEN),
+    ("secretsmanager", "DescribeSecret", {"SecretId": "x"}, Effect.READ),
+    ("ssm", "GetParameter", {"Name": "x", "WithDecryption": True}, Effect.FORBIDDEN),
+    ("ssm", "GetParameter", {"Name": "x"}, Effect.READ),
+    ("kms", "Decrypt", {}, Effect.FORBIDDEN),
     ("rds", "DeleteDBSnapshot", {}, Effect.FORBIDDEN),
     ("rds", "DeleteDBClusterSnapshot", {}, Effect.FORBIDDEN),
     ("rds", "ModifyDBSnapshotAttribute", {}, Effect.FORBIDDEN),
