@@ -55,6 +55,9 @@ def setup(d: Path, rows: int) -> Path:
         [limits]
         rows_affected = 100000
         writes_per_session = 100000000
+        writes_per_minute = 100000000
+        writes_per_hour = 100000000
+        rows_affected_per_hour = 1000000000
         rows_returned = 1000
     """))
     return cfg

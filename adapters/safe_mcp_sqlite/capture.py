@@ -26,6 +26,14 @@ def encode(value: Any) -> Any:
     return value
 
 
+def encode_all(values: Any) -> list[Any]:
+    """`encode` over a row; rows without blobs (nearly all) are copied as they are."""
+    for v in values:
+        if type(v) is bytes:
+            return [encode(x) for x in values]
+    return list(values)
+
+
 def decode(value: Any) -> Any:
     if isinstance(value, dict) and "$blob" in value:
         return base64.b64decode(value["$blob"])
@@ -117,23 +125,24 @@ class Capture:
             if not rows:
                 continue
             deleted, inserted = [], []
-            before: dict[tuple[Any, ...], list[Any]] = {}
-            after: dict[tuple[Any, ...], tuple[list[Any], list[Any]]] = {}
+            before: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+            after: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
+            kn, nn = 2 + nk, 2 + 2 * nk
             for r in rows:
-                op, k, n, vals = r[1], list(r[2:2 + nk]), list(r[2 + nk:2 + 2 * nk]), list(r[2 + 2 * nk:])
+                op = r[1]
                 if op == "D":
-                    deleted.append({"key": [encode(x) for x in k], "row": [encode(x) for x in vals]})
+                    deleted.append({"key": encode_all(r[2:kn]), "row": encode_all(r[nn:])})
                 elif op == "U":
-                    before.setdefault(tuple(k), vals)
+                    before.setdefault(r[2:kn], r[nn:])
                 elif op == "A":
-                    after[tuple(k)] = (n, vals)
+                    after[r[2:kn]] = (r[kn:nn], r[nn:])
                 elif op == "I":
-                    inserted.append([encode(x) for x in n])
+                    inserted.append(encode_all(r[kn:nn]))
             updated = []
             for k, old in before.items():
-                new_key, new_vals = after.get(k, (list(k), old))
-                updated.append({"key": [encode(x) for x in k], "new_key": [encode(x) for x in new_key],
-                                "row": [encode(x) for x in old], "new_row": [encode(x) for x in new_vals]})
+                new_key, new_vals = after.get(k, (k, old))
+                updated.append({"key": encode_all(k), "new_key": encode_all(new_key),
+                                "row": encode_all(old), "new_row": encode_all(new_vals)})
             out.append({"table": info.name, "key": info.key, "columns": info.columns,
                         "deleted": deleted, "updated": updated, "inserted": inserted})
         return out
