@@ -21,7 +21,7 @@ from safe_mcp.errors import AdapterError, Escalated, TooManyRows
 from safe_mcp.receipts import new_id
 from safe_mcp_postgres.capture import capture_sql, restore_rows, sample, table_info
 from safe_mcp_postgres.classify import classify_sql
-from safe_mcp_postgres.engine import Engine, qi, run_one, translate
+from safe_mcp_postgres.engine import PLAIN_OIDS, Engine, qi, run_one, translate
 
 _SAMPLE = 5
 
@@ -159,6 +159,7 @@ class PostgresAdapter(Adapter):
                     cur = run_one(conn, sql, params)
                     rows = cur.fetchmany(budget.rows_returned + 1) if cur.description else []
                     columns = [d.name for d in cur.description or ()]
+                    mixed = [i for i, d in enumerate(cur.description or ()) if d.type_code not in PLAIN_OIDS]
                 finally:
                     conn.rollback()
         except psycopg.Error as exc:
@@ -166,7 +167,7 @@ class PostgresAdapter(Adapter):
         truncated = len(rows) > budget.rows_returned
         rows = rows[: budget.rows_returned]
         return Outcome(
-            result={"columns": columns, "rows": [[_jsonable(v) for v in r] for r in rows],
+            result={"columns": columns, "rows": _rows(rows, mixed),
                     "row_count": len(rows), "truncated": truncated},
             summary=f"{len(rows)} rows" + (f" (truncated at rows_returned={budget.rows_returned})" if truncated else ""),
         )
@@ -297,8 +298,8 @@ class PostgresAdapter(Adapter):
             if every and effect.rank < Effect.DESTRUCTIVE.rank:
                 effect = Effect.DESTRUCTIVE
                 notes.append(f"it changes every row of {info.name} ({n} rows)")
-        preview = Preview(effect=effect, affected=n, sample=sample(info, op, images, _SAMPLE), notes=notes)
-        comp = {"op": "rows", "schema": info.schema, "table": info.name, "columns": info.columns,
+        preview = Preview(effect=effect, affected=n, sample=sample(conn, info, op, images, _SAMPLE), notes=notes)
+        comp = {"op": "rows", "version": 2, "schema": info.schema, "table": info.name, "columns": info.columns,
                 "types": info.types, "key": info.key, "affected": n,
                 "inserted": images if op == "insert" else [], "updated": images if op == "update" else [],
                 "deleted": images if op == "delete" else []}
@@ -494,6 +495,19 @@ def _returned(cur: psycopg.Cursor[Any], extra: int, budget: Budget | None) -> di
         limit = budget.rows_returned if budget is not None else 100
         out["columns"] = [d.name for d in cur.description]
         out["returning"] = [[_jsonable(v) for v in r] for r in cur.fetchmany(limit)]
+    return out
+
+
+def _rows(rows: list[Any], mixed: list[int]) -> list[list[Any]]:
+    """Rows as JSON-ready lists, converting only the columns whose type needs it."""
+    if not mixed:
+        return [list(r) for r in rows]
+    out = []
+    for r in rows:
+        row = list(r)
+        for i in mixed:
+            row[i] = _jsonable(row[i])
+        out.append(row)
     return out
 
 

@@ -113,19 +113,19 @@ def capture_sql(sql: str, info: TableInfo) -> tuple[str, int]:
         assert info.key is not None
         extra = [f"{_array(ref, info.key)} AS {_NEW}"]
     elif isinstance(stmt, ast.DeleteStmt):
-        extra = [f"{_array(ref, info.columns)} AS {_IMG}"]
+        extra = [f"{qi(ref)}::text AS {_IMG}"]
     else:
         assert isinstance(stmt, ast.UpdateStmt) and info.key is not None
         keys = ", ".join(f"{qi('o')}.{qi(k)} AS __safe_mcp_k{i}" for i, k in enumerate(info.key))
         only = "" if rel.inh else "ONLY "
-        derived = parse_one(f"SELECT 1 FROM (SELECT {keys}, {_array('o', info.columns)} AS {_IMG} "
+        derived = parse_one(f"SELECT 1 FROM (SELECT {keys}, {qi('o')}::text AS {_IMG} "
                             f"FROM {only}{info.qualified} AS o) AS {_OLD}", fresh=True).fromClause[0]
         cond = " AND ".join(f"{_OLD}.__safe_mcp_k{i} = {qi(ref)}.{qi(k)}" for i, k in enumerate(info.key))
         join = parse_one(f"SELECT 1 WHERE {cond}", fresh=True).whereClause
         stmt.fromClause = (derived, *(stmt.fromClause or ()))
         stmt.whereClause = join if stmt.whereClause is None else ast.BoolExpr(
             boolop=enums.BoolExprType.AND_EXPR, args=(stmt.whereClause, join))
-        extra = [f"{_OLD}.{_IMG}", f"{_array(ref, info.columns)} AS {_NEW}"]
+        extra = [f"{_OLD}.{_IMG}", f"{qi(ref)}::text AS {_NEW}"]
     targets = parse_one(f"SELECT {', '.join(extra)}", fresh=True).targetList
     current = stmt.returningClause
     exprs = (*(current.exprs or ()), *targets) if current is not None else tuple(targets)
@@ -134,18 +134,22 @@ def capture_sql(sql: str, info: TableInfo) -> tuple[str, int]:
     return str(RawStream()(stmt)), len(extra)
 
 
-def sample(info: TableInfo, op: str, images: list[Any], limit: int) -> list[dict[str, Any]]:
-    """The first `limit` images as dicts the agent can read."""
-    out: list[dict[str, Any]] = []
-    for img in images[:limit]:
-        if op == "update":
-            out.append({"table": info.name, "change": "update", "before": dict(zip(info.columns, img[0], strict=True)),
-                        "after": dict(zip(info.columns, img[1], strict=True))})
-        elif op == "delete":
-            out.append({"table": info.name, "change": "delete", "before": dict(zip(info.columns, img, strict=True))})
-        else:
-            out.append({"table": info.name, "change": "insert", "key": dict(zip(info.key or [], img, strict=True))})
-    return out
+def sample(conn: psycopg.Connection[Any], info: TableInfo, op: str, images: list[Any],
+           limit: int) -> list[dict[str, Any]]:
+    """The first `limit` images as dicts the agent can read (row texts are parsed by the server)."""
+    head = images[:limit]
+    if not head:
+        return []
+    if op == "insert":
+        return [{"table": info.name, "change": "insert", "key": dict(zip(info.key or [], k, strict=True))}
+                for k in head]
+    texts = [i[0] for i in head] + [i[1] for i in head] if op == "update" else list(head)
+    parsed = [r[0] for r in conn.execute(f"SELECT to_jsonb(r::{info.qualified}) FROM unnest($1::text[]) "
+                                         "WITH ORDINALITY AS u(r, n) ORDER BY n", [texts]).fetchall()]
+    if op == "delete":
+        return [{"table": info.name, "change": "delete", "before": b} for b in parsed]
+    n = len(head)
+    return [{"table": info.name, "change": "update", "before": parsed[i], "after": parsed[n + i]} for i in range(n)]
 
 
 def _unnest(arrays: int, types: list[str], alias: str, names: list[str]) -> str:
@@ -181,28 +185,23 @@ def restore_rows(conn: psycopg.Connection[Any], comp: dict[str, Any]) -> int:
         n += cur.rowcount
     if comp["updated"]:
         rows = comp["updated"]
-        w = len(cols)
-        olds = [f"o{i}" for i in range(w)]
-        news = [f"n{i}" for i in range(w)]
-        sets = ", ".join(f"{qi(c)} = u.o{i}::{types[i]}" for i, c in enumerate(cols))
-        cond = " AND ".join(f"t.{qi(k)} = u.n{cols.index(k)}::{ktypes[i]}" for i, k in enumerate(key))
-        same = (f"ROW({', '.join(f't.{qi(c)}::text' for c in cols)}) IS NOT DISTINCT FROM "
-                f"ROW({', '.join(f'u.n{i}' for i in range(w))})")
-        params = _columns_of([r[0] for r in rows], w) + _columns_of([r[1] for r in rows], w)
-        cur = conn.execute(f"UPDATE {table} AS t SET {sets} FROM {_unnest(2 * w, types, 'u', olds + news)} "
-                           f"WHERE {cond} AND {same}", params)
+        sets = ", ".join(f"{qi(c)} = (s.v).{qi(c)}" for c in cols)
+        cond = " AND ".join(f"t.{qi(k)} = (s.nv).{qi(k)}" for k in key)
+        cur = conn.execute(
+            f"UPDATE {table} AS t SET {sets} FROM (SELECT o::{table} AS v, nw::{table} AS nv, nw AS new "
+            f"FROM unnest($1::text[], $2::text[]) AS u(o, nw) OFFSET 0) AS s WHERE {cond} AND t::text = s.new",
+            [[r[0] for r in rows], [r[1] for r in rows]])
         if cur.rowcount != len(rows):
             raise AdapterError(f"{len(rows) - cur.rowcount} rows of {comp['table']} changed again (or were deleted) "
                                "after this write; undo would overwrite newer data, so it stopped and changed nothing")
         n += cur.rowcount
     if comp["deleted"]:
         rows = comp["deleted"]
-        w = len(cols)
-        names = [f"c{i}" for i in range(w)]
-        values = ", ".join(f"u.c{i}::{types[i]}" for i in range(w))
+        names = ", ".join(qi(c) for c in cols)
+        fields = ", ".join(f"(s.v).{qi(c)}" for c in cols)
         try:
-            cur = conn.execute(f"INSERT INTO {table} ({', '.join(qi(c) for c in cols)}) OVERRIDING SYSTEM VALUE "
-                               f"SELECT {values} FROM {_unnest(w, types, 'u', names)}", _columns_of(rows, w))
+            cur = conn.execute(f"INSERT INTO {table} ({names}) OVERRIDING SYSTEM VALUE SELECT {fields} FROM "
+                               f"(SELECT r::{table} AS v FROM unnest($1::text[]) AS r OFFSET 0) AS s", [rows])
         except psycopg.errors.UniqueViolation as exc:
             raise AdapterError(f"cannot restore the deleted rows of {comp['table']}: a newer row took the place of one "
                                f"({exc.diag.message_detail or 'duplicate key'}); undo stopped and changed nothing"

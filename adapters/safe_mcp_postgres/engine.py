@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import RawCursor, errors
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from safe_mcp.errors import AdapterError
@@ -65,6 +66,7 @@ class Engine:
             if self._pool is None:
                 pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
                     self.dsn, kwargs=self._kwargs(), min_size=self._sizes[0], max_size=self._sizes[1], open=False,
+                    configure=_configure,
                     name=f"safe-mcp-{self.target}", timeout=self._connect_timeout)
                 try:
                     pool.open(wait=True, timeout=self._connect_timeout)
@@ -117,6 +119,19 @@ class Engine:
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
+
+
+# Types whose Python form JSON cannot carry exactly: loaded as PostgreSQL's own text.
+TEXT_TYPES = ("numeric", "money", "timestamptz", "timestamp", "date", "time", "timetz", "interval", "uuid", "inet",
+              "cidr", "macaddr", "macaddr8")
+# Type oids whose values arrive as JSON-ready Python values (int, str, bool) or None.
+PLAIN_OIDS = frozenset({16, 18, 19, 20, 21, 23, 25, 26, 1042, 1043, 790, 1114, 1184, 1082, 1083, 1266, 1186, 2950,
+                        869, 650, 829, 774, 1700})
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    for name in TEXT_TYPES:
+        conn.adapters.register_loader(name, TextLoader)
 
 
 def _quiet_rollback(conn: psycopg.Connection[Any]) -> None:

@@ -66,7 +66,7 @@ async def test_read_write_pending_confirm_undo_over_stdio(pg: Pg, tmp_path: Path
         # dry run: exact count and before-images, nothing changed
         dry = await call(client, "sql_execute", target="r_rw", sql=f"DELETE FROM {table} WHERE id > 8", dry_run=True)
         assert dry["status"] == "dry_run" and dry["affected"] == 4
-        assert dry["preview"]["sample"][0]["before"]["id"] == "9"
+        assert dry["preview"]["sample"][0]["before"]["id"] == 9
         assert digest(pg, table) == original
 
         # a WHERE-less delete is destructive: pending with the exact preview, then confirm, then undo
