@@ -45,7 +45,8 @@ def _refusal(tmp_path: Path, config: str, policy: str) -> str:
      '[allow]\naws_accounts = ["123456789012"]\n', "targets.s3.account", "allow.aws_accounts"),
     ('[targets.s3]\nkind = "aws"\nregion = "us-east-1"\naccount = "123456789012"\n',
      '[allow]\nregions = ["eu-*"]\n', "targets.s3.region", "allow.regions"),
-    ('[targets.mail]\nkind = "smtp"\nhost = "smtp.staging.internal"\nfrom = "a@example.com"\nallow_recipients = ["*@gmail.com"]\n',
+    ('[targets.mail]\nkind = "smtp"\nhost = "smtp.staging.internal"\nfrom = "a@example.com"\n'
+     'allow_recipients = ["*@gmail.com"]\n',
      '[allow]\nrecipients = ["*@example.com"]\n', "targets.mail.allow_recipients", "allow.recipients"),
     ('[targets.mail]\nkind = "smtp"\nhost = "smtp.evil.example"\nfrom = "a@example.com"\n'
      'allow_recipients = ["*@example.com"]\n', '[allow]\nhosts = ["*.staging.internal"]\n', "targets.mail.host",
@@ -101,12 +102,12 @@ def test_forbidden_sql_functions_are_found_past_quoting_and_comments() -> None:
 
 
 async def test_org_forbid_reaches_the_gate(tmp_path: Path) -> None:
+    import sqlite3
+
     from mcp import Client
 
     from safe_mcp.runtime import Runtime
     from safe_mcp.server import build_server
-
-    import sqlite3
     db = sqlite3.connect(tmp_path / "shop.db")
     db.execute("CREATE TABLE t (x TEXT)")
     db.execute("INSERT INTO t VALUES ('a')")
