@@ -9,6 +9,7 @@ Values travel as their text form and are cast back to the column type on restore
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,15 +153,6 @@ def sample(conn: psycopg.Connection[Any], info: TableInfo, op: str, images: list
     return [{"table": info.name, "change": "update", "before": parsed[i], "after": parsed[n + i]} for i in range(n)]
 
 
-def _unnest(arrays: int, types: list[str], alias: str, names: list[str]) -> str:
-    args = ", ".join(f"${i + 1}::text[]" for i in range(arrays))
-    return f"unnest({args}) AS {alias}({', '.join(names)})"
-
-
-def _columns_of(rows: list[list[Any]], width: int) -> list[list[Any]]:
-    return [[r[i] for r in rows] for i in range(width)]
-
-
 def restore_rows(conn: psycopg.Connection[Any], comp: dict[str, Any]) -> int:
     """Put back what a row write recorded, in the caller's transaction; refuse if rows moved on since.
 
@@ -175,10 +167,9 @@ def restore_rows(conn: psycopg.Connection[Any], comp: dict[str, Any]) -> int:
     n = 0
     if comp["inserted"]:
         rows = comp["inserted"]
-        names = [f"k{i}" for i in range(len(key))]
-        cond = " AND ".join(f"t.{qi(k)} = u.k{i}::{ktypes[i]}" for i, k in enumerate(key))
-        cur = conn.execute(f"DELETE FROM {table} AS t USING {_unnest(len(key), ktypes, 'u', names)} WHERE {cond}",
-                           _columns_of(rows, len(key)))
+        cond = " AND ".join(f"t.{qi(k)} = (u.e ->> {i})::{ktypes[i]}" for i, k in enumerate(key))
+        cur = conn.execute(f"DELETE FROM {table} AS t USING json_array_elements($1::json) AS u(e) WHERE {cond}",
+                           [json.dumps(rows)])
         if cur.rowcount != len(rows):
             raise AdapterError(f"{len(rows) - cur.rowcount} of the rows inserted into {comp['table']} are gone "
                                "already; undo stopped and changed nothing")
@@ -188,9 +179,9 @@ def restore_rows(conn: psycopg.Connection[Any], comp: dict[str, Any]) -> int:
         sets = ", ".join(f"{qi(c)} = (s.v).{qi(c)}" for c in cols)
         cond = " AND ".join(f"t.{qi(k)} = (s.nv).{qi(k)}" for k in key)
         cur = conn.execute(
-            f"UPDATE {table} AS t SET {sets} FROM (SELECT o::{table} AS v, nw::{table} AS nv, nw AS new "
-            f"FROM unnest($1::text[], $2::text[]) AS u(o, nw) OFFSET 0) AS s WHERE {cond} AND t::text = s.new",
-            [[r[0] for r in rows], [r[1] for r in rows]])
+            f"UPDATE {table} AS t SET {sets} FROM (SELECT (e ->> 0)::{table} AS v, (e ->> 1)::{table} AS nv, "
+            f"e ->> 1 AS new FROM json_array_elements($1::json) AS u(e) OFFSET 0) AS s "
+            f"WHERE {cond} AND t::text = s.new", [json.dumps(rows)])
         if cur.rowcount != len(rows):
             raise AdapterError(f"{len(rows) - cur.rowcount} rows of {comp['table']} changed again (or were deleted) "
                                "after this write; undo would overwrite newer data, so it stopped and changed nothing")
@@ -201,7 +192,8 @@ def restore_rows(conn: psycopg.Connection[Any], comp: dict[str, Any]) -> int:
         fields = ", ".join(f"(s.v).{qi(c)}" for c in cols)
         try:
             cur = conn.execute(f"INSERT INTO {table} ({names}) OVERRIDING SYSTEM VALUE SELECT {fields} FROM "
-                               f"(SELECT r::{table} AS v FROM unnest($1::text[]) AS r OFFSET 0) AS s", [rows])
+                               f"(SELECT r::{table} AS v FROM json_array_elements_text($1::json) AS r OFFSET 0) AS s",
+                               [json.dumps(rows)])
         except psycopg.errors.UniqueViolation as exc:
             raise AdapterError(f"cannot restore the deleted rows of {comp['table']}: a newer row took the place of one "
                                f"({exc.diag.message_detail or 'duplicate key'}); undo stopped and changed nothing"
