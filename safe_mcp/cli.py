@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safe_mcp.cli_lockdown import COMMANDS as LOCKDOWN_COMMANDS
+from safe_mcp.cli_lockdown import add_parsers as _locked_down_parsers
 from safe_mcp.errors import ConfigError, Refused, SafeMcpError
 
 if TYPE_CHECKING:
@@ -23,6 +27,7 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="F", help="config file (default: $SAFE_MCP_CONFIG, else ./safe-mcp.toml)")
+    common.add_argument("--policy", metavar="F", help="org policy (default: $SAFE_MCP_POLICY, else /etc/safe-mcp/policy.toml)")
     p = argparse.ArgumentParser(prog="safe-mcp", description="A safety gate between coding agents and real systems.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -30,13 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--transport", choices=["stdio", "sse", "http"], default="stdio")
     s.add_argument("--host", default="127.0.0.1", help="HTTP/SSE bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8765, help="HTTP/SSE port (default 8765)")
-    s.add_argument("--policy", metavar="F", help="org policy file (ceilings the config may not loosen)")
+    s.add_argument("--approvals-port", type=int, metavar="PORT",
+                   help="serve the human approval page at /approvals on this port (any transport)")
 
     d = sub.add_parser("demo", parents=[common], help="a scripted session on a demo SQLite shop")
     d.add_argument("--dir", default="safe-mcp-demo", help="where to create the demo database (default ./safe-mcp-demo)")
 
     c = sub.add_parser("check", parents=[common], help="validate a config and print its blast radius")
-    c.add_argument("--format", choices=["text", "json"], default="text")
+    c.add_argument("--format", choices=["text", "json", "md"], default="text")
     c.add_argument("--offline", action="store_true", help="do not connect to targets to audit their credentials")
 
     r = sub.add_parser("receipts", help="list, show, verify or export receipts")
@@ -49,10 +55,35 @@ def _parser() -> argparse.ArgumentParser:
     re_ = rsub.add_parser("export", parents=[common], help="every receipt as JSON Lines")
     re_.add_argument("--out", metavar="F", help="file to write (default stdout)")
 
-    u = sub.add_parser("undo", parents=[common], help="undo a write by its receipt id")
-    u.add_argument("receipt_id")
+    u = sub.add_parser("undo", parents=[common], help="undo a write by its receipt id, or a whole session, run or time span")
+    u.add_argument("receipt_id", nargs="?")
+    u.add_argument("--session", help="undo every write of this MCP session")
+    u.add_argument("--run", dest="run_id", help="undo every write of this run_id")
+    u.add_argument("--since", help="undo every write since a time (ISO) or a span back from now (30m, 2h)")
+    u.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
+
+    sub.add_parser("gameday", parents=[common], help="replay real incidents against the config; changes nothing")
+
+    b = sub.add_parser("breaker", help="list or reset tripped circuit breakers")
+    bsub = b.add_subparsers(dest="action", required=True, metavar="ACTION")
+    bsub.add_parser("list", parents=[common], help="breakers that are tripped now")
+    br = bsub.add_parser("reset", parents=[common], help="let a session write again")
+    br.add_argument("--session", help="only this session (default: any)")
+    br.add_argument("--target", help="only this target (default: any)")
 
     sub.add_parser("pending", parents=[common], help="list pending actions with their previews")
+    for verb, text in (("approve", "approve a pending action as an enrolled approver"),
+                       ("deny", "deny a pending action as an enrolled approver")):
+        ap = sub.add_parser(verb, parents=[common], help=f"{text} (code read from the terminal, or stdin)")
+        ap.add_argument("action_id")
+        ap.add_argument("--as", dest="approver", required=True, metavar="NAME")
+        if verb == "deny":
+            ap.add_argument("--reason", default="", help="why (recorded in the receipt)")
+    apr = sub.add_parser("approver", help="enrol approvers of human actions")
+    aprsub = apr.add_subparsers(dest="action", required=True, metavar="ACTION")
+    aprsub.add_parser("add", parents=[common], help="enrol NAME: prints the TOTP secret as a QR code to scan").add_argument(
+        "name")
+    aprsub.add_parser("list", parents=[common], help="enrolled approvers")
 
     ob = sub.add_parser("outbox", help="list or cancel held mail")
     osub = ob.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -67,8 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     ssub = sec.add_subparsers(dest="action", required=True, metavar="ACTION")
     ss = ssub.add_parser("set", help="store a secret (read from the terminal, or stdin when piped)")
     ss.add_argument("name")
+    ss.add_argument("--file", metavar="F", help="store in this secrets file (default: $SAFE_MCP_SECRETS_FILE if set)")
+    ssub.add_parser("check", parents=[common], help="resolve every secret reference of the config (values never shown)")
 
     sub.add_parser("config-schema", help="print the JSON schema of the config file")
+    sub.add_parser("inventory-schema", help="print the JSON schema of `check --format json`")
+    _locked_down_parsers(sub, common)
     return p
 
 
@@ -97,9 +132,9 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    from safe_mcp.config import load_config
+    from safe_mcp.orgpolicy import effective_config
 
-    return load_config(_config_path(args))
+    return effective_config(_config_path(args), getattr(args, "policy", None))
 
 
 def _runtime(args: argparse.Namespace, session: str = "cli") -> Runtime:
@@ -109,15 +144,13 @@ def _runtime(args: argparse.Namespace, session: str = "cli") -> Runtime:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    if args.policy:
-        raise ConfigError(args.policy, "", "org policies are not supported by this version yet",
-                          "run without --policy")
     config = _config(args)
-    if args.transport != "stdio" and args.host not in LOOPBACK:
-        raise ConfigError(config.source, "--host", f"refusing to listen on {args.host}: only loopback is allowed",
-                          "use --host 127.0.0.1 (HTTP auth for other interfaces is not available yet)")
+    if args.transport != "stdio":
+        from safe_mcp.orgpolicy import check_listener
+
+        for warning in check_listener(config, args.host, args.host in LOOPBACK):
+            logging.getLogger("safe_mcp").warning(warning)
     from safe_mcp.runtime import Runtime
-    from safe_mcp.server import build_server
 
     runtime = Runtime(config)
     if args.transport != "stdio":
@@ -132,13 +165,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                   f"it over {args.transport}",
                                   f"give it a role that can only read (safe-mcp check lists what it can do), or set "
                                   f"allow_writable_role = true under [targets.{name}]")
-    server = build_server(runtime)
-    if args.transport == "stdio":
-        server.run("stdio")
-    elif args.transport == "sse":
-        server.run("sse", host=args.host, port=args.port)
-    else:
-        server.run("streamable-http", host=args.host, port=args.port)
+    from safe_mcp.cli_lockdown import run_server
+
+    approvals_port = args.approvals_port or config.approvals.port
+    if approvals_port:
+        from safe_mcp.web import serve_in_thread
+
+        serve_in_thread(runtime.gate, config.approvals.host, approvals_port, config.approvals.allowed_hosts)
+    run_server(runtime, args.transport, args.host, args.port, loopback=args.host in LOOPBACK)
     return 0
 
 
@@ -157,6 +191,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         _audit_targets(config, inv)
     if args.format == "json":
         print(json.dumps(inv, indent=2))
+    elif args.format == "md":
+        from safe_mcp.inventory import render_md
+
+        print(render_md(inv))
     else:
         print(render_text(inv))
     return 0
@@ -219,12 +257,78 @@ def cmd_receipts(args: argparse.Namespace) -> int:
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
+    from safe_mcp import saga
+    from safe_mcp.gate import Caller
+
+    scoped = args.session or args.run_id or args.since
+    if bool(args.receipt_id) == bool(scoped):
+        print("safe-mcp: give either a RECEIPT_ID or one of --session, --run, --since", file=sys.stderr)
+        return 2
+    rt = _runtime(args)
+    caller = Caller(session=rt.session, client="safe-mcp-cli")
+    try:
+        if args.receipt_id:
+            r = rt.gate.undo(args.receipt_id, caller)
+            print(f"{r.message} (receipt {r.receipt_id})")
+            return 0
+        since = saga.parse_since(args.since) if args.since else None
+        steps = saga.plan(rt.gate, session=args.session, run_id=args.run_id, since=since)
+        if not steps:
+            print("nothing in that scope was changed")
+            return 0
+        if not args.dry_run:
+            steps = saga.run(rt.gate, steps, caller)
+        labels = {"to_undo": "would undo" if args.dry_run else "to undo", "undone": "undone",
+                  "already_undone": "already undone", "irreversible": "NOT undone (irreversible)",
+                  "failed": "NOT undone (failed)", "not_reached": "NOT undone (saga stopped)"}
+        for st in steps:
+            print(f"{st.receipt_id}  {st.time[:19]}  {st.target}:{st.tool:<12} {labels[st.status]:<26} {st.summary}")
+            if st.detail and st.status not in {"undone"}:
+                print(f"    {st.detail}")
+        done = sum(st.status == "undone" for st in steps)
+        left = [st for st in steps if st.status in {"irreversible", "failed", "not_reached", "to_undo"}]
+        if args.dry_run:
+            print(f"plan: {sum(st.status == 'to_undo' for st in steps)} to undo, newest first; nothing was changed")
+            return 0
+        print(f"undone: {done}; not undone: {len(left)}")
+        return 1 if any(st.status in {"irreversible", "failed", "not_reached"} for st in steps) else 0
+    finally:
+        rt.close()
+
+
+def cmd_gameday(args: argparse.Namespace) -> int:
+    from safe_mcp.gameday import render, run_gameday
+
+    rows = run_gameday(_config(args))
+    print(render(rows))
+    return 1 if any(r.passed is False for r in rows) else 0
+
+
+def cmd_breaker(args: argparse.Namespace) -> int:
+    import getpass
+
+    from safe_mcp.adapter import Call
+    from safe_mcp.effects import Effect
     from safe_mcp.gate import Caller
 
     rt = _runtime(args)
     try:
-        r = rt.gate.undo(args.receipt_id, Caller(session=rt.session, client="safe-mcp-cli"))
-        print(f"{r.message} (receipt {r.receipt_id})")
+        if args.action == "list":
+            tripped = rt.store.breakers()
+            if not tripped:
+                print("no breaker is tripped")
+            for session, target, at, reason in tripped:
+                print(f"{session}  {target}  tripped {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(at))}  {reason}")
+            return 0
+        reset = rt.store.reset_breakers(args.session, args.target)
+        if not reset:
+            print("no matching breaker is tripped")
+            return 1
+        who = Caller(session=rt.session, client=f"safe-mcp-cli ({getpass.getuser()})")
+        for session, target in reset:
+            rt.gate.record(Call(target=target, tool="breaker", args={"session": session}), who, Effect.WRITE,
+                           "allow", f"breaker reset for session {session}", "breaker_reset")
+            print(f"reset: {session} on {target}; its writes are allowed again")
         return 0
     finally:
         rt.close()
@@ -258,6 +362,18 @@ def cmd_client_config(args: argparse.Namespace) -> int:
 
 def cmd_secrets(args: argparse.Namespace) -> int:
     import getpass
+
+    if args.action == "check":
+        from safe_mcp.cli_lockdown import secrets_check
+
+        return secrets_check(_config(args))
+    if args.file or os.environ.get("SAFE_MCP_SECRETS_FILE"):
+        from safe_mcp.secretstore import store_secret
+
+        value = getpass.getpass(f"secret for {args.name}: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+        where = store_secret(args.name, value, args.file)
+        print(f'stored in {where}; reference it as "keyring:{args.name}" (set SAFE_MCP_SECRETS_FILE={where} where it runs)')
+        return 0
 
     import keyring
     import keyring.errors
@@ -326,8 +442,43 @@ def _send_receipt(rt: Runtime, outbox_id: str) -> str | None:
     return None
 
 
+def cmd_approver(args: argparse.Namespace) -> int:
+    rt = _runtime(args)
+    try:
+        if args.action == "list":
+            names = rt.gate.approvals.approvers.names()
+            print("\n".join(names) if names else "no approvers enrolled")
+            return 0
+        import segno
+
+        _secret, uri, where = rt.gate.approvals.approvers.add(args.name)
+        print(f"approver {args.name!r} enrolled; scan this with an authenticator app (RFC 6238 TOTP):")
+        segno.make(uri).terminal(compact=True)
+        print(uri)
+        print(f"the secret is stored encrypted in the state store; its key is in: {where}")
+        return 0
+    finally:
+        rt.close()
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    import getpass
+
+    code = getpass.getpass(f"current code of {args.approver}: ") if sys.stdin.isatty() else sys.stdin.readline().strip()
+    rt = _runtime(args, session="approvals")
+    try:
+        result = rt.gate.approvals.decide(args.action_id, args.approver, code, "cli", args.command == "approve",
+                                          getattr(args, "reason", ""))
+        print(f"{result.message} (receipt {result.receipt_id})")
+        return 0
+    finally:
+        rt.close()
+
+
 _COMMANDS = {
+    "approve": cmd_decide, "deny": cmd_decide, "approver": cmd_approver,
     "serve": cmd_serve, "demo": cmd_demo, "check": cmd_check, "receipts": cmd_receipts, "undo": cmd_undo,
-    "pending": cmd_pending, "client-config": cmd_client_config, "secrets": cmd_secrets,
-    "config-schema": cmd_config_schema, "outbox": cmd_outbox,
+    "pending": cmd_pending, "breaker": cmd_breaker,
+    "gameday": cmd_gameday, "client-config": cmd_client_config, "secrets": cmd_secrets,
+    "config-schema": cmd_config_schema, "outbox": cmd_outbox, **LOCKDOWN_COMMANDS,
 }

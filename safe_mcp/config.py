@@ -19,6 +19,7 @@ from safe_mcp.errors import ConfigError
 
 __all__ = [
     "Access",
+    "ApprovalSettings",
     "Config",
     "ConfirmMode",
     "ConfirmRules",
@@ -56,12 +57,32 @@ class Limits(_Strict):
     rows_returned: int = Field(500, ge=1, description="rows a read returns at most; more sets truncated")
     rows_affected: int = Field(100, ge=0, description="a write touching more rows is rolled back")
     writes_per_session: int = Field(50, ge=0, description="writes one server session may execute")
+    # Sliding-window budgets, per session and target: a normal session never meets them, a runaway
+    # loop meets them within seconds.
+    writes_per_minute: int = Field(30, ge=0, description="writes per session and target in any 60 s")
+    writes_per_hour: int = Field(300, ge=0, description="writes per session and target in any hour")
+    destructive_per_hour: int = Field(10, ge=0, description="destructive actions per session and target in any hour")
+    rows_affected_per_hour: int = Field(5000, ge=0, description="rows changed per session and target in any hour")
 
 
 class LimitsOverride(_Strict):
     rows_returned: int | None = Field(None, ge=1)
     rows_affected: int | None = Field(None, ge=0)
     writes_per_session: int | None = Field(None, ge=0)
+    writes_per_minute: int | None = Field(None, ge=0)
+    writes_per_hour: int | None = Field(None, ge=0)
+    destructive_per_hour: int | None = Field(None, ge=0)
+    rows_affected_per_hour: int | None = Field(None, ge=0)
+
+
+class BreakerRules(_Strict):
+    """A burst of trouble in one session trips the breaker for that session and target: its writes
+    are refused until a human runs `safe-mcp breaker reset`. Reads still work."""
+
+    window_s: int = Field(60, ge=1, description="the window the counts below are taken over")
+    refusals: int = Field(10, ge=1, description="refused calls in the window that trip it")
+    failures: int = Field(5, ge=1, description="failed or rolled-back writes in the window that trip it")
+    near_limit: int = Field(5, ge=1, description="writes using over 80% of rows_affected in the window that trip it")
 
 
 class ConfirmRules(_Strict):
@@ -70,6 +91,9 @@ class ConfirmRules(_Strict):
     irreversible: ConfirmMode = ConfirmMode.HUMAN
     ttl_s: int = Field(300, ge=1, description="a pending action expires after this many seconds")
     min_delay_s: float = Field(2, ge=0, description="a confirm earlier than this after the preview is refused")
+    approvals_required: int | dict[str, int] = Field(
+        1, description="distinct human approvers a `human` action needs: a number, or per effect "
+                       "(e.g. {irreversible = 2}); a target may set its own")
 
     def for_effect(self, effect: Effect) -> ConfirmMode:
         if effect is Effect.READ:
@@ -78,6 +102,16 @@ class ConfirmRules(_Strict):
             return ConfirmMode.DENY
         mode: ConfirmMode = getattr(self, effect.value)
         return mode
+
+
+class ApprovalSettings(_Strict):
+    """Where humans approve `human` actions: the web page and the webhook told of each new one."""
+
+    host: str = Field("127.0.0.1", description="bind address of the approval page (loopback unless you mean it)")
+    port: int | None = Field(None, ge=1, le=65535, description="serve the approval page on this port (stdio too)")
+    allowed_hosts: list[str] = Field(default_factory=list, description="extra Host values the page accepts")
+    notify_url: str | None = Field(None, description="webhook (Slack incoming-webhook compatible) told of each new approval")
+    notify_retries: int = Field(3, ge=0, le=10, description="retries of a failed webhook post")
 
 
 class StateSettings(_Strict):
@@ -100,6 +134,9 @@ class _TargetCommon(_Strict):
     kind: str
     access: Access = Access.READ_ONLY
     limits: LimitsOverride = Field(default_factory=LimitsOverride)
+    trust_client_elicitation: bool = Field(
+        False, description="let an MCP client's elicitation answer count as one human approval on this target")
+    approvals_required: int | None = Field(None, ge=1, description="distinct approvers a human action here needs")
 
 
 class Target(BaseModel):
@@ -113,6 +150,8 @@ class Target(BaseModel):
     limits: Limits
     settings: AdapterSettings
     adapter_cls: type[Adapter] = Field(exclude=True)
+    trust_client_elicitation: bool = False
+    approvals_required: int | None = None
 
 
 class Config(BaseModel):
@@ -124,7 +163,9 @@ class Config(BaseModel):
     limits: Limits
     confirm: ConfirmRules
     state: StateSettings
+    approvals: ApprovalSettings = Field(default_factory=ApprovalSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    breaker: BreakerRules = Field(default_factory=BreakerRules)
     org_policy: dict[str, Any] = Field(default_factory=dict)
     """Set by `safe_mcp.orgpolicy.apply_policy`: source, digest, forbid lists and provenance of the org policy."""
 
@@ -137,12 +178,15 @@ class Config(BaseModel):
         doc = {
             "limits": self.limits.model_dump(mode="json"),
             "confirm": self.confirm.model_dump(mode="json"),
+            "breaker": self.breaker.model_dump(mode="json"),
             "targets": {
                 n: {
                     "kind": t.kind,
                     "access": t.access.value,
                     "limits": t.limits.model_dump(mode="json"),
                     "settings": t.settings.model_dump(mode="json"),
+                    **({"approvals": [t.trust_client_elicitation, t.approvals_required]}
+                       if t.trust_client_elicitation or t.approvals_required else {}),
                 }
                 for n, t in sorted(self.targets.items())
             },
@@ -158,7 +202,9 @@ class _Root(_Strict):
     limits: Limits = Field(default_factory=Limits)
     confirm: ConfirmRules = Field(default_factory=ConfirmRules)
     state: StateSettings = Field(default_factory=StateSettings)
+    approvals: ApprovalSettings = Field(default_factory=ApprovalSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    breaker: BreakerRules = Field(default_factory=BreakerRules)
 
 
 def default_config_path() -> Path:
@@ -201,7 +247,7 @@ def parse_config(raw: dict[str, Any], *, source: str, base_dir: str) -> Config:
     for name, body in root.targets.items():
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_\-]{0,62}", name):
             raise ConfigError(source, f"targets.{name}", "a target name must be a letter then letters, digits, _ or -")
-        common_keys = {"kind", "access", "limits"}
+        common_keys = {"kind", "access", "limits", "trust_client_elicitation", "approvals_required"}
         common = {k: v for k, v in body.items() if k in common_keys}
         rest = {k: v for k, v in body.items() if k not in common_keys}
         try:
@@ -223,6 +269,8 @@ def parse_config(raw: dict[str, Any], *, source: str, base_dir: str) -> Config:
             limits=Limits(**merged),
             settings=settings,
             adapter_cls=adapter_cls,
+            trust_client_elicitation=tc.trust_client_elicitation,
+            approvals_required=tc.approvals_required,
         )
     return Config(
         source=source,
@@ -231,7 +279,9 @@ def parse_config(raw: dict[str, Any], *, source: str, base_dir: str) -> Config:
         limits=root.limits,
         confirm=root.confirm,
         state=root.state,
+        approvals=root.approvals,
         server=root.server,
+        breaker=root.breaker,
     )
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextvars
 import functools
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,6 +28,9 @@ from safe_mcp.policy import Decision, Verdict, decide
 from safe_mcp.receipts import Receipt, canonical_json, new_id
 from safe_mcp.secrets import Scrubber
 from safe_mcp.state import PendingAction, StateStore
+
+if TYPE_CHECKING:
+    from safe_mcp.approvals import ApprovalDesk
 
 __all__ = ["Caller", "Gate", "GateResult", "PendingView", "inside_gate"]
 
@@ -46,6 +50,8 @@ class Caller(BaseModel):
 
     session: str
     client: str = "unknown"
+    run_id: str | None = None
+    """The agent's own name for a run of work (a tool argument on writes); the session when absent."""
 
 
 class PendingView(BaseModel):
@@ -151,22 +157,41 @@ class Gate:
 
         budget = self._budget(target, effect)
         if effect is not Effect.READ:
+            self._check_breaker(call, caller, effect)
             self._check_session_writes(call, caller, target, effect)
 
         if call.args.get("dry_run"):
             preview = self._preview(adapter, call, caller, classification, budget)
+            measured = decide(preview.effect, target, self.config.confirm, classification.reason)
+            would = ("run" if measured.verdict is Verdict.ALLOW
+                     else f"wait for {measured.confirm_by.value} confirmation" if measured.confirm_by
+                     else f"be refused: {measured.reason}")
             receipt = self._append(call, caller, preview.effect, "preview", decision.reason, "dry_run",
                                    affected=preview.affected)
             return GateResult(
                 status="dry_run", receipt_id=receipt.id, target=call.target, tool=call.tool,
-                effect=preview.effect.value, affected=preview.affected,
-                message=f"dry run: nothing was changed; {self._would_do(preview, decision)}",
+                effect=preview.effect.value, affected=preview.affected, result={"would": would},
+                message=f"dry run: nothing was changed; {self._would_do(preview, decision)}; sent for real it would {would}",
                 preview=self.scrub(preview.model_dump(mode="json")),
             )
         if decision.verdict is Verdict.CONFIRM:
             preview = self._preview(adapter, call, caller, classification, budget)
             return self._make_pending(call, caller, preview, decision)
         return self._execute(adapter, target, call, caller, classification, decision, started)
+
+    def assess(self, call: Call, caller: Caller) -> Decision:
+        """Classify and decide `call` without previewing or running anything (for `gameday`).
+
+        Raises:
+            Refused: the call would be refused before anything ran.
+        """
+        target = self._target(call, caller)
+        adapter = self._adapter(target)
+        classification = self._classify(adapter, call, caller)
+        decision = decide(classification.effect, target, self.config.confirm, classification.reason)
+        if decision.verdict is Verdict.REFUSE:
+            self._refuse(call, caller, classification.effect, decision.reason, decision.remedy)
+        return decision
 
     def confirm(self, action_id: str, caller: Caller) -> GateResult:
         """Execute a pending action confirmed by the agent, exactly once.
@@ -194,7 +219,9 @@ class Gate:
             self._refuse(call, caller, Effect(action.effect),
                          f"action {action_id} expired at {_iso(action.expires)}",
                          "repeat the original call to get a new preview and action_id", tool="confirm", action_id=action_id)
-        if action.confirm_by == ConfirmMode.HUMAN.value:
+        human = action.confirm_by == ConfirmMode.HUMAN.value
+        approval = self.approvals.status(action) if human else None
+        if approval is not None and not approval.approved:
             self._refuse(call, caller, Effect(action.effect),
                          f"action {action_id} waits for approval by a human; an agent cannot confirm it",
                          "tell the user it is waiting for their approval", tool="confirm", action_id=action_id)
@@ -226,8 +253,9 @@ class Gate:
             if decision.verdict is Verdict.REFUSE:
                 self._refuse(call, caller, allowed, decision.reason, decision.remedy, tool="confirm", action_id=action_id)
             confirmed = classification.model_copy(update={"effect": allowed})
-            self._append(call, caller, allowed, "confirmed", f"confirmed by {caller.client} (agent)", "confirmed",
-                         action_id=action_id, tool=call.tool)
+            by = (f"approved by {', '.join(approval.approved_by)}; executed at the request of {caller.client}"
+                  if approval is not None else f"confirmed by {caller.client} (agent)")
+            self._append(call, caller, allowed, "confirmed", by, "confirmed", action_id=action_id, tool=call.tool)
             result = self._execute(adapter, target, call, caller, confirmed, decision, started, action_id=action_id)
         except BaseException:
             self.store.transition_pending(action_id, "executing", "failed")
@@ -312,6 +340,8 @@ class Gate:
         budget = self._budget(target, effect)
         try:
             if effect is not Effect.READ:
+                self._check_breaker(call, caller, effect)
+                self._check_budgets(call, caller, target, effect)
                 self._intent(call, caller, effect, action_id=action_id)
             try:
                 with _gate_scope():
@@ -329,7 +359,8 @@ class Gate:
             raise
         if effect is Effect.READ:
             rid = self.store.append_later(
-                session=caller.session, client=caller.client, target=call.target, tool=call.tool, effect=effect.value,
+                session=caller.session, client=caller.client, run_id=caller.run_id or caller.session,
+                target=call.target, tool=call.tool, effect=effect.value,
                 args=self.scrub(dict(call.args)), decision="allow", reason=decision.reason, outcome="executed",
                 policy_digest=self.policy_digest, duration_ms=_ms(started))
             return GateResult(status="ok", receipt_id=rid, target=call.target, tool=call.tool, effect=effect.value,
@@ -341,6 +372,7 @@ class Gate:
             compensation=(comp_id, call.tool, outcome.compensation)
             if comp_id and outcome.compensation is not None else None,
         )
+        self._count_write(call, caller, target, effect, outcome.affected)
         result = GateResult(
             status="ok", receipt_id=receipt.id, target=call.target, tool=call.tool, effect=effect.value,
             affected=outcome.affected,
@@ -392,6 +424,12 @@ class Gate:
         self._append(call, caller, preview.effect, "confirm", decision.reason, "pending",
                      action_id=action_id, affected=preview.affected, id=receipt_id)
         if confirm_by is ConfirmMode.HUMAN:
+            try:
+                self.approvals.on_pending(action, caller)
+            except StateError:
+                # Without its requester recorded nobody could approve it safely in team mode: no action.
+                self.store.transition_pending(action_id, "pending", "failed")
+                raise Refused("could not record the approval request", "retry the call") from None
             how = "a human must approve this outside the agent; tell the user what is waiting and why"
         else:
             how = (f"check the preview, then call confirm(action_id={action_id!r}) between "
@@ -431,6 +469,31 @@ class Gate:
             "message": f"already done by receipt {rid} (same idempotency_key); nothing ran again. "
                        f"This call is recorded as {receipt.id}",
         })
+
+    # ---------------------------------------------------------------- approvals
+
+    @functools.cached_property
+    def approvals(self) -> ApprovalDesk:
+        """Human approvals of `human` actions (imported on first use: TOTP and crypto cost start-up time)."""
+        from safe_mcp.approvals import ApprovalDesk
+
+        return ApprovalDesk(self)
+
+    def clock(self) -> float:
+        return self._clock()
+
+    def record(self, call: Call, caller: Caller, effect: Effect, decision: str, reason: str, outcome: str,
+               **extra: Any) -> Receipt:
+        """Append a receipt about `call` (for the approval desk: approvals, denials, expiries)."""
+        return self._append(call, caller, effect, decision, reason, outcome, **extra)
+
+    def refuse(self, call: Call, caller: Caller, effect: Effect, reason: str, remedy: str = "", **extra: Any) -> None:
+        """Receipt a refusal about `call` and raise it.
+
+        Raises:
+            Refused: always.
+        """
+        self._refuse(call, caller, effect, reason, remedy, **extra)
 
     # ---------------------------------------------------------------- helpers
 
@@ -493,6 +556,67 @@ class Gate:
             self._refuse(call, caller, effect, f"this session has used its {limit} writes (writes_per_session)",
                          "start a new session, or a human can raise limits.writes_per_session")
 
+    # ---------------------------------------------------------------- budgets and breaker
+
+    def _check_budgets(self, call: Call, caller: Caller, target: Target, effect: Effect) -> None:
+        lim, now = target.limits, self._clock()
+        checks = [("writes_per_minute", lim.writes_per_minute, "write", 60, False),
+                  ("writes_per_hour", lim.writes_per_hour, "write", 3600, False),
+                  ("rows_affected_per_hour", lim.rows_affected_per_hour, "write", 3600, True)]
+        if effect.rank >= Effect.DESTRUCTIVE.rank:
+            checks.append(("destructive_per_hour", lim.destructive_per_hour, "destructive", 3600, False))
+        for name, limit, kind, window_s, by_rows in checks:
+            count, rows, oldest = self.store.window(caller.session, target.name, kind, now - window_s)
+            used = rows if by_rows else count
+            if used >= limit:
+                resets = (oldest or now) + window_s
+                self._refuse(call, caller, effect,
+                             f"budget {name} ({limit}) is used up for this session on {target.name!r}; "
+                             f"it resets in {max(resets - now, 0):.0f}s (at {_iso(resets)})",
+                             f"wait, or a human can raise limits.{name}")
+
+    def _check_breaker(self, call: Call, caller: Caller, effect: Effect) -> None:
+        tripped = self.store.breaker(caller.session, call.target)
+        if tripped is not None:
+            self._refuse(call, caller, effect,
+                         f"the circuit breaker for this session on {call.target!r} tripped at {_iso(tripped[0])} "
+                         f"({tripped[1]}); writes stay refused, reads still work",
+                         "stop and tell the user; a human resets it with safe-mcp breaker reset")
+
+    def _count_write(self, call: Call, caller: Caller, target: Target, effect: Effect, affected: int) -> None:
+        try:
+            self.store.record_event(caller.session, target.name, "write", affected)
+            if effect.rank >= Effect.DESTRUCTIVE.rank:
+                self.store.record_event(caller.session, target.name, "destructive", affected)
+            if target.limits.rows_affected and affected >= 0.8 * target.limits.rows_affected:
+                self._trouble(call, caller, "near_limit")
+        except StateError:
+            logging.getLogger("safe_mcp").exception("could not count a write against its budgets")
+
+    def _trouble(self, call: Call, caller: Caller, kind: str) -> None:
+        """Count a refusal, failure or near-limit write; trip the breaker when a burst passes its threshold."""
+        if call.target not in self.config.targets:
+            return
+        rules = self.config.breaker
+        threshold = {"refusal": rules.refusals, "failure": rules.failures, "near_limit": rules.near_limit}[kind]
+        try:
+            self.store.record_event(caller.session, call.target, kind)
+            count, _rows, _oldest = self.store.window(caller.session, call.target, kind, self._clock() - rules.window_s)
+            if count < threshold or self.store.breaker(caller.session, call.target) is not None:
+                return
+            reason = f"{count} {kind.replace('_', '-')}s within {rules.window_s}s"
+            receipt = self._append(call.model_copy(update={"args": {}}), caller, Effect.WRITE, "refuse", reason,
+                                   "breaker_tripped", tool="breaker")
+            if self.store.trip_breaker(caller.session, call.target, reason, receipt.id):
+                logging.getLogger("safe_mcp").warning("circuit breaker tripped for session %s on %s: %s",
+                                                      caller.session, call.target, reason)
+                self._notify_breaker(caller, call.target, reason, receipt.id)
+        except StateError:
+            logging.getLogger("safe_mcp").exception("could not record trouble for the circuit breaker")
+
+    def _notify_breaker(self, caller: Caller, target: str, reason: str, receipt_id: str) -> None:
+        """Hook for notifications (the approvals webhook, when configured)."""
+
     def _call_digest(self, call: Call) -> str:
         return action_digest(call, "")
 
@@ -508,7 +632,8 @@ class Gate:
                 **extra: Any) -> Receipt:
         args = {k: v for k, v in call.args.items()}
         return self.store.append(
-            session=caller.session, client=caller.client, target=call.target, tool=tool or call.tool,
+            session=caller.session, client=caller.client, run_id=caller.run_id or caller.session,
+            target=call.target, tool=tool or call.tool,
             effect=effect.value, args=_utf8_safe(self.scrub(args)), decision=decision,
             reason=_utf8_safe(self.scrub(reason)), outcome=outcome, policy_digest=self.policy_digest,
             compensation=compensation, **extra,
@@ -521,6 +646,7 @@ class Gate:
             rid: str | None = receipt.id
         except StateError:
             rid = None
+        self._trouble(call, caller, "refusal")
         raise Refused(self.scrub(reason), self.scrub(remedy), rid)
 
     def _fail(self, call: Call, caller: Caller, effect: Effect, exc: AdapterError, started: float,
@@ -531,6 +657,7 @@ class Gate:
             rid: str | None = receipt.id
         except StateError:
             rid = None
+        self._trouble(call, caller, "failure")
         raise Refused(f"{outcome.replace('_', ' ')}: {message}", remedy or "nothing was changed; fix the call and retry", rid)
 
     @staticmethod

@@ -6,12 +6,12 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import anyio.to_thread
 from mcp.server import MCPServer
 from mcp.server.auth.middleware.auth_context import get_access_token
-from mcp.server.mcpserver import Context
+from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
@@ -45,6 +45,8 @@ Params = Annotated[
 IdemKey = Annotated[str | None, Field(
     description="a key of yours; a retry with the same key returns the first result, runs nothing")]
 DryRun = Annotated[bool, Field(description="say exactly what it would change, change nothing")]
+RunId = Annotated[str | None, Field(
+    description="your name for this run of work; `safe-mcp undo --run` can reverse a whole run", max_length=128)]
 
 
 class TargetInfo(BaseModel):
@@ -96,6 +98,23 @@ class ActionResult(BaseModel):
     result: dict[str, Any] = Field(default_factory=dict)
 
 
+class HumanApproval(BaseModel):
+    approve: bool = Field(description="approve this action")
+
+
+async def _ask_human(action_id: str, ctx: Context) -> HumanApproval | Elicit[HumanApproval]:
+    """Elicit approval only on targets whose config trusts the client, and only from clients that declare it."""
+    params = ctx.session.client_params
+    if params is None or params.capabilities.elicitation is None:
+        return HumanApproval(approve=False)
+    runtime = cast(Runtime, ctx.request_context.lifespan_context)
+    prompt = await anyio.to_thread.run_sync(runtime.gate.approvals.elicitation_prompt, action_id)
+    return HumanApproval(approve=False) if prompt is None else Elicit(prompt, HumanApproval)
+
+
+HumanAnswer = Annotated[ElicitationResult[HumanApproval], Resolve(_ask_human)]
+
+
 class ReceiptsResult(BaseModel):
     receipts: list[dict[str, Any]]
 
@@ -129,10 +148,10 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
         auth = {"token_verifier": TokenVerifier(tokens), "auth": AuthSettings(
             issuer_url=url, resource_server_url=url, required_scopes=[MCP_SCOPE], validate_token_resource=False)}
     server: MCPServer[Any] = MCPServer(
-        "safe-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
+        "safe-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, **auth,
     )
 
-    def caller(ctx: Context) -> Caller:
+    def caller(ctx: Context, run_id: str | None = None) -> Caller:
         client = "unknown"
         params = ctx.session.client_params
         if params is not None:
@@ -142,7 +161,7 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
             client = f"token:{token.client_id} via {client}"
         headers = ctx.headers or {}
         session = headers.get("mcp-session-id") or runtime.session
-        return Caller(session=session, client=client)
+        return Caller(session=session, client=client, run_id=run_id)
 
     async def through_gate(fn: Callable[[], T]) -> T:
         try:
@@ -157,9 +176,9 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
             return scrubbed
         return result
 
-    def gate_call(ctx: Context, tool: str, target: str, **args: Any) -> Callable[[], GateResult]:
+    def gate_call(ctx: Context, tool: str, target: str, run_id: str | None = None, **args: Any) -> Callable[[], GateResult]:
         call = Call(target=target, tool=tool, args={k: v for k, v in args.items() if v is not None and v is not False})
-        return functools.partial(gate.run, call, caller(ctx))
+        return functools.partial(gate.run, call, caller(ctx, run_id))
 
     read = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
@@ -184,7 +203,7 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
             read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False))
         async def sql_execute(
             target: str, sql: str, ctx: Context, params: Params = None,
-            idempotency_key: IdemKey = None, dry_run: DryRun = False,
+            idempotency_key: IdemKey = None, dry_run: DryRun = False, run_id: RunId = None,
         ) -> ActionResult:
             """Execute one SQL statement that changes data, through the safety gate.
 
@@ -193,7 +212,8 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
             A write touching more rows than the target's rows_affected is rolled back.
             """
             return _action(await through_gate(gate_call(ctx, "sql_execute", target, sql=sql, params=params,
-                                                       idempotency_key=idempotency_key, dry_run=dry_run)))
+                                                       idempotency_key=idempotency_key, dry_run=dry_run,
+                                                       run_id=run_id)))
 
         @server.tool(title="Describe tables", annotations=read)
         async def sql_schema(target: str, ctx: Context, table: str | None = None) -> SchemaResult:
@@ -209,7 +229,7 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
         async def aws_call(
             target: str, service: str, operation: str, ctx: Context,
             params: Annotated[dict[str, Any] | None, Field(description="the operation's parameters, as in boto3")] = None,
-            idempotency_key: IdemKey = None, dry_run: DryRun = False,
+            idempotency_key: IdemKey = None, dry_run: DryRun = False, run_id: RunId = None,
             max_items: Annotated[int | None, Field(ge=1, description="for paginated reads: stop after this many")] = None,
         ) -> ActionResult:
             """Call one AWS operation (boto3 names, e.g. service "s3", operation "ListObjectsV2").
@@ -219,7 +239,7 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
             """
             return _action(await through_gate(gate_call(
                 ctx, "aws_call", target, service=service, operation=operation, params=params,
-                idempotency_key=idempotency_key, dry_run=dry_run, max_items=max_items)))
+                idempotency_key=idempotency_key, dry_run=dry_run, max_items=max_items, run_id=run_id)))
 
     if runtime.serves("email_send"):
 
@@ -227,13 +247,13 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
         async def email_send(
             target: str, to: list[str], subject: str, body: str, ctx: Context,
             cc: list[str] | None = None, bcc: list[str] | None = None, reply_to: str | None = None,
-            idempotency_key: IdemKey = None,
+            idempotency_key: IdemKey = None, run_id: RunId = None,
         ) -> ActionResult:
             """Queue an email. It waits in the outbox for the target's hold_s and can be cancelled with
             `undo` until it leaves. Recipients must match the target's allow-list."""
             return _action(await through_gate(gate_call(
                 ctx, "email_send", target, to=to, subject=subject, body=body, cc=cc, bcc=bcc,
-                reply_to=reply_to, idempotency_key=idempotency_key)))
+                reply_to=reply_to, idempotency_key=idempotency_key, run_id=run_id)))
 
         @server.tool(title="Show the outbox", annotations=read)
         async def email_outbox(target: str, ctx: Context) -> ActionResult:
@@ -242,13 +262,32 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
 
     @server.tool(title="Confirm a pending action", annotations=ToolAnnotations(
         read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False))
-    async def confirm(action_id: str, ctx: Context) -> ActionResult:
+    async def confirm(
+        action_id: str, ctx: Context,
+        human: HumanAnswer,
+        wait_s: Annotated[float, Field(ge=0, le=3600, description=(
+            "for an action waiting for a human: wait up to this long for their decision, then run it if "
+            "approved (progress is reported while waiting)"))] = 0,
+    ) -> ActionResult:
         """Execute a pending action exactly as it was previewed. Only after the user has agreed.
 
-        Single use; refused when expired, too early, changed since the preview, or reserved for a human.
+        Single use; refused when expired, too early, changed since the preview, or waiting for a human.
         """
         who = caller(ctx)
+        if isinstance(human, AcceptedElicitation) and human.data.approve:
+            await anyio.to_thread.run_sync(gate.approvals.approve_by_elicitation, action_id, who.client)
+        if wait_s > 0:
+            await wait_for_human(ctx, action_id, wait_s)
         return _action(await through_gate(functools.partial(gate.confirm, action_id, who)))
+
+    async def wait_for_human(ctx: Context, action_id: str, wait_s: float) -> None:
+        start = anyio.current_time()
+        while await anyio.to_thread.run_sync(gate.approvals.waiting, action_id):
+            waited = anyio.current_time() - start
+            if waited >= wait_s:
+                return
+            await ctx.report_progress(waited, wait_s, "waiting for a human decision")
+            await anyio.sleep(min(0.5, wait_s - waited))
 
     @server.tool(title="Undo a write", annotations=ToolAnnotations(
         read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False))
