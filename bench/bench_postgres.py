@@ -19,15 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
+from safe_mcp_postgres.adapter import PostgresAdapter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "adapters"))
-
-from safe_mcp.adapter import Budget, Call  # noqa: E402
-from safe_mcp.config import load_config  # noqa: E402
-from safe_mcp.effects import Effect  # noqa: E402
-from safe_mcp.gate import Caller  # noqa: E402
-from safe_mcp.runtime import Runtime  # noqa: E402
-from safe_mcp_postgres.adapter import PostgresAdapter  # noqa: E402
+from safe_mcp.adapter import Budget, Call
+from safe_mcp.config import load_config
+from safe_mcp.effects import Effect
+from safe_mcp.gate import Caller
+from safe_mcp.runtime import Runtime
 
 
 def median_ms(fn: Callable[[], object], n: int, warmup: int = 3) -> float:

@@ -111,7 +111,7 @@ def walk(node: Any) -> Iterator[ast.Node]:
             stack.extend(n)
         elif isinstance(n, ast.Node):
             yield n
-            for attr in type(n).__slots__:
+            for attr in type(n).__slots__:  # type: ignore[attr-defined]
                 v = getattr(n, attr, None)
                 if isinstance(v, (ast.Node, list, tuple)):
                     stack.append(v)
@@ -123,7 +123,7 @@ def qualified(rv: Any) -> tuple[str | None, str]:
 
 
 def _names(parts: Any) -> list[str]:
-    return [p.sval for p in parts or () if isinstance(p, ast.String)]
+    return [str(p.sval) for p in parts or () if isinstance(p, ast.String)]
 
 
 def _forbid(why: str) -> Classification:
@@ -198,6 +198,11 @@ def classify_sql(sql: str, trash_schema: str) -> Classification:
     return base
 
 
+def _is(node: Any, cls: type | tuple[type, ...]) -> bool:
+    """isinstance without narrowing: pglast's optional fields are always set on parsed trees."""
+    return isinstance(node, cls)
+
+
 def _rel(rv: Any) -> dict[str, str | None]:
     return {"schema": rv.schemaname, "name": rv.relname}
 
@@ -210,7 +215,7 @@ def _classify_statement(stmt: Any) -> Classification:
     kind = type(stmt).__name__
     if kind in _FORBIDDEN_STATEMENTS:
         return _forbid(_FORBIDDEN_STATEMENTS[kind])
-    if isinstance(stmt, ast.SelectStmt):
+    if _is(stmt, ast.SelectStmt):
         if _has_nested_dml(stmt):
             return Classification(effect=Effect.IRREVERSIBLE, reason="a writable CTE (INSERT/UPDATE/DELETE inside "
                                   "WITH): safe-mcp cannot take its before-images; send the write as its own statement",
@@ -223,9 +228,9 @@ def _classify_statement(stmt: Any) -> Classification:
                                   summary=f"SELECT INTO {_show(into.rel)}",
                                   detail={"op": "create", "type": "table", **_rel(into.rel)})
         return Classification(effect=Effect.READ, reason="reads only", summary="SELECT", detail={"op": "read"})
-    if isinstance(stmt, ast.VariableShowStmt):
+    if _is(stmt, ast.VariableShowStmt):
         return Classification(effect=Effect.READ, reason="SHOW reads a setting", summary="SHOW", detail={"op": "read"})
-    if isinstance(stmt, ast.ExplainStmt):
+    if _is(stmt, ast.ExplainStmt):
         analyze = any(isinstance(o, ast.DefElem) and o.defname == "analyze" for o in stmt.options or ())
         if analyze:
             inner = _classify_statement(stmt.query)
@@ -234,14 +239,14 @@ def _classify_statement(stmt: Any) -> Classification:
                                f"({inner.reason}); use EXPLAIN without ANALYZE")
         return Classification(effect=Effect.READ, reason="EXPLAIN plans without running", summary="EXPLAIN",
                               detail={"op": "read"})
-    if isinstance(stmt, _DML):
+    if _is(stmt, _DML):
         return _classify_dml(stmt)
-    if isinstance(stmt, ast.DropStmt):
+    if _is(stmt, ast.DropStmt):
         return _classify_drop(stmt)
-    if isinstance(stmt, ast.DropdbStmt):
+    if _is(stmt, ast.DropdbStmt):
         return Classification(effect=Effect.IRREVERSIBLE, reason=f"DROP DATABASE {stmt.dbname} cannot be undone",
                               summary=f"DROP DATABASE {stmt.dbname}", detail={"op": "autocommit"})
-    if isinstance(stmt, ast.TruncateStmt):
+    if _is(stmt, ast.TruncateStmt):
         rels = [_rel(r) for r in stmt.relations]
         shown = ", ".join(_show(r) for r in stmt.relations)
         if stmt.restart_seqs or stmt.behavior == enums.DropBehavior.DROP_CASCADE:
@@ -250,13 +255,13 @@ def _classify_statement(stmt: Any) -> Classification:
                                   detail={"op": "plain"})
         return Classification(effect=Effect.DESTRUCTIVE, reason=f"TRUNCATE {shown} (the old rows are kept restorable)",
                               summary=f"TRUNCATE {shown}", detail={"op": "truncate", "tables": rels})
-    if isinstance(stmt, ast.CreateStmt):
+    if _is(stmt, ast.CreateStmt):
         if stmt.relation.relpersistence == "t":
             return _forbid("temporary tables would outlive the call on a pooled connection")
         return Classification(effect=Effect.WRITE, reason=f"CREATE TABLE {_show(stmt.relation)}",
                               summary=f"CREATE TABLE {_show(stmt.relation)}",
                               detail={"op": "create", "type": "table", **_rel(stmt.relation)})
-    if isinstance(stmt, ast.CreateTableAsStmt):
+    if _is(stmt, ast.CreateTableAsStmt):
         if stmt.into.rel.relpersistence == "t":
             return _forbid("temporary tables would outlive the call on a pooled connection")
         if stmt.objtype == enums.ObjectType.OBJECT_TABLE:
@@ -265,18 +270,18 @@ def _classify_statement(stmt: Any) -> Classification:
                                   detail={"op": "create", "type": "table", **_rel(stmt.into.rel)})
         return Classification(effect=Effect.IRREVERSIBLE, reason="CREATE MATERIALIZED VIEW: no compensation is "
                               "recorded", summary="CREATE MATERIALIZED VIEW", detail={"op": "plain"})
-    if isinstance(stmt, ast.ViewStmt) and not stmt.replace:
+    if _is(stmt, ast.ViewStmt) and not stmt.replace:
         if stmt.view.relpersistence == "t":
             return _forbid("temporary views would outlive the call on a pooled connection")
         return Classification(effect=Effect.WRITE, reason=f"CREATE VIEW {_show(stmt.view)}",
                               summary=f"CREATE VIEW {_show(stmt.view)}",
                               detail={"op": "create", "type": "view", **_rel(stmt.view)})
-    if isinstance(stmt, ast.IndexStmt) and stmt.idxname and not stmt.concurrent and not stmt.if_not_exists:
+    if _is(stmt, ast.IndexStmt) and stmt.idxname and not stmt.concurrent and not stmt.if_not_exists:
         return Classification(effect=Effect.WRITE, reason=f"CREATE INDEX {stmt.idxname}",
                               summary=f"CREATE INDEX {stmt.idxname}",
                               detail={"op": "create", "type": "index", "schema": stmt.relation.schemaname,
                                       "name": stmt.idxname})
-    if kind in _IRREVERSIBLE_DDL or isinstance(stmt, (ast.ViewStmt, ast.IndexStmt)):
+    if kind in _IRREVERSIBLE_DDL or _is(stmt, (ast.ViewStmt, ast.IndexStmt)):
         return Classification(effect=Effect.IRREVERSIBLE, reason=f"{kind.removesuffix('Stmt')}: schema change with no "
                               "compensation recorded", summary=kind.removesuffix("Stmt"), detail={"op": "plain"})
     return _forbid(f"{kind.removesuffix('Stmt')} statements are not supported by safe-mcp")
@@ -298,11 +303,11 @@ def _classify_dml(stmt: Any) -> Classification:
     if _has_nested_dml(stmt):
         return Classification(effect=Effect.IRREVERSIBLE, reason=f"{summary} with a writable CTE: safe-mcp cannot "
                               "take its before-images", summary=summary, detail={"op": "plain"})
-    if isinstance(stmt, ast.MergeStmt):
+    if _is(stmt, ast.MergeStmt):
         return Classification(effect=Effect.IRREVERSIBLE, reason=f"{summary}: no before-images are taken for MERGE",
                               summary=summary, detail={"op": "plain"})
     detail: dict[str, Any] = {"op": verb.lower(), **_rel(rel)}
-    if isinstance(stmt, ast.InsertStmt):
+    if _is(stmt, ast.InsertStmt):
         conflict = stmt.onConflictClause
         if conflict is not None and conflict.action == enums.OnConflictAction.ONCONFLICT_UPDATE:
             return Classification(effect=Effect.IRREVERSIBLE, reason=f"{summary} ON CONFLICT DO UPDATE: the rows it "

@@ -147,7 +147,7 @@ def run_one(conn: psycopg.Connection[Any], sql: str, params: list[Any] | None) -
     """Send one statement with the extended protocol (several statements are refused by the server)."""
     cur = conn.cursor()
     with conn.pipeline():
-        cur.execute(sql, params)  # type: ignore[arg-type]
+        cur.execute(sql, params)
     return cur
 
 
