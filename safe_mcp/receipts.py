@@ -53,6 +53,7 @@ class Receipt(BaseModel):
     time: str
     session: str
     client: str
+    run_id: str | None = None
     target: str
     tool: str
     effect: str

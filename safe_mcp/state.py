@@ -71,6 +71,22 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (target, key)
 );
 CREATE INDEX IF NOT EXISTS receipts_session ON receipts (json_extract(body, '$.session'));
+CREATE TABLE IF NOT EXISTS events (
+    ts REAL NOT NULL,
+    session TEXT NOT NULL,
+    target TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    rows INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS events_scope ON events (session, target, kind, ts);
+CREATE TABLE IF NOT EXISTS breakers (
+    session TEXT NOT NULL,
+    target TEXT NOT NULL,
+    tripped_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    receipt_id TEXT,
+    PRIMARY KEY (session, target)
+);
 """
 
 
@@ -303,13 +319,53 @@ class StateStore:
         return VerifyReport(ok=True, count=count)
 
     def count_session_writes(self, session: str) -> int:
-        self.flush()
+        # No flush: only writes count, and their receipts are never queued.
         rows = self._read(
             "SELECT count(*) FROM receipts WHERE json_extract(body, '$.session') = ? "
             "AND json_extract(body, '$.outcome') = 'executed' AND json_extract(body, '$.effect') != 'read'",
             (session,),
         )
         return int(rows[0][0])
+
+    # budgets and the circuit breaker ----------------------------------------------------
+
+    def record_event(self, session: str, target: str, kind: str, rows: int = 0, ts: float | None = None) -> None:
+        """One thing that counts against a budget or the breaker: write, destructive, refusal, failure, near_limit."""
+        with self._tx() as db:
+            db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", (ts or time.time(), session, target, kind, rows))
+
+    def window(self, session: str, target: str, kind: str, since: float) -> tuple[int, int, float | None]:
+        """(count, rows, oldest ts) of `kind` events for session and target since `since`."""
+        rows = self._read("SELECT count(*), coalesce(sum(rows), 0), min(ts) FROM events "
+                          "WHERE session = ? AND target = ? AND kind = ? AND ts >= ?", (session, target, kind, since))
+        count, total, oldest = rows[0]
+        return int(count), int(total), oldest
+
+    def trip_breaker(self, session: str, target: str, reason: str, receipt_id: str | None) -> bool:
+        """Trip the breaker for a session and target; False when it was already tripped."""
+        with self._tx() as db:
+            cur = db.execute("INSERT OR IGNORE INTO breakers VALUES (?, ?, ?, ?, ?)",
+                             (session, target, time.time(), reason, receipt_id))
+            return cur.rowcount == 1
+
+    def breaker(self, session: str, target: str) -> tuple[float, str] | None:
+        rows = self._read("SELECT tripped_at, reason FROM breakers WHERE session = ? AND target = ?", (session, target))
+        return (float(rows[0][0]), str(rows[0][1])) if rows else None
+
+    def breakers(self) -> list[tuple[str, str, float, str]]:
+        return [(str(a), str(b), float(c), str(d))
+                for a, b, c, d in self._read("SELECT session, target, tripped_at, reason FROM breakers ORDER BY tripped_at")]
+
+    def reset_breakers(self, session: str | None, target: str | None) -> list[tuple[str, str]]:
+        """Reset matching breakers (None matches any) and forget the trouble that tripped them."""
+        with self._tx() as db:
+            found = db.execute("SELECT session, target FROM breakers WHERE (? IS NULL OR session = ?) "
+                               "AND (? IS NULL OR target = ?)", (session, session, target, target)).fetchall()
+            for s_, t_ in found:
+                db.execute("DELETE FROM breakers WHERE session = ? AND target = ?", (s_, t_))
+                db.execute("DELETE FROM events WHERE session = ? AND target = ? AND kind IN "
+                           "('refusal', 'failure', 'near_limit')", (s_, t_))
+        return [(str(a), str(b)) for a, b in found]
 
     # pending actions -------------------------------------------------------------------
 
