@@ -16,7 +16,7 @@ from typing import Any
 import conftest
 from mcp import Client, StdioServerParameters
 
-TRANSPORTS = ["memory", "stdio", "http"]
+TRANSPORTS = ["memory", "stdio", "http", "sse"]
 
 
 def write_config(directory: Path, text: str, name: str = "safe-mcp.toml") -> Path:
@@ -78,14 +78,22 @@ async def connect(config: Path, transport: str = "memory", env: dict[str, str] |
                                        env={**os.environ, **(env or {})})
         async with Client(params) as client:
             yield client
-    elif transport == "http":
+    elif transport in ("http", "sse"):
         port = free_port()
-        proc = subprocess.Popen(serve_cmd(config, "--transport", "http", "--port", str(port)),
+        proc = subprocess.Popen(serve_cmd(config, "--transport", transport, "--port", str(port)),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
         try:
             wait_port(port, proc)
-            async with http_client(f"http://127.0.0.1:{port}/mcp", config, env=env) as client:
-                yield client
+            if transport == "http":
+                async with http_client(f"http://127.0.0.1:{port}/mcp", config, env=env) as client:
+                    yield client
+            else:
+                from mcp.client.sse import sse_client
+
+                bearer = create_token(config, name=f"test-sse-{port}", env=env)
+                async with Client(sse_client(f"http://127.0.0.1:{port}/sse",
+                                             headers={"Authorization": f"Bearer {bearer}"})) as client:
+                    yield client
         finally:
             proc.terminate()
             try:

@@ -67,3 +67,25 @@ async def test_read_refuse_pending_confirm_undo(shop: Path, transport: str) -> N
 
         found = await call(client, "receipts", receipt_id=done["receipt_id"])
         assert found["receipts"][0]["outcome"] == "executed"
+
+
+async def test_sse_refuses_a_request_without_a_token(shop: Path) -> None:
+    import subprocess
+    import sys
+
+    import httpx2
+    from support import free_port, wait_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "safe_mcp", "serve", "--config", str(shop), "--transport", "sse",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc)
+        async with httpx2.AsyncClient() as http:
+            r = await http.post(f"http://127.0.0.1:{port}/messages/?session_id=x", json={})
+            assert r.status_code == 401
+            r = await http.get(f"http://127.0.0.1:{port}/sse", headers={"Origin": "http://evil.example"})
+            assert r.status_code in (401, 403)
+    finally:
+        proc.terminate()
+        proc.wait(10)
