@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from safe_mcp.errors import StateError
 from safe_mcp.receipts import GENESIS, Receipt, canonical_json, new_id, receipt_hash
+from safe_mcp.sqlitetx import immediate
 
 __all__ = ["PendingAction", "StateStore", "VerifyReport"]
 
@@ -195,19 +196,8 @@ class StateStore:
                 self._later[:0] = batch
             raise
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StateError(f"state store write failed: {exc}") from None
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate(self._db, self._lock, lambda exc: StateError(f"state store write failed: {exc}"))
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:

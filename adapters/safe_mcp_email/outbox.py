@@ -18,14 +18,14 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from safe_mcp.errors import AdapterError
 from safe_mcp.receipts import new_id
+from safe_mcp.sqlitetx import immediate
 
 __all__ = ["Outbox", "Queued", "RateLimited", "Row"]
 
@@ -132,19 +132,8 @@ class Outbox:
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise AdapterError(f"the outbox could not be written: {exc}") from None
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate(self._db, self._lock, lambda exc: AdapterError(f"the outbox could not be written: {exc}"))
 
     def _select(self, where: str, params: tuple[Any, ...]) -> list[Row]:
         with self._lock:
