@@ -110,7 +110,9 @@ class ApprovalSettings(_Strict):
     host: str = Field("127.0.0.1", description="bind address of the approval page (loopback unless you mean it)")
     port: int | None = Field(None, ge=1, le=65535, description="serve the approval page on this port (stdio too)")
     allowed_hosts: list[str] = Field(default_factory=list, description="extra Host values the page accepts")
-    notify_url: str | None = Field(None, description="webhook (Slack incoming-webhook compatible) told of each new approval")
+    notify_url: str | None = Field(None, pattern=r"^https?://[^\s]+$",
+                                   description="webhook (Slack incoming-webhook compatible) told of each new approval; "
+                                               "http:// or https:// only")
     notify_retries: int = Field(3, ge=0, le=10, description="retries of a failed webhook post")
 
 

@@ -105,3 +105,10 @@ def test_demo_config_file_matches_the_demo() -> None:
     from safe_mcp.demo import DEMO_CONFIG
 
     assert (ROOT / "config" / "demo.toml").read_text() == DEMO_CONFIG
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://x/y", "javascript:alert(1)", "hooks.slack.com/x"])
+def test_notify_url_must_be_http(tmp_path: Path, url: str) -> None:
+    path = write_config(tmp_path, f'[targets.db]\nkind = "sqlite"\npath = "x.db"\n[approvals]\nnotify_url = "{url}"\n')
+    with pytest.raises(ConfigError, match=r"approvals\.notify_url"):
+        load_config(path)
