@@ -19,13 +19,12 @@ import logging
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from safe_mcp import webhook
 from safe_mcp.adapter import Call
 from safe_mcp.config import ConfirmMode
 from safe_mcp.effects import Effect
@@ -264,19 +263,7 @@ class ApprovalDesk:
                        "statement": statement, "preview": action.preview, "expires": action.expires,
                        "approvals_required": self.required(action)},
         }
-        data = json.dumps(self.gate.scrub(body), default=str).encode()
-        retries = self.gate.config.approvals.notify_retries
-        for attempt in range(retries + 1):
-            req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},  # noqa: S310
-                                         method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - the operator's URL, checked to be http(s) at load
-                    if 200 <= resp.status < 300:
-                        return
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                log.warning("approval webhook attempt %d failed: %s", attempt + 1, exc)
-            time.sleep(min(0.2 * 2**attempt, 5))
-        log.error("approval webhook gave up after %d attempts; action %s still waits", retries + 1, action.id)
+        webhook.post(url, self.gate.scrub(body), self.gate.config.approvals.notify_retries, f"approval {action.id}")
 
     # expiry ---------------------------------------------------------------------------------
 

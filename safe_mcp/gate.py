@@ -615,7 +615,17 @@ class Gate:
             logging.getLogger("safe_mcp").exception("could not record trouble for the circuit breaker")
 
     def _notify_breaker(self, caller: Caller, target: str, reason: str, receipt_id: str) -> None:
-        """Hook for notifications (the approvals webhook, when configured)."""
+        """Tell the approvals webhook, when one is configured; a failed notification changes nothing."""
+        url = self.config.approvals.notify_url
+        if url:
+            from safe_mcp import webhook
+
+            webhook.post_in_background(url, {
+                "text": f"safe-mcp: circuit breaker tripped for session {caller.session} on {target} ({reason}); "
+                        f"its writes are refused until `safe-mcp breaker reset --session {caller.session} --target {target}`",
+                "breaker": {"session": caller.session, "client": caller.client, "target": target, "reason": reason,
+                            "receipt_id": receipt_id},
+            }, self.config.approvals.notify_retries, f"breaker {target}")
 
     def _call_digest(self, call: Call) -> str:
         return action_digest(call, "")

@@ -96,6 +96,41 @@ async def test_the_breaker_holds_across_calls_until_a_human_resets_it(tmp_path: 
     assert cli(cfg, "breaker", "reset").returncode == 1
 
 
+async def test_a_trip_is_sent_to_the_approvals_webhook(tmp_path: Path) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from typing import Any
+
+    got: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    hook = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        cfg = make(tmp_path, per_minute=100, refusals=2)
+        cfg.write_text(cfg.read_text() + f'\n[approvals]\nnotify_url = "http://127.0.0.1:{hook.server_port}/hook"\n')
+        async with connect(cfg, "memory") as c:
+            for _ in range(2):
+                await refused(c, "sql_query", target="admin", sql="DELETE FROM orders")
+            import anyio
+
+            with anyio.fail_after(10):
+                while not got:
+                    await anyio.sleep(0.05)
+        assert got[0]["breaker"]["target"] == "admin" and "breaker reset" in got[0]["text"]
+    finally:
+        hook.shutdown()
+        hook.server_close()
+
+
 async def test_near_limit_writes_trip_the_breaker(tmp_path: Path) -> None:
     cfg = make(tmp_path, per_minute=100, refusals=50)
     async with connect(cfg, "memory") as c:
