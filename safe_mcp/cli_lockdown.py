@@ -149,6 +149,14 @@ def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopba
         hosts += ["127.0.0.1:*", "localhost:*", "[::1]:*"]
         origins += ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
     security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+    # The human approval page on the MCP listener itself. Its routes take no bearer token (an approver
+    # is not an agent): they check Host, Origin and CSRF themselves, and approving needs a TOTP code.
+    from safe_mcp.web import ApprovalPage, loopback_hosts
+
+    page_hosts = (loopback_hosts(host, port) if loopback else {f"{shown}:{port}"}) | {
+        h for h in settings.allowed_hosts if not h.endswith(":*")}
+    for route in ApprovalPage(runtime.gate, page_hosts).routes():
+        server.custom_route(route.path, methods=sorted(route.methods or {"GET"}))(route.endpoint)
     logging.getLogger("safe_mcp").info("serving %s on %s:%s (auth: %s)", transport, host, port, settings.auth)
     if transport == "sse":
         server.run("sse", host=host, port=port, transport_security=security)
