@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["GENESIS", "Receipt", "canonical_json", "new_id", "receipt_hash"]
+__all__ = ["GENESIS", "Receipt", "canonical_json", "new_id", "receipt_hash", "receipt_text_hash"]
 
 GENESIS = "0" * 64
 _DOMAIN = b"safe-mcp/receipt/v1\x00"
@@ -76,4 +76,9 @@ class Receipt(BaseModel):
 
 
 def receipt_hash(body: dict[str, Any]) -> str:
-    return hashlib.sha256(_DOMAIN + canonical_json(body).encode()).hexdigest()
+    return receipt_text_hash(canonical_json(body))
+
+
+def receipt_text_hash(text: str) -> str:
+    """The hash of a receipt whose canonical JSON (without `hash`) is `text`."""
+    return hashlib.sha256(_DOMAIN + text.encode()).hexdigest()

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from safe_mcp.errors import StateError
-from safe_mcp.receipts import GENESIS, Receipt, canonical_json, new_id, receipt_hash
+from safe_mcp.receipts import GENESIS, Receipt, canonical_json, new_id, receipt_hash, receipt_text_hash
 from safe_mcp.sqlitetx import immediate
 
 __all__ = ["PendingAction", "StateStore", "VerifyReport"]
@@ -80,6 +80,7 @@ CREATE TABLE IF NOT EXISTS events (
     rows INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_scope ON events (session, target, kind, ts);
+CREATE INDEX IF NOT EXISTS events_session ON events (session, kind);
 CREATE TABLE IF NOT EXISTS breakers (
     session TEXT NOT NULL,
     target TEXT NOT NULL,
@@ -89,6 +90,12 @@ CREATE TABLE IF NOT EXISTS breakers (
     PRIMARY KEY (session, target)
 );
 """
+
+
+# Every optional field of a receipt, so that every stored body has the same keys.
+_RECEIPT_DEFAULTS: dict[str, Any] = {
+    name: f.default for name, f in Receipt.model_fields.items() if not f.is_required() and name != "hash"
+}
 
 
 def _now_iso() -> str:
@@ -147,6 +154,7 @@ class StateStore:
         self._wake = threading.Event()
         self._closing = False
         self._flusher: threading.Thread | None = None
+        self._last_hash = GENESIS
 
     def close(self) -> None:
         self._closing = True
@@ -182,15 +190,14 @@ class StateStore:
                 logging.getLogger("safe_mcp").exception("could not write read receipts; will retry")
 
     def flush(self) -> None:
-        """Write every queued receipt now."""
+        """Write every queued receipt now, in one transaction."""
         with self._later_lock:
             batch, self._later = self._later, []
         if not batch:
             return
         try:
             with self._tx() as db:
-                for fields in batch:
-                    self._append_in(db, fields, None)
+                self._chain(db, batch)
         except StateError:
             with self._later_lock:
                 self._later[:0] = batch
@@ -226,22 +233,8 @@ class StateStore:
     def _append_in(
         self, db: sqlite3.Connection, fields: dict[str, Any], compensation: tuple[str, str, dict[str, Any]] | None
     ) -> Receipt:
-        row = db.execute("SELECT seq, hash FROM ledger_head WHERE one = 1").fetchone()
-        seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
-        body = {k: v for k, v in fields.items()}
-        body["seq"], body["prev"] = seq, prev
-        draft = Receipt.model_validate({**body, "hash": ""})
-        digest = receipt_hash(draft.body())
-        receipt = draft.model_copy(update={"hash": digest})
-        db.execute(
-            "INSERT INTO receipts (seq, id, body, hash) VALUES (?, ?, ?, ?)",
-            (seq, receipt.id, canonical_json(receipt.body()), digest),
-        )
-        db.execute(
-            "INSERT INTO ledger_head (one, seq, hash) VALUES (1, ?, ?) "
-            "ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-            (seq, digest),
-        )
+        receipt = Receipt.model_validate({**self._chain(db, [fields])[0], "hash": ""})
+        receipt = receipt.model_copy(update={"hash": self._last_hash})
         if compensation is not None:
             cid, tool, data = compensation
             db.execute(
@@ -249,6 +242,28 @@ class StateStore:
                 (cid, receipt.id, receipt.target, tool, canonical_json(data)),
             )
         return receipt
+
+    def _chain(self, db: sqlite3.Connection, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Link `batch` onto the ledger inside `db`'s transaction; return the stored bodies.
+
+        Each body is serialised once: the hash covers exactly the text that is stored, which is what
+        `verify` re-hashes.
+        """
+        row = db.execute("SELECT seq, hash FROM ledger_head WHERE one = 1").fetchone()
+        seq, prev = (row[0], row[1]) if row else (0, GENESIS)
+        bodies, rows = [], []
+        for fields in batch:
+            seq += 1
+            body = {**_RECEIPT_DEFAULTS, **fields, "seq": seq, "prev": prev}
+            text = canonical_json(body)
+            prev = receipt_text_hash(text)
+            bodies.append(body)
+            rows.append((seq, body["id"], text, prev))
+        db.executemany("INSERT INTO receipts (seq, id, body, hash) VALUES (?, ?, ?, ?)", rows)
+        db.execute("INSERT INTO ledger_head (one, seq, hash) VALUES (1, ?, ?) "
+                   "ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash", (seq, prev))
+        self._last_hash = prev
+        return bodies
 
     def receipt(self, receipt_id: str) -> Receipt | None:
         self.flush()
@@ -309,12 +324,8 @@ class StateStore:
         return VerifyReport(ok=True, count=count)
 
     def count_session_writes(self, session: str) -> int:
-        # No flush: only writes count, and their receipts are never queued.
-        rows = self._read(
-            "SELECT count(*) FROM receipts WHERE json_extract(body, '$.session') = ? "
-            "AND json_extract(body, '$.outcome') = 'executed' AND json_extract(body, '$.effect') != 'read'",
-            (session,),
-        )
+        """Writes this session executed, on any target (from the budget events, not a scan of the ledger)."""
+        rows = self._read("SELECT count(*) FROM events WHERE session = ? AND kind = 'write'", (session,))
         return int(rows[0][0])
 
     # budgets and the circuit breaker ----------------------------------------------------
