@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import functools
 import ipaddress
 import uuid
 from collections.abc import Mapping
@@ -81,6 +82,8 @@ class PostgresAdapter(Adapter):
         if call.tool == "sql_schema":
             return Classification(effect=Effect.READ, reason="schema", summary="schema", detail={"op": "schema"})
         sql, _params = _sql_args(call)
+        if len(sql) <= _CACHED_SQL_CHARS:
+            return _classify_cached(sql, self.s.trash_schema)
         return classify_sql(sql, self.s.trash_schema)
 
     def preview(self, call: Call, classification: Classification, budget: Budget) -> Preview:
@@ -498,10 +501,10 @@ def _returned(cur: psycopg.Cursor[Any], extra: int, budget: Budget | None) -> di
     return out
 
 
-def _rows(rows: list[Any], mixed: list[int]) -> list[list[Any]]:
-    """Rows as JSON-ready lists, converting only the columns whose type needs it."""
+def _rows(rows: list[Any], mixed: list[int]) -> list[Any]:
+    """Rows JSON can carry, converting only the columns whose type needs it (tuples serialise as lists)."""
     if not mixed:
-        return [list(r) for r in rows]
+        return rows
     out = []
     for r in rows:
         row = list(r)
@@ -521,6 +524,12 @@ def _sql_args(call: Call) -> tuple[str, list[Any] | None]:
     if not isinstance(params, list):
         raise AdapterError("params must be a list: one value per $1, $2, ... placeholder (PostgreSQL has no :name)")
     return sql, params
+
+
+# Classification is a pure function of the text (the parser's tree, no catalog), so the statements
+# an agent repeats are parsed once. Long texts are not kept; errors are never cached.
+_CACHED_SQL_CHARS = 4096
+_classify_cached = functools.lru_cache(maxsize=512)(classify_sql)
 
 
 def _jsonable(value: Any) -> Any:
