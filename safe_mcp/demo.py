@@ -164,5 +164,7 @@ async def _session(config: Path) -> int:
     report = store.verify()
     store.close()
     print(f"   {'ok' if report.ok else 'BROKEN'}: {report.count} receipts" + ("" if report.ok else f" ({report.problem})"))
-    print("\nNext: `safe-mcp client-config cursor --config safe-mcp-demo/safe-mcp.toml` prints the JSON for your client.")
+    exe = Path(sys.executable).parent / "safe-mcp"
+    print(f"\nNext: `{exe} client-config cursor --config {config.resolve()}` prints the JSON to paste into Cursor "
+          "(or `claude` for Claude Desktop).")
     return 0 if report.ok else 1
