@@ -113,3 +113,25 @@ async def test_http_listener_serves_the_approval_page_without_an_agent_token(sho
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def test_a_client_on_the_2025_11_25_protocol(shop: Path) -> None:
+    """Most clients in the field (the Inspector CLI among them) still speak the 2025-11-25 protocol."""
+    import os
+    import sys
+
+    from mcp import Client, StdioServerParameters
+
+    params = StdioServerParameters(command=sys.executable, args=["-m", "safe_mcp", "serve", "--config", str(shop)],
+                                   env=dict(os.environ))
+    async with Client(params, mode="legacy") as client:
+        rows = await call(client, "sql_query", target="shop", sql="SELECT count(*) FROM orders")
+        assert rows["rows"] == [[12]]
+        pending = await call(client, "sql_execute", target="admin", sql="DELETE FROM orders")
+        assert pending["status"] == "pending"
+        await anyio.sleep(0.25)
+        done = await call(client, "confirm", action_id=pending["pending"]["action_id"])
+        assert done["affected"] == 12
+        await call(client, "undo", receipt_id=done["receipt_id"])
+        text = await refused(client, "sql_execute", target="shop", sql="DROP TABLE orders")
+        assert "read-only" in text
