@@ -1,0 +1,71 @@
+"""safe-mcp driven by a client we did not write: the MCP Inspector's CLI (installed by scripts/test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import write_config
+
+import conftest
+from safe_mcp.demo import create_shop
+
+INSPECTOR = Path(__file__).resolve().parents[2] / ".tools" / "node_modules" / ".bin" / "mcp-inspector"
+
+CONFIG = """
+[targets.shop]
+kind = "sqlite"
+path = "shop.db"
+
+[targets.admin]
+kind = "sqlite"
+path = "shop.db"
+access = "read-write"
+"""
+
+
+@pytest.fixture
+def inspect(tmp_path: Path) -> Callable[..., tuple[int, Any]]:
+    if not INSPECTOR.exists():
+        msg = f"the MCP Inspector CLI is not installed at {INSPECTOR} (scripts/test installs it)"
+        if conftest.REQUIRE_SERVICES:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    create_shop(tmp_path / "shop.db")
+    cfg = write_config(tmp_path, CONFIG)
+
+    def run(*args: str) -> tuple[int, Any]:
+        r = subprocess.run([str(INSPECTOR), "--cli", "-e", f"SAFE_MCP_CONFIG={cfg}", sys.executable, "-m", "safe_mcp",
+                            "serve", *args], capture_output=True, text=True, timeout=120, env=dict(os.environ))
+        assert r.stdout.strip(), r.stderr
+        return r.returncode, json.loads(r.stdout)
+
+    return run
+
+
+def test_the_inspector_lists_honest_tools(inspect: Callable[..., tuple[int, Any]]) -> None:
+    _rc, out = inspect("--method", "tools/list")
+    tools = {t["name"]: t for t in out["tools"]}
+    assert {"targets", "sql_query", "sql_execute", "sql_schema", "confirm", "undo", "receipts"} <= set(tools)
+    assert tools["sql_query"]["annotations"]["readOnlyHint"] is True
+    assert tools["sql_execute"]["annotations"]["destructiveHint"] is True
+    assert "outputSchema" in tools["sql_execute"]
+
+
+def test_the_inspector_reads_and_is_refused_a_write(inspect: Callable[..., tuple[int, Any]]) -> None:
+    rc, out = inspect("--method", "tools/call", "--tool-name", "sql_query", "--tool-arg", "target=shop",
+                      "--tool-arg", "sql=SELECT count(*) AS n FROM orders")
+    assert rc == 0 and out["structuredContent"]["rows"] == [[12]]
+    rc, out = inspect("--method", "tools/call", "--tool-name", "sql_execute", "--tool-arg", "target=shop",
+                      "--tool-arg", "sql=DROP TABLE orders")
+    assert rc == 5 and out["isError"] is True  # the Inspector's exit code for a tool error
+    assert "read-only" in out["content"][0]["text"]
+    rc, out = inspect("--method", "tools/call", "--tool-name", "sql_execute", "--tool-arg", "target=admin",
+                      "--tool-arg", "sql=DELETE FROM orders")
+    assert rc == 0 and out["structuredContent"]["status"] == "pending"
