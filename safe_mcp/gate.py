@@ -239,6 +239,8 @@ class Gate:
             self._refuse(call, caller, Effect(action.effect),
                          f"action {action_id} was confirmed by another call at the same moment; it runs once",
                          "look up its receipt with the receipts tool", tool="confirm", action_id=action_id)
+        if action.run_id and not caller.run_id:
+            caller = caller.model_copy(update={"run_id": action.run_id})
         try:
             target = self._target(call, caller)
             adapter = self._adapter(target)
@@ -414,7 +416,7 @@ class Gate:
             target=call.target, tool=call.tool, call=call.args, effect=preview.effect.value,
             confirm_by=confirm_by.value, digest=action_digest(call, self.policy_digest),
             preview=self.scrub(preview.model_dump(mode="json")), state="pending",
-            session=caller.session, receipt_id=receipt_id,
+            session=caller.session, receipt_id=receipt_id, run_id=caller.run_id,
         )
         try:
             self.store.add_pending(action)

@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS pending (
     preview TEXT NOT NULL,
     state TEXT NOT NULL,
     session TEXT NOT NULL,
-    receipt_id TEXT NOT NULL
+    receipt_id TEXT NOT NULL,
+    run_id TEXT
 );
 CREATE TABLE IF NOT EXISTS compensations (
     id TEXT PRIMARY KEY,
@@ -121,6 +122,8 @@ class PendingAction(BaseModel):
     state: str
     session: str
     receipt_id: str
+    run_id: str | None = None
+    """The requester's run, so that the confirmed execution is undone with the run it belongs to."""
 
 
 class VerifyReport(BaseModel):
@@ -373,11 +376,12 @@ class StateStore:
     def add_pending(self, action: PendingAction) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT INTO pending VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO pending VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     action.id, action.created, action.not_before, action.expires, action.target, action.tool,
                     canonical_json(action.call), action.effect, action.confirm_by, action.digest,
                     canonical_json(action.preview), action.state, action.session, action.receipt_id,
+                    action.run_id,
                 ),
             )
 
@@ -446,7 +450,7 @@ class StateStore:
 def _pending_from_row(row: tuple[Any, ...]) -> PendingAction:
     keys = [
         "id", "created", "not_before", "expires", "target", "tool", "call", "effect", "confirm_by",
-        "digest", "preview", "state", "session", "receipt_id",
+        "digest", "preview", "state", "session", "receipt_id", "run_id",
     ]
     d = dict(zip(keys, row, strict=True))
     d["call"], d["preview"] = json.loads(d["call"]), json.loads(d["preview"])

@@ -153,9 +153,10 @@ async def test_session_undo_restores_a_mixed_run_and_the_second_run_does_nothing
         await call(c, "confirm", action_id=p["pending"]["action_id"])
         await call(c, "sql_execute", target="admin", sql="DELETE FROM orders WHERE id = 12", run_id="other")
     plan = cli(cfg, "undo", "--run", "cleanup-42", "--dry-run")
-    assert plan.returncode == 0 and "would undo" in plan.stdout and "2 to undo" in plan.stdout
+    assert plan.returncode == 0 and "would undo" in plan.stdout and "3 to undo" in plan.stdout, plan.stdout
+    assert "DROP TABLE products" in plan.stdout, "a confirmed action stays in the run that asked for it"
+    assert "id = 12" not in plan.stdout, "another run is not part of this one"
     assert rows(tmp_path, "SELECT count(*) FROM orders WHERE status = 'x'") == [(4,)], "a dry run changes nothing"
-    # the confirmed DROP ran under the confirming caller's run: undo by session catches everything
     undo = cli(cfg, "undo", "--since", "10m")
     assert undo.returncode == 0, undo.stdout + undo.stderr
     assert "undone: 4; not undone: 0" in undo.stdout
