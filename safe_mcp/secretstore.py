@@ -86,11 +86,21 @@ class ScrubFilter(logging.Filter):
         self.scrub = scrub
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # Scrub in place, keeping the record's shape: formatters such as uvicorn's access log unpack
+        # `record.args` themselves and fail (loudly, on every request) when it is replaced.
+        if isinstance(record.msg, str):
+            record.msg = self.scrub.text(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.scrub.text(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: self.scrub.text(v) if isinstance(v, str) else v for k, v in record.args.items()}
         try:
             message = record.getMessage()
         except (TypeError, ValueError):
             message = str(record.msg)
-        record.msg, record.args = self.scrub.text(message), None
+        scrubbed = self.scrub.text(message)
+        if scrubbed != message:  # a secret inside a non-string argument: fall back to the rendered text
+            record.msg, record.args = scrubbed, ()
         if record.exc_info:
             import traceback
 

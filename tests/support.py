@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import AsyncIterator
@@ -80,8 +81,10 @@ async def connect(config: Path, transport: str = "memory", env: dict[str, str] |
             yield client
     elif transport in ("http", "sse"):
         port = free_port()
+        # stderr to a file, not a pipe nobody reads: a chatty server would block once the pipe is full.
+        log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below, after the server stops
         proc = subprocess.Popen(serve_cmd(config, "--transport", transport, "--port", str(port)),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+                                stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, **(env or {})})
         try:
             wait_port(port, proc)
             if transport == "http":
@@ -100,8 +103,10 @@ async def connect(config: Path, transport: str = "memory", env: dict[str, str] |
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-            if proc.stderr:
-                proc.stderr.close()
+            log.seek(0)
+            errors = log.read().decode(errors="replace")
+            log.close()
+            assert "Logging error" not in errors and "Traceback" not in errors, errors[-3000:]
     else:
         raise ValueError(transport)
 

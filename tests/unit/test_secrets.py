@@ -31,3 +31,22 @@ def test_scrubber_removes_secrets_anywhere_in_nested_data() -> None:
     assert "hunter2-long" not in repr(out)
     assert out["rows"][0][0] == f"a {REDACTED} b" and out["rows"][0][1] == 3
     assert scrub("tok") == "tok", "values shorter than 4 characters are not treated as secrets"
+
+
+def test_log_scrubber_keeps_uvicorn_access_records_formattable() -> None:
+    import logging
+
+    from uvicorn.logging import AccessFormatter
+
+    from safe_mcp.secretstore import ScrubFilter
+
+    fmt = AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False)
+    f = ScrubFilter(Scrubber(["hunter2-long-secret"]))
+    plain = logging.LogRecord("uvicorn.access", logging.INFO, "x", 1, '%s - "%s %s HTTP/%s" %d',
+                              ("127.0.0.1:1", "GET", "/sse", "1.1", 200), None)
+    assert f.filter(plain) and fmt.format(plain) == '127.0.0.1:1 - "GET /sse HTTP/1.1" 200 OK'
+    leaky = logging.LogRecord("uvicorn.access", logging.INFO, "x", 1, '%s - "%s %s HTTP/%s" %d',
+                              ("127.0.0.1:1", "GET", "/x?token=hunter2-long-secret", "1.1", 200), None)
+    assert f.filter(leaky)
+    line = fmt.format(leaky)
+    assert "hunter2-long-secret" not in line and REDACTED in line
