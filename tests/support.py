@@ -19,6 +19,18 @@ from mcp import Client, StdioServerParameters
 
 TRANSPORTS = ["memory", "stdio", "http", "sse"]
 
+# The demo shop seen twice: `shop` read-only (the default), `admin` read-write.
+SHOP_TARGETS = """
+[targets.shop]
+kind = "sqlite"
+path = "shop.db"
+
+[targets.admin]
+kind = "sqlite"
+path = "shop.db"
+access = "read-write"
+"""
+
 
 def write_config(directory: Path, text: str, name: str = "safe-mcp.toml") -> Path:
     path = directory / name

@@ -12,22 +12,13 @@ from typing import Any
 
 import conftest
 import pytest
-from support import write_config
+from support import SHOP_TARGETS, write_config
 
 from safe_mcp.demo import create_shop
 
 INSPECTOR = Path(__file__).resolve().parents[2] / ".tools" / "node_modules" / ".bin" / "mcp-inspector"
 
-CONFIG = """
-[targets.shop]
-kind = "sqlite"
-path = "shop.db"
-
-[targets.admin]
-kind = "sqlite"
-path = "shop.db"
-access = "read-write"
-"""
+CONFIG = SHOP_TARGETS
 
 
 @pytest.fixture

@@ -6,22 +6,13 @@ from pathlib import Path
 
 import anyio
 import pytest
-from support import TRANSPORTS, call, connect, refused, write_config
+from support import SHOP_TARGETS, TRANSPORTS, call, connect, refused, write_config
 
 from safe_mcp.demo import create_shop
 
 pytestmark = pytest.mark.anyio
 
-CONFIG = """
-[targets.shop]
-kind = "sqlite"
-path = "shop.db"
-
-[targets.admin]
-kind = "sqlite"
-path = "shop.db"
-access = "read-write"
-
+CONFIG = SHOP_TARGETS + """
 [confirm]
 min_delay_s = 0.2
 """

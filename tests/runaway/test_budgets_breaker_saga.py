@@ -9,22 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import call, connect, refused, write_config
+from support import SHOP_TARGETS, call, connect, refused, write_config
 
 from safe_mcp.demo import create_shop
 
 pytestmark = pytest.mark.anyio
 
-CONFIG = """
-[targets.shop]
-kind = "sqlite"
-path = "shop.db"
-
-[targets.admin]
-kind = "sqlite"
-path = "shop.db"
-access = "read-write"
-
+CONFIG = SHOP_TARGETS + """
 [limits]
 rows_affected = 10
 writes_per_session = 1000
