@@ -92,7 +92,11 @@ class Ledger(Protocol):
     """
 
     def __call__(self, *, tool: str, effect: Effect, outcome: str, reason: str, args: dict[str, Any],
-                 affected: int | None = None, refers_to: str | None = None) -> str: ...
+                 affected: int | None = None, refers_to: str | None = None,
+                 about: tuple[str, str] | None = None) -> str:
+        """`about` = (key, value) of the compensation record of the call this work belongs to (e.g.
+        ("outbox_id", "msg_...")): the gate links the new receipt to that call's receipt (`refers_to`)."""
+        ...
 
 
 class AdapterSettings(BaseModel):

@@ -520,8 +520,11 @@ class Gate:
             return adapter
 
     def _record_for_adapter(self, target_name: str, *, tool: str, effect: Effect, outcome: str, reason: str,
-                            args: dict[str, Any], affected: int | None = None, refers_to: str | None = None) -> str:
+                            args: dict[str, Any], affected: int | None = None, refers_to: str | None = None,
+                            about: tuple[str, str] | None = None) -> str:
         """A receipt for what an adapter did on its own (its `ledger`): same chain, scrubbed, session "background"."""
+        if refers_to is None and about is not None:
+            refers_to = self.store.receipt_of_compensation(target_name, *about)
         receipt = self.store.append(
             session="background", client=f"safe-mcp/{target_name}", target=target_name, tool=tool,
             effect=effect.value, args=self.scrub(args), decision="allow", reason=self.scrub(reason), outcome=outcome,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -407,6 +408,14 @@ class StateStore:
             return None
         cid, target, data, state, undone_by = rows[0]
         return cid, target, json.loads(data), state, undone_by
+
+    def receipt_of_compensation(self, target: str, key: str, value: str) -> str | None:
+        """The receipt whose compensation record holds `key` = `value` (links later work to its call)."""
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key):
+            return None
+        rows = self._read("SELECT receipt_id FROM compensations WHERE target = ? AND json_extract(data, ?) = ?",
+                          (target, f"$.{key}", value))
+        return str(rows[0][0]) if rows else None
 
     def transition_compensation(self, cid: str, from_state: str, to_state: str, undone_by: str | None = None) -> bool:
         with self._tx() as db:

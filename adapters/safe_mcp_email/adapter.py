@@ -234,7 +234,7 @@ class MailAdapter(Adapter):
                 "subject": row.summary.get("subject"), **{k: v for k, v in extra.items() if v is not None}}
         try:
             self.ledger(tool="email_send", effect=effect, outcome=outcome, reason=reason, args=args,
-                        affected=len(row.envelope_to) if outcome == "delivered" else 0)
+                        affected=len(row.envelope_to) if outcome == "delivered" else 0, about=("outbox_id", row.id))
         except SafeMcpError as exc:
             log.error("mail target %s: could not write the receipt for %s: %s", self.name, row.id, exc)
 

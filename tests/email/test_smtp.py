@@ -122,6 +122,7 @@ async def test_send_after_hold_delivered_once_with_the_right_headers(tmp_path: P
             assert len(delivered) == 1 and delivered[0]["args"]["outbox_id"] == res["outbox_id"]
             assert delivered[0]["args"]["reply"] == "250 OK queued as test"
             assert delivered[0]["args"]["message_id"] == res["message_id"]
+            assert delivered[0]["refers_to"] == sent["receipt_id"], "delivery names the send it completes"
             assert PASSWORD not in json.dumps(rs) and PASSWORD not in json.dumps(await outbox(client))
 
 
