@@ -73,7 +73,9 @@ CREATE TABLE IF NOT EXISTS idempotency (
     result TEXT,
     PRIMARY KEY (target, key)
 );
-CREATE INDEX IF NOT EXISTS receipts_session ON receipts (json_extract(body, '$.session'));
+-- Nothing queries receipts by session any more (budgets count events); an index kept current on
+-- every append would be pure cost. Ledgers made by earlier versions drop it.
+DROP INDEX IF EXISTS receipts_session;
 CREATE TABLE IF NOT EXISTS events (
     ts REAL NOT NULL,
     session TEXT NOT NULL,
@@ -158,7 +160,6 @@ class StateStore:
         self._wake = threading.Event()
         self._closing = False
         self._flusher: threading.Thread | None = None
-        self._last_hash = GENESIS
 
     def close(self) -> None:
         self._closing = True
@@ -237,8 +238,8 @@ class StateStore:
     def _append_in(
         self, db: sqlite3.Connection, fields: dict[str, Any], compensation: tuple[str, str, dict[str, Any]] | None
     ) -> Receipt:
-        receipt = Receipt.model_validate({**self._chain(db, [fields])[0], "hash": ""})
-        receipt = receipt.model_copy(update={"hash": self._last_hash})
+        [(body, digest)] = self._chain(db, [fields])
+        receipt = Receipt.model_validate({**body, "hash": digest})
         if compensation is not None:
             cid, tool, data = compensation
             db.execute(
@@ -247,43 +248,36 @@ class StateStore:
             )
         return receipt
 
-    def _chain(self, db: sqlite3.Connection, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Link `batch` onto the ledger inside `db`'s transaction; return the stored bodies.
+    def _chain(self, db: sqlite3.Connection, batch: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+        """Link `batch` onto the ledger inside `db`'s transaction; return each stored body with its hash.
 
         Each body is serialised once: the hash covers exactly the text that is stored, which is what
         `verify` re-hashes.
         """
         row = db.execute("SELECT seq, hash FROM ledger_head WHERE one = 1").fetchone()
         seq, prev = (row[0], row[1]) if row else (0, GENESIS)
-        bodies, rows = [], []
+        linked, rows = [], []
         for fields in batch:
             seq += 1
             body = {**_RECEIPT_DEFAULTS, **fields, "seq": seq, "prev": prev}
             text = canonical_json(body)
             prev = receipt_text_hash(text)
-            bodies.append(body)
+            linked.append((body, prev))
             rows.append((seq, body["id"], text, prev))
         db.executemany("INSERT INTO receipts (seq, id, body, hash) VALUES (?, ?, ?, ?)", rows)
         db.execute("INSERT INTO ledger_head (one, seq, hash) VALUES (1, ?, ?) "
                    "ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash", (seq, prev))
-        self._last_hash = prev
-        return bodies
+        return linked
 
     def receipt(self, receipt_id: str) -> Receipt | None:
         self.flush()
         rows = self._read("SELECT body, hash FROM receipts WHERE id = ?", (receipt_id,))
         return Receipt.model_validate({**json.loads(rows[0][0]), "hash": rows[0][1]}) if rows else None
 
-    def receipts(self, limit: int = 50, session: str | None = None) -> list[Receipt]:
+    def receipts(self, limit: int = 50) -> list[Receipt]:
         """The newest `limit` receipts, oldest first."""
         self.flush()
-        if session is None:
-            rows = self._read("SELECT body, hash FROM receipts ORDER BY seq DESC LIMIT ?", (limit,))
-        else:
-            rows = self._read(
-                "SELECT body, hash FROM receipts WHERE json_extract(body, '$.session') = ? ORDER BY seq DESC LIMIT ?",
-                (session, limit),
-            )
+        rows = self._read("SELECT body, hash FROM receipts ORDER BY seq DESC LIMIT ?", (limit,))
         return [Receipt.model_validate({**json.loads(b), "hash": h}) for b, h in reversed(rows)]
 
     def iter_receipts(self) -> Iterator[tuple[int, str, str, str]]:
