@@ -67,6 +67,11 @@ class Scrubber:
             self._secrets.append(secret)
             self._secrets.sort(key=len, reverse=True)
 
+    @property
+    def active(self) -> bool:
+        """True when there is anything to remove (a config with no secret references has nothing)."""
+        return bool(self._secrets)
+
     def text(self, value: str) -> str:
         for s in self._secrets:
             if s in value:

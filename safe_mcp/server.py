@@ -170,7 +170,7 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
             raise ToolError(runtime.scrub(exc.text())) from None
         except SafeMcpError as exc:
             raise ToolError(runtime.scrub(str(exc))) from None
-        if isinstance(result, BaseModel):
+        if isinstance(result, BaseModel) and runtime.scrub.active:
             # Last line of defence: no resolved secret leaves in any field, whatever the adapter returned.
             scrubbed: T = type(result).model_validate(runtime.scrub(result.model_dump(mode="json")))
             return scrubbed
