@@ -171,7 +171,7 @@ class Gate:
             return GateResult(
                 status="dry_run", receipt_id=receipt.id, target=call.target, tool=call.tool,
                 effect=preview.effect.value, affected=preview.affected, result={"would": would},
-                message=f"dry run: nothing was changed; {self._would_do(preview, decision)}; sent for real it would {would}",
+                message=f"dry run: nothing was changed; {self._would_do(preview)}; sent for real it would {would}",
                 preview=self.scrub(preview.model_dump(mode="json")),
             )
         if decision.verdict is Verdict.CONFIRM:
@@ -445,7 +445,7 @@ class Gate:
         return GateResult(
             status="pending", receipt_id=receipt_id, target=call.target, tool=call.tool,
             effect=preview.effect.value, affected=preview.affected, pending=view, preview=action.preview,
-            message=f"not executed: {decision.reason}. {self._would_do(preview, decision)}. {how}",
+            message=f"not executed: {decision.reason}. {self._would_do(preview)}. {how}",
         )
 
     def _idempotent_replay(self, call: Call, caller: Caller, effect: Effect, key: str) -> GateResult | None:
@@ -676,7 +676,7 @@ class Gate:
         raise Refused(f"{outcome.replace('_', ' ')}: {message}", remedy or "nothing was changed; fix the call and retry", rid)
 
     @staticmethod
-    def _would_do(preview: Preview, decision: Decision) -> str:
+    def _would_do(preview: Preview) -> str:
         n = "an unknown number of" if preview.affected is None else str(preview.affected)
         return f"it would affect {n} rows/items ({preview.effect.value})"
 
