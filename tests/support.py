@@ -9,8 +9,8 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,19 @@ import conftest
 from mcp import Client, StdioServerParameters
 
 TRANSPORTS = ["memory", "stdio", "http", "sse"]
+
+# A mail target whose messages stay held long enough to be cancelled; nothing listens on port 2.
+HELD_MAIL_TARGET = """
+[targets.mail]
+kind = "smtp"
+host = "127.0.0.1"
+port = 2
+tls = "none"
+from = "agent@example.com"
+allow_recipients = ["*@example.com"]
+hold_s = 600
+access = "read-write"
+"""
 
 # The demo shop seen twice: `shop` read-only (the default), `admin` read-write.
 SHOP_TARGETS = """
@@ -58,22 +71,52 @@ def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: f
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} after {timeout}s")
 
 
-def require_service(name: str, host: str, port: int) -> None:
-    """Skip locally when a service is down; fail in CI, where it must be up."""
+def require(available: bool, what: str) -> None:
+    """Skip locally when something a test needs is missing; fail in CI, where it must be there."""
     import pytest
 
+    if available:
+        return
+    if conftest.REQUIRE_SERVICES:
+        pytest.fail(what + " and services are required (CI)")
+    pytest.skip(what)
+
+
+def require_service(name: str, host: str, port: int) -> None:
     try:
         with socket.create_connection((host, port), timeout=1):
             return
     except OSError:
-        msg = f"{name} is not reachable on {host}:{port}"
-        if conftest.REQUIRE_SERVICES:
-            pytest.fail(msg + " and services are required (CI)")
-        pytest.skip(msg)
+        require(False, f"{name} is not reachable on {host}:{port}")
 
 
 def serve_cmd(config: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "safe_mcp", "serve", "--config", str(config), *extra]
+
+
+@contextmanager
+def serving(config: Path, transport: str, env: dict[str, str] | None = None) -> Iterator[int]:
+    """`safe-mcp serve` over HTTP or SSE on a free loopback port, for the length of the block; yields the port.
+
+    The server's stderr goes to a file (a pipe nobody reads would block a chatty server once full),
+    and the block fails if the server logged a traceback.
+    """
+    port = free_port()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(serve_cmd(config, "--transport", transport, "--port", str(port)),
+                                stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, **(env or {})})
+        try:
+            wait_port(port, proc)
+            yield port
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.seek(0)
+            errors = log.read().decode(errors="replace")
+        assert "Logging error" not in errors and "Traceback" not in errors, errors[-3000:]
 
 
 @asynccontextmanager
@@ -91,34 +134,18 @@ async def connect(config: Path, transport: str = "memory", env: dict[str, str] |
                                        env={**os.environ, **(env or {})})
         async with Client(params) as client:
             yield client
-    elif transport in ("http", "sse"):
-        port = free_port()
-        # stderr to a file, not a pipe nobody reads: a chatty server would block once the pipe is full.
-        log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below, after the server stops
-        proc = subprocess.Popen(serve_cmd(config, "--transport", transport, "--port", str(port)),
-                                stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, **(env or {})})
-        try:
-            wait_port(port, proc)
-            if transport == "http":
-                async with http_client(f"http://127.0.0.1:{port}/mcp", config, env=env) as client:
-                    yield client
-            else:
-                from mcp.client.sse import sse_client
+    elif transport == "http":
+        with serving(config, "http", env=env) as port:
+            async with http_client(f"http://127.0.0.1:{port}/mcp", config, env=env) as client:
+                yield client
+    elif transport == "sse":
+        from mcp.client.sse import sse_client
 
-                bearer = create_token(config, name=f"test-sse-{port}", env=env)
-                async with Client(sse_client(f"http://127.0.0.1:{port}/sse",
-                                             headers={"Authorization": f"Bearer {bearer}"})) as client:
-                    yield client
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.seek(0)
-            errors = log.read().decode(errors="replace")
-            log.close()
-            assert "Logging error" not in errors and "Traceback" not in errors, errors[-3000:]
+        with serving(config, "sse", env=env) as port:
+            bearer = create_token(config, name=f"test-sse-{port}", env=env)
+            async with Client(sse_client(f"http://127.0.0.1:{port}/sse",
+                                         headers={"Authorization": f"Bearer {bearer}"})) as client:
+                yield client
     else:
         raise ValueError(transport)
 

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import conftest
 import httpx2
 import pytest
 from approval_helpers import ENV, IRREVERSIBLE, Approver, cli, columns, make, receipts
 from mcp import Client, StdioServerParameters, types
-from support import call, connect, free_port, refused, serve_cmd, wait_port
+from support import call, connect, free_port, refused, require, serve_cmd, wait_port
 
 pytestmark = pytest.mark.anyio
 CHROMIUM = "/usr/bin/chromium"
@@ -26,11 +25,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 
 
 def require_chromium() -> None:
-    if not os.path.exists(CHROMIUM):
-        msg = f"{CHROMIUM} is missing (scripts/test installs Debian's chromium)"
-        if conftest.REQUIRE_SERVICES:
-            pytest.fail(msg + " and services are required (CI)")
-        pytest.skip(msg)
+    require(os.path.exists(CHROMIUM), f"{CHROMIUM} is missing (scripts/test installs Debian's chromium)")
 
 
 async def test_web_page_approve_and_deny_in_headless_chromium(tmp_path: Path) -> None:

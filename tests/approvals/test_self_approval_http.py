@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 from approval_helpers import ENV, IRREVERSIBLE, Approver, columns, make
-from support import call, create_token, free_port, http_client, refused, serve_cmd, wait_port
+from support import call, create_token, http_client, refused, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -16,11 +15,7 @@ async def test_the_requesting_token_cannot_approve_its_own_action(tmp_path: Path
     cfg = make(tmp_path)
     bob, alice = Approver(cfg, "bob"), Approver(cfg, "alice")
     bob_token = create_token(cfg, name="bob", env=ENV)
-    port = free_port()
-    proc = subprocess.Popen(serve_cmd(cfg, "--transport", "http", "--port", str(port)), env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, proc)
+    with serving(cfg, "http", env=ENV) as port:
         async with http_client(f"http://127.0.0.1:{port}/mcp", cfg, token=bob_token) as client:
             pending = await call(client, "sql_execute", target="admin", sql=IRREVERSIBLE)
             action = pending["pending"]["action_id"]
@@ -32,6 +27,3 @@ async def test_the_requesting_token_cannot_approve_its_own_action(tmp_path: Path
             assert other.returncode == 0, other.stderr
             done = await call(client, "confirm", action_id=action)
             assert done["status"] == "ok" and "note" in columns(tmp_path)
-    finally:
-        proc.terminate()
-        proc.wait(10)

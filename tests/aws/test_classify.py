@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import botocore.session as botocore_session
 import pytest
 from safe_mcp_aws.classify import classify_operation
 
 from safe_mcp.effects import Effect
-
-botocore_session = pytest.importorskip("botocore.session")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import ACCOUNT, REGION, unique
-from support import call, connect, require_service, write_config
+from support import HELD_MAIL_TARGET, call, connect, require_service, write_config
 
 from safe_mcp.demo import create_shop
 
@@ -74,19 +74,9 @@ async def test_undo_of_a_mixed_run_restores_everything_once(tmp_path: Path, moto
         secret_access_key = "env:SAFE_MCP_TEST_AWS_SECRET"
         access = "read-write"
 
-        [targets.mail]
-        kind = "smtp"
-        host = "127.0.0.1"
-        port = 2
-        tls = "none"
-        from = "agent@example.com"
-        allow_recipients = ["*@example.com"]
-        hold_s = 600
-        access = "read-write"
-
         [confirm]
         min_delay_s = 0
-        """)
+        """ + HELD_MAIL_TARGET)
     run = {"run_id": "refund-batch-7"}
     async with connect(cfg, "stdio") as c:
         await call(c, "sql_execute", target="shop", sql="UPDATE orders SET status = 'refunded' WHERE id = 3", **run)

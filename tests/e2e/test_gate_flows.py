@@ -10,22 +10,14 @@ from pathlib import Path
 
 import anyio
 import pytest
-from support import call, connect, refused, write_config
+from support import SHOP_TARGETS, call, connect, refused, write_config
 
 from safe_mcp.demo import create_shop
 
 pytestmark = pytest.mark.anyio
 
-BASE = """
-[targets.shop]
-kind = "sqlite"
-path = "shop.db"
-
-[targets.admin]
-kind = "sqlite"
-path = "shop.db"
-access = "read-write"
-{admin_extra}
+# SHOP_TARGETS ends inside [targets.admin], so admin_extra adds keys to that target.
+BASE = SHOP_TARGETS + """{admin_extra}
 
 [limits]
 rows_affected = 20

@@ -10,9 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import conftest
 import pytest
-from support import SHOP_TARGETS, write_config
+from support import SHOP_TARGETS, require, write_config
 
 from safe_mcp.demo import create_shop
 
@@ -23,11 +22,7 @@ CONFIG = SHOP_TARGETS
 
 @pytest.fixture
 def inspect(tmp_path: Path) -> Callable[..., tuple[int, Any]]:
-    if not INSPECTOR.exists():
-        msg = f"the MCP Inspector CLI is not installed at {INSPECTOR} (scripts/test installs it)"
-        if conftest.REQUIRE_SERVICES:
-            pytest.fail(msg)
-        pytest.skip(msg)
+    require(INSPECTOR.exists(), f"the MCP Inspector CLI is not installed at {INSPECTOR} (scripts/test installs it)")
     create_shop(tmp_path / "shop.db")
     cfg = write_config(tmp_path, CONFIG)
 

@@ -61,39 +61,22 @@ async def test_read_refuse_pending_confirm_undo(shop: Path, transport: str) -> N
 
 
 async def test_sse_refuses_a_request_without_a_token(shop: Path) -> None:
-    import subprocess
-    import sys
-
     import httpx2
-    from support import free_port, wait_port
+    from support import serving
 
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "safe_mcp", "serve", "--config", str(shop), "--transport", "sse",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, proc)
+    with serving(shop, "sse") as port:
         async with httpx2.AsyncClient() as http:
             r = await http.post(f"http://127.0.0.1:{port}/messages/?session_id=x", json={})
             assert r.status_code == 401
             r = await http.get(f"http://127.0.0.1:{port}/sse", headers={"Origin": "http://evil.example"})
             assert r.status_code in (401, 403)
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 async def test_http_listener_serves_the_approval_page_without_an_agent_token(shop: Path) -> None:
-    import subprocess
-    import sys
-
     import httpx2
-    from support import free_port, wait_port
+    from support import serving
 
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "safe_mcp", "serve", "--config", str(shop), "--transport", "http",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, proc)
+    with serving(shop, "http") as port:
         async with httpx2.AsyncClient() as http:
             page = await http.get(f"http://127.0.0.1:{port}/approvals")
             assert page.status_code == 200 and "approv" in page.text.lower()
@@ -101,9 +84,6 @@ async def test_http_listener_serves_the_approval_page_without_an_agent_token(sho
             assert rebinding.status_code in (403, 421)
             mcp = await http.post(f"http://127.0.0.1:{port}/mcp", json={})
             assert mcp.status_code == 401, "the MCP endpoint itself still needs a token"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 async def test_a_client_on_the_2025_11_25_protocol(shop: Path) -> None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import SHOP_TARGETS, call, connect, refused, write_config
+from support import HELD_MAIL_TARGET, SHOP_TARGETS, call, connect, refused, write_config
 
 from safe_mcp.demo import create_shop
 
@@ -206,17 +206,7 @@ def test_gameday_passes_on_the_demo_config_and_fails_on_a_loose_one(tmp_path: Pa
 async def test_run_undo_covers_rows_and_a_held_mail(tmp_path: Path) -> None:
     """A mixed run: a SQLite write and a held mail; undoing the run restores the rows and cancels the mail."""
     cfg = make(tmp_path, per_minute=100, refusals=50)
-    cfg.write_text(cfg.read_text() + """
-[targets.mail]
-kind = "smtp"
-host = "127.0.0.1"
-port = 2
-tls = "none"
-from = "agent@example.com"
-allow_recipients = ["*@example.com"]
-hold_s = 600
-access = "read-write"
-""")
+    cfg.write_text(cfg.read_text() + HELD_MAIL_TARGET)
     async with connect(cfg, "memory") as c:
         await call(c, "sql_execute", target="admin", sql="UPDATE orders SET status = 'refunded' WHERE id = 2", run_id="refunds")
         sent = await call(c, "email_send", target="mail", to=["ada@example.com"], subject="Your refund",
