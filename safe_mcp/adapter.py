@@ -164,6 +164,13 @@ class Adapter(ABC):
         """
         return {}
 
+    @classmethod
+    def sandbox_copy(cls, settings: AdapterSettings, base_dir: str, sandbox_dir: str) -> AdapterSettings | None:
+        """Settings that point at a disposable copy of the target inside `sandbox_dir`, so that
+        `safe-mcp gameday` can play its scenarios for real; None (the default) when the target cannot
+        be copied, and then it gets dry runs and decisions only. No other caller."""
+        return None
+
     def audit(self) -> dict[str, Any]:
         """Connect and report what the target's credentials could do beyond the configured access.
 

@@ -1,8 +1,9 @@
 """`safe-mcp gameday`: replay the scenarios of real incidents against a config, changing nothing.
 
-Every scenario is decided by the gate. Calls run only where that changes nothing: SQLite targets
-are copied into a sandbox and the scenarios run there for real; other targets get dry runs
-(a rolled-back transaction, read calls) or a decision without execution. The state (receipts,
+Every scenario is decided by the gate. Calls run only where that changes nothing: targets whose
+adapter can make a disposable copy (SQLite) are copied into a sandbox and the scenarios run there
+for real; other targets get dry runs (a rolled-back transaction, read calls) or a decision without
+execution. The state (receipts,
 budgets, breakers) of the run lives in the sandbox too, so the real ledger is untouched.
 """
 
@@ -35,21 +36,17 @@ class Row(BaseModel):
     passed: bool | None  # None: does not apply to this target
 
 
-def _sandboxed(config: Config, sandbox: Path) -> Config:
-    """The same config, with SQLite files copied into `sandbox` and state kept there."""
+def _sandboxed(config: Config, sandbox: Path) -> tuple[Config, set[str]]:
+    """The same config with state kept in `sandbox`, and every target its adapter can copy pointed at a
+    copy there; returns it with the names of the copied targets."""
+    targets, copied = dict(config.targets), set()
     for t in config.targets.values():
-        if t.kind == "sqlite":
-            rel = str(getattr(t.settings, "path", ""))
-            src = Path(config.base_dir, rel)
-            dst = sandbox / rel if not Path(rel).is_absolute() else sandbox / Path(rel).name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if src.exists() and not dst.exists():
-                shutil.copy2(src, dst)
-            if Path(rel).is_absolute():
-                targets = dict(config.targets)
-                targets[t.name] = t.model_copy(update={"settings": t.settings.model_copy(update={"path": dst.name})})
-                config = config.model_copy(update={"targets": targets})
-    return config.model_copy(update={"base_dir": str(sandbox), "state": StateSettings(path=".gameday-state")})
+        settings = t.adapter_cls.sandbox_copy(t.settings, config.base_dir, str(sandbox))
+        if settings is not None:
+            targets[t.name] = t.model_copy(update={"settings": settings})
+            copied.add(t.name)
+    state = StateSettings(path=str(sandbox / ".gameday-state"))
+    return config.model_copy(update={"targets": targets, "state": state}), copied
 
 
 def _biggest_table(gate: Gate, caller: Caller, target: str) -> tuple[str, str] | None:
@@ -87,14 +84,15 @@ def run_gameday(config: Config) -> list[Row]:
     sandbox = Path(tempfile.mkdtemp(prefix="safe-mcp-gameday-"))
     rows: list[Row] = []
     try:
-        rt = Runtime(_sandboxed(config, sandbox), session="gameday")
+        sandboxed, copied = _sandboxed(config, sandbox)
+        rt = Runtime(sandboxed, session="gameday")
         gate = rt.gate
         try:
             for t in config.targets.values():
                 tools = t.adapter_cls.tools
                 caller = Caller(session=f"gameday-{t.name}", client="safe-mcp gameday")
                 if "sql_execute" in tools:
-                    rows.extend(_sql_scenarios(gate, caller, t.name, t.kind == "sqlite"))
+                    rows.extend(_sql_scenarios(gate, caller, t.name, t.name in copied))
                 if "aws_call" in tools:
                     for service, op, params in (("rds", "DeleteDBSnapshot", {"DBSnapshotIdentifier": "gameday"}),
                                                 ("ec2", "DeleteSnapshot", {"SnapshotId": "snap-0123456789abcdef0"}),

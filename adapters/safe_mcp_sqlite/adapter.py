@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,21 @@ class SqliteAdapter(Adapter):
             except sqlite3.Error as exc:
                 raise AdapterError(f"undo failed and was rolled back: {exc}") from None
             return Outcome(affected=n, summary=summary, result={"restored": n})
+
+    @classmethod
+    def sandbox_copy(cls, settings: AdapterSettings, base_dir: str, sandbox_dir: str) -> AdapterSettings | None:
+        assert isinstance(settings, SqliteSettings)
+        src = Path(base_dir, settings.path).resolve()
+        if not src.exists():
+            return None
+        # Targets naming the same file share one copy, as they share the file.
+        dst = Path(sandbox_dir, hashlib.sha256(str(src).encode()).hexdigest()[:16], src.name)
+        if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            # The backup API copies a consistent database, including what is still in the WAL.
+            with closing(sqlite3.connect(f"{src.as_uri()}?mode=ro", uri=True)) as a, closing(sqlite3.connect(dst)) as b:
+                a.backup(b)
+        return settings.model_copy(update={"path": str(dst)})
 
     @classmethod
     def describe(cls, settings: AdapterSettings) -> dict[str, str]:
