@@ -104,7 +104,7 @@ class Approvers:
     def __init__(self, gate: Gate) -> None:
         self._gate = gate
         self._store = gate.store
-        with self._store._tx() as db:
+        with self._store.transaction() as db:
             # One statement at a time: executescript would COMMIT in the middle of the transaction.
             for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                 db.execute(stmt)
@@ -116,7 +116,7 @@ class Approvers:
         return _KEYRING_PREFIX + str(Path(self._gate.config.state_dir).resolve())
 
     def _meta(self, key: str) -> str | None:
-        rows = self._store._read("SELECT value FROM approval_meta WHERE key = ?", (key,))
+        rows = self._store.query("SELECT value FROM approval_meta WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None
 
     def _key(self, create: bool) -> tuple[bytes, str]:
@@ -160,7 +160,7 @@ class Approvers:
             with os.fdopen(fd, "wb") as f:
                 f.write(key)
             store = "file"
-        with self._store._tx() as db:
+        with self._store.transaction() as db:
             db.execute("INSERT INTO approval_meta VALUES ('key_store', ?)", (store,))
         return key, ("OS keyring" if store == "keyring" else str(key_path))
 
@@ -177,24 +177,24 @@ class Approvers:
 
         if not _valid_name(name):
             raise Refused(f"invalid approver name {name!r}", "use letters, digits, - _ . @ (at most 64)")
-        if self._store._read("SELECT 1 FROM approvers WHERE name = ?", (name,)):
+        if self._store.query("SELECT 1 FROM approvers WHERE name = ?", (name,)):
             raise Refused(f"approver {name!r} is already enrolled", "choose another name")
         key, where = self._key(create=True)
         secret = pyotp.random_base32()
-        with self._store._tx() as db:
+        with self._store.transaction() as db:
             db.execute("INSERT INTO approvers VALUES (?, ?, ?, 0)", (name, Fernet(key).encrypt(secret.encode()), time.time()))
         uri = pyotp.TOTP(secret).provisioning_uri(name=name, issuer_name="safe-mcp")
         return secret, uri, where
 
     def names(self) -> list[str]:
-        return [str(r[0]) for r in self._store._read("SELECT name FROM approvers ORDER BY name")]
+        return [str(r[0]) for r in self._store.query("SELECT name FROM approvers ORDER BY name")]
 
     def verify(self, name: str, code: str) -> bool:
         """True when `code` is `name`'s current TOTP code (±1 step) and newer than any code used before."""
         import pyotp
         from cryptography.fernet import Fernet, InvalidToken
 
-        rows = self._store._read("SELECT secret, last_step FROM approvers WHERE name = ?", (name,))
+        rows = self._store.query("SELECT secret, last_step FROM approvers WHERE name = ?", (name,))
         code = code.strip()
         if not rows or not code.isdigit() or len(code) != 6:
             return False
@@ -211,7 +211,7 @@ class Approvers:
                 step = int(at // totp.interval)
                 if hmac.compare_digest(totp.at(at), code):
                     # A code is single use: a step at or before the last accepted one is a replay.
-                    with self._store._tx() as db:
+                    with self._store.transaction() as db:
                         cur = db.execute("UPDATE approvers SET last_step = ? WHERE name = ? AND last_step < ?",
                                          (step, name, step))
                         return cur.rowcount == 1
@@ -234,20 +234,20 @@ class ApprovalDesk:
         return max(1, rule.get(action.effect, 1) if isinstance(rule, dict) else rule)
 
     def status(self, action: PendingAction) -> ApprovalStatus:
-        rows = self.store._read("SELECT approver, decision FROM approvals WHERE action_id = ? AND digest = ? ORDER BY time",
+        rows = self.store.query("SELECT approver, decision FROM approvals WHERE action_id = ? AND digest = ? ORDER BY time",
                                 (action.id, action.digest))
         return ApprovalStatus(approved_by=[r[0] for r in rows if r[1] == "approve"],
                               denied_by=[r[0] for r in rows if r[1] == "deny"], required=self.required(action))
 
     def requester(self, action_id: str) -> str | None:
-        rows = self.store._read("SELECT principal FROM approval_requests WHERE action_id = ?", (action_id,))
+        rows = self.store.query("SELECT principal FROM approval_requests WHERE action_id = ?", (action_id,))
         return str(rows[0][0]) if rows and rows[0][0] else None
 
     # the gate tells us ------------------------------------------------------------------
 
     def on_pending(self, action: PendingAction, caller: Caller) -> None:
         """A new `human` action: remember who asked (team rule) and notify the webhook, if any."""
-        with self.store._tx() as db:
+        with self.store.transaction() as db:
             db.execute("INSERT OR REPLACE INTO approval_requests VALUES (?, ?)", (action.id, requester_of(caller)))
         url = self.gate.config.approvals.notify_url
         if url:
@@ -319,7 +319,7 @@ class ApprovalDesk:
             refuse("the call or the policy changed since this action was requested; the approval would not cover it",
                    "the agent must repeat the call to get a new action")
         try:
-            with self.store._tx() as db:
+            with self.store.transaction() as db:
                 db.execute("INSERT INTO approvals VALUES (?, ?, ?, ?, ?, ?, ?)",
                            (action_id, name, channel, verb, action.digest, time.time(), reason[:500]))
         except StateError:
@@ -355,7 +355,7 @@ class ApprovalDesk:
             return False
         name = f"elicitation:{client}"
         try:
-            with self.store._tx() as db:
+            with self.store.transaction() as db:
                 db.execute("INSERT INTO approvals VALUES (?, ?, 'elicitation', 'approve', ?, ?, '')",
                            (action_id, name, action.digest, time.time()))
         except StateError:

@@ -201,17 +201,20 @@ class StateStore:
         if not batch:
             return
         try:
-            with self._tx() as db:
+            with self.transaction() as db:
                 self._chain(db, batch)
         except StateError:
             with self._later_lock:
                 self._later[:0] = batch
             raise
 
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE) on the state store, for modules that keep tables of
+        their own here (approvals). Raises StateError when SQLite fails."""
         return immediate(self._db, self._lock, lambda exc: StateError(f"state store write failed: {exc}"))
 
-    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read on the state store. Raises StateError when SQLite fails."""
         with self._lock:
             try:
                 return self._db.execute(sql, params).fetchall()
@@ -232,7 +235,7 @@ class StateStore:
         fields.setdefault("time", _now_iso())
         fields.setdefault("id", new_id("rcpt"))
         self.flush()
-        with self._tx() as db:
+        with self.transaction() as db:
             return self._append_in(db, fields, compensation)
 
     def _append_in(
@@ -271,13 +274,13 @@ class StateStore:
 
     def receipt(self, receipt_id: str) -> Receipt | None:
         self.flush()
-        rows = self._read("SELECT body, hash FROM receipts WHERE id = ?", (receipt_id,))
+        rows = self.query("SELECT body, hash FROM receipts WHERE id = ?", (receipt_id,))
         return Receipt.model_validate({**json.loads(rows[0][0]), "hash": rows[0][1]}) if rows else None
 
     def receipts(self, limit: int = 50) -> list[Receipt]:
         """The newest `limit` receipts, oldest first."""
         self.flush()
-        rows = self._read("SELECT body, hash FROM receipts ORDER BY seq DESC LIMIT ?", (limit,))
+        rows = self.query("SELECT body, hash FROM receipts ORDER BY seq DESC LIMIT ?", (limit,))
         return [Receipt.model_validate({**json.loads(b), "hash": h}) for b, h in reversed(rows)]
 
     def iter_receipts(self) -> Iterator[tuple[int, str, str, str]]:
@@ -285,7 +288,7 @@ class StateStore:
         self.flush()
         last = 0
         while True:
-            rows = self._read("SELECT seq, id, body, hash FROM receipts WHERE seq > ? ORDER BY seq LIMIT 1000", (last,))
+            rows = self.query("SELECT seq, id, body, hash FROM receipts WHERE seq > ? ORDER BY seq LIMIT 1000", (last,))
             if not rows:
                 return
             yield from rows
@@ -313,7 +316,7 @@ class StateStore:
             if actual != stored_hash:
                 return VerifyReport(ok=False, count=count, first_bad=rid, problem="contents do not match its hash (altered)")
             prev, expected_seq = stored_hash, seq + 1
-        head = self._read("SELECT seq, hash FROM ledger_head WHERE one = 1")
+        head = self.query("SELECT seq, hash FROM ledger_head WHERE one = 1")
         if head and (head[0][0] != expected_seq - 1 or head[0][1] != prev):
             return VerifyReport(
                 ok=False, count=count, first_bad=f"#{expected_seq}",
@@ -323,41 +326,41 @@ class StateStore:
 
     def count_session_writes(self, session: str) -> int:
         """Writes this session executed, on any target (from the budget events, not a scan of the ledger)."""
-        rows = self._read("SELECT count(*) FROM events WHERE session = ? AND kind = 'write'", (session,))
+        rows = self.query("SELECT count(*) FROM events WHERE session = ? AND kind = 'write'", (session,))
         return int(rows[0][0])
 
     # budgets and the circuit breaker ----------------------------------------------------
 
     def record_event(self, session: str, target: str, kind: str, rows: int = 0, ts: float | None = None) -> None:
         """One thing that counts against a budget or the breaker: write, destructive, refusal, failure, near_limit."""
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", (ts or time.time(), session, target, kind, rows))
 
     def window(self, session: str, target: str, kind: str, since: float) -> tuple[int, int, float | None]:
         """(count, rows, oldest ts) of `kind` events for session and target since `since`."""
-        rows = self._read("SELECT count(*), coalesce(sum(rows), 0), min(ts) FROM events "
+        rows = self.query("SELECT count(*), coalesce(sum(rows), 0), min(ts) FROM events "
                           "WHERE session = ? AND target = ? AND kind = ? AND ts >= ?", (session, target, kind, since))
         count, total, oldest = rows[0]
         return int(count), int(total), oldest
 
     def trip_breaker(self, session: str, target: str, reason: str, receipt_id: str | None) -> bool:
         """Trip the breaker for a session and target; False when it was already tripped."""
-        with self._tx() as db:
+        with self.transaction() as db:
             cur = db.execute("INSERT OR IGNORE INTO breakers VALUES (?, ?, ?, ?, ?)",
                              (session, target, time.time(), reason, receipt_id))
             return cur.rowcount == 1
 
     def breaker(self, session: str, target: str) -> tuple[float, str] | None:
-        rows = self._read("SELECT tripped_at, reason FROM breakers WHERE session = ? AND target = ?", (session, target))
+        rows = self.query("SELECT tripped_at, reason FROM breakers WHERE session = ? AND target = ?", (session, target))
         return (float(rows[0][0]), str(rows[0][1])) if rows else None
 
     def breakers(self) -> list[tuple[str, str, float, str]]:
         return [(str(a), str(b), float(c), str(d))
-                for a, b, c, d in self._read("SELECT session, target, tripped_at, reason FROM breakers ORDER BY tripped_at")]
+                for a, b, c, d in self.query("SELECT session, target, tripped_at, reason FROM breakers ORDER BY tripped_at")]
 
     def reset_breakers(self, session: str | None, target: str | None) -> list[tuple[str, str]]:
         """Reset matching breakers (None matches any) and forget the trouble that tripped them."""
-        with self._tx() as db:
+        with self.transaction() as db:
             found = db.execute("SELECT session, target FROM breakers WHERE (? IS NULL OR session = ?) "
                                "AND (? IS NULL OR target = ?)", (session, session, target, target)).fetchall()
             for s_, t_ in found:
@@ -369,7 +372,7 @@ class StateStore:
     # pending actions -------------------------------------------------------------------
 
     def add_pending(self, action: PendingAction) -> None:
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO pending VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -381,15 +384,15 @@ class StateStore:
             )
 
     def pending(self, action_id: str) -> PendingAction | None:
-        rows = self._read("SELECT * FROM pending WHERE id = ?", (action_id,))
+        rows = self.query("SELECT * FROM pending WHERE id = ?", (action_id,))
         return _pending_from_row(rows[0]) if rows else None
 
     def pending_list(self, state: str = "pending") -> list[PendingAction]:
-        return [_pending_from_row(r) for r in self._read("SELECT * FROM pending WHERE state = ? ORDER BY created", (state,))]
+        return [_pending_from_row(r) for r in self.query("SELECT * FROM pending WHERE state = ? ORDER BY created", (state,))]
 
     def transition_pending(self, action_id: str, from_state: str, to_state: str) -> bool:
         """Move an action between states atomically; False when another caller got there first."""
-        with self._tx() as db:
+        with self.transaction() as db:
             cur = db.execute("UPDATE pending SET state = ? WHERE id = ? AND state = ?", (to_state, action_id, from_state))
             return cur.rowcount == 1
 
@@ -397,7 +400,7 @@ class StateStore:
 
     def compensation_for(self, receipt_id: str) -> tuple[str, str, dict[str, Any], str, str | None] | None:
         """(compensation id, target, data, state, undone_by) for the receipt that recorded it."""
-        rows = self._read("SELECT id, target, data, state, undone_by FROM compensations WHERE receipt_id = ?", (receipt_id,))
+        rows = self.query("SELECT id, target, data, state, undone_by FROM compensations WHERE receipt_id = ?", (receipt_id,))
         if not rows:
             return None
         cid, target, data, state, undone_by = rows[0]
@@ -407,12 +410,12 @@ class StateStore:
         """The receipt whose compensation record holds `key` = `value` (links later work to its call)."""
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key):
             return None
-        rows = self._read("SELECT receipt_id FROM compensations WHERE target = ? AND json_extract(data, ?) = ?",
+        rows = self.query("SELECT receipt_id FROM compensations WHERE target = ? AND json_extract(data, ?) = ?",
                           (target, f"$.{key}", value))
         return str(rows[0][0]) if rows else None
 
     def transition_compensation(self, cid: str, from_state: str, to_state: str, undone_by: str | None = None) -> bool:
-        with self._tx() as db:
+        with self.transaction() as db:
             cur = db.execute(
                 "UPDATE compensations SET state = ?, undone_by = coalesce(?, undone_by) WHERE id = ? AND state = ?",
                 (to_state, undone_by, cid, from_state),
@@ -424,7 +427,7 @@ class StateStore:
     def claim_idempotency(self, target: str, key: str, digest: str) -> tuple[str, str | None, dict[str, Any] | None]:
         """Claim `key` for a call. Returns ("claimed", None, None) for a first use, else
         (state, receipt id, stored result) of the call that used it before."""
-        with self._tx() as db:
+        with self.transaction() as db:
             row = db.execute(
                 "SELECT digest, state, receipt_id, result FROM idempotency WHERE target = ? AND key = ?", (target, key)
             ).fetchone()
@@ -440,7 +443,7 @@ class StateStore:
 
     def settle_idempotency(self, target: str, key: str, receipt_id: str | None, result: dict[str, Any] | None) -> None:
         """Record the result of a claimed key, or release the claim when `receipt_id` is None."""
-        with self._tx() as db:
+        with self.transaction() as db:
             if receipt_id is None:
                 db.execute("DELETE FROM idempotency WHERE target = ? AND key = ? AND state = 'running'", (target, key))
             else:
