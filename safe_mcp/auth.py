@@ -11,15 +11,14 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from safe_mcp.errors import ConfigError, StateError
+from safe_mcp.errors import ConfigError
+from safe_mcp.state import StateStore
 
 if TYPE_CHECKING:
     from mcp.server.auth.provider import AccessToken
@@ -61,15 +60,21 @@ def _hash(token: str) -> str:
 class TokenStore:
     """The `tokens` table of the state store (state.db under the config's state directory)."""
 
-    def __init__(self, state_dir: Path) -> None:
-        try:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(state_dir / "state.db", isolation_level=None, check_same_thread=False, timeout=10)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise StateError(f"cannot open the token store in {state_dir}: {exc}") from None
-        self._lock = threading.Lock()
+    def __init__(self, store: StateStore, *, owned: bool = False) -> None:
+        """Use `store`'s connection; `owned` closes it with this object (see `open`).
+
+        Raises:
+            StateError: the table could not be created.
+        """
+        self._store, self._owned = store, owned
+        with store.transaction() as db:
+            for stmt in filter(None, (x.strip() for x in _SCHEMA.split(";"))):
+                db.execute(stmt)
+
+    @classmethod
+    def open(cls, state_dir: Path) -> TokenStore:
+        """A token store on its own connection to the state store in `state_dir` (for the CLI)."""
+        return cls(StateStore(state_dir), owned=True)
 
     def create(self, name: str, role: str) -> str:
         """Store a new token's hash and return the token (the only time it exists in clear).
@@ -82,40 +87,38 @@ class TokenStore:
         if role not in ROLES:
             raise ConfigError("token", "--role", f"invalid role {role!r}", f"use one of {', '.join(ROLES)}")
         token = _PREFIX + secrets.token_urlsafe(32)
-        try:
-            with self._lock:
-                self._db.execute("INSERT INTO tokens (name, role, hash, created) VALUES (?, ?, ?, ?)",
-                                 (name, role, _hash(token), time.time()))
-        except sqlite3.IntegrityError:
-            raise ConfigError("token", "--name", f"a live token named {name!r} exists",
-                              f"revoke it first (safe-mcp token revoke {name}) or choose another name") from None
+        with self._store.transaction() as db:
+            if db.execute("SELECT 1 FROM tokens WHERE name = ? AND revoked IS NULL", (name,)).fetchone():
+                raise ConfigError("token", "--name", f"a live token named {name!r} exists",
+                                  f"revoke it first (safe-mcp token revoke {name}) or choose another name")
+            db.execute("INSERT INTO tokens (name, role, hash, created) VALUES (?, ?, ?, ?)",
+                       (name, role, _hash(token), time.time()))
         return token
 
     def list(self) -> list[TokenInfo]:
-        with self._lock:
-            rows = self._db.execute("SELECT name, role, created, revoked FROM tokens ORDER BY created").fetchall()
+        rows = self._store.query("SELECT name, role, created, revoked FROM tokens ORDER BY created")
         return [TokenInfo(name=r[0], role=r[1], created=r[2], revoked=r[3]) for r in rows]
 
     def revoke(self, name: str) -> bool:
         """Revoke the live token named `name`; False when there is none."""
-        with self._lock:
-            cur = self._db.execute("UPDATE tokens SET revoked = ? WHERE name = ? AND revoked IS NULL", (time.time(), name))
-        return cur.rowcount > 0
+        with self._store.transaction() as db:
+            cur = db.execute("UPDATE tokens SET revoked = ? WHERE name = ? AND revoked IS NULL", (time.time(), name))
+            return cur.rowcount > 0
 
     def lookup(self, token: str) -> TokenInfo | None:
         """The live token `token` is, or None (unknown, malformed or revoked)."""
         if not token.startswith(_PREFIX) or len(token) > 200:
             return None
         digest = _hash(token)
-        with self._lock:
-            row = self._db.execute("SELECT name, role, created, revoked, hash FROM tokens WHERE hash = ?",
-                                   (digest,)).fetchone()
+        rows = self._store.query("SELECT name, role, created, revoked, hash FROM tokens WHERE hash = ?", (digest,))
+        row = rows[0] if rows else None
         if row is None or row[3] is not None or not hmac.compare_digest(row[4], digest):
             return None
         return TokenInfo(name=row[0], role=row[1], created=row[2])
 
     def close(self) -> None:
-        self._db.close()
+        if self._owned:
+            self._store.close()
 
 
 class TokenVerifier:

@@ -68,7 +68,7 @@ def _store(args: argparse.Namespace) -> Any:
     from safe_mcp.auth import TokenStore
     from safe_mcp.cli import _config
 
-    return TokenStore(_config(args).state_dir)
+    return TokenStore.open(_config(args).state_dir)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -140,7 +140,7 @@ def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopba
     from safe_mcp.auth import TokenStore
 
     settings = runtime.config.server
-    tokens = TokenStore(runtime.config.state_dir) if settings.auth == "token" else None
+    tokens = TokenStore(runtime.store) if settings.auth == "token" else None
     path = "/sse" if transport == "sse" else "/mcp"
     shown = f"[{host}]" if ":" in host else host
     server = build_server(runtime, tokens=tokens, url=f"http://{shown}:{port}{path}")
