@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +26,7 @@ __all__ = [
     "Ledger",
     "Outcome",
     "Preview",
+    "Reconciled",
 ]
 
 
@@ -48,6 +49,11 @@ class Classification(BaseModel):
     reason: str
     summary: str = ""
     detail: dict[str, Any] = Field(default_factory=dict)
+    compensable: bool = False
+    """The adapter will record a compensation (undo) when this call runs. The gate enforces the effect
+    table with it: a `write` or `destructive` that is not compensable is run as `irreversible` (human
+    by default), decided before anything runs. An adapter that says True and then returns an
+    `Outcome` without `compensation` breaches the contract: the receipt says so and the breaker counts it."""
 
 
 class Preview(BaseModel):
@@ -59,6 +65,10 @@ class Preview(BaseModel):
     affected: int | None = None
     sample: list[dict[str, Any]] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
+    fingerprint: str | None = None
+    """A digest of exactly which items would change (row identities with their before-images, say).
+    At confirm the gate hands it back in `Budget.expect`; the adapter measures again before commit
+    and raises `Drifted` when the change would be bigger or touch other items."""
 
 
 class Outcome(BaseModel):
@@ -81,6 +91,27 @@ class Budget(BaseModel):
     rows_affected: int
     allowed_effect: Effect
     """The strongest effect the gate decided to allow; more measured means `Escalated`."""
+    bytes_returned: int = 1_000_000
+    """A read returns at most about this many bytes of row data; more sets `truncated`."""
+    intent_id: str | None = None
+    """The id of the intent receipt written before this execution. An adapter that can journal inside
+    the target (`journals = True`) records it, with the compensation, in the same transaction as the
+    write, so that `reconcile` can later say whether the write committed."""
+    expect: Preview | None = None
+    """At confirm: the preview the confirmation was given for. Measure again before commit; raise
+    `Drifted` when more items, or other items (`fingerprint`), would change."""
+
+
+class Reconciled(BaseModel):
+    """What the target says became of an intent whose outcome was never recorded (the process died)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state: Literal["executed", "not_executed", "unknown"]
+    outcome: Outcome | None = None
+    """For `executed`: what was done, with the compensation journaled beside the write."""
+    detail: str = ""
+    """For `unknown`: what a human should check before settling it with `safe-mcp reconcile`."""
 
 
 class Ledger(Protocol):
@@ -151,9 +182,28 @@ class Adapter(ABC):
     def compensate(self, compensation: Mapping[str, Any], budget: Budget) -> Outcome:
         """Undo an earlier outcome from its compensation record.
 
+        Checks first that the target is still as the write left it (inserted rows included) and
+        refuses, naming the conflict, when it is not. Journals `budget.intent_id` like `execute`.
+
         Raises:
             AdapterError: the state has moved on so undo would destroy newer data, or it failed.
         """
+
+    journals: ClassVar[bool] = False
+    """True when `execute` and `compensate` record `budget.intent_id` inside the target, atomically with
+    the write, so that `reconcile` can answer `executed` or `not_executed` instead of `unknown`."""
+
+    def reconcile(self, intent_id: str, call: Call) -> Reconciled:
+        """Say whether the write of `intent_id` (whose outcome was never recorded) committed.
+
+        Adapters that journal look the intent up in the target's journal: `executed` with the
+        journaled compensation, or `not_executed`. The default, for targets that cannot say, is
+        `unknown`: the gate then keeps the idempotency key refused until a human settles it.
+
+        Raises:
+            AdapterError: the target could not be asked (down); the gate tries again later.
+        """
+        return Reconciled(state="unknown", detail=f"check {self.kind} target {self.name!r} by hand for the effect of {call.tool}")
 
     @classmethod
     def describe(cls, settings: AdapterSettings) -> dict[str, str]:

@@ -56,6 +56,7 @@ class _Strict(BaseModel):
 class Limits(_Strict):
     rows_returned: int = Field(500, ge=1, description="rows a read returns at most; more sets truncated")
     rows_affected: int = Field(100, ge=0, description="a write touching more rows is rolled back")
+    bytes_returned: int = Field(1_000_000, ge=1024, description="bytes of row data a read returns at most; more sets truncated")
     writes_per_session: int = Field(50, ge=0, description="writes one server session may execute")
     # Sliding-window budgets, per session and target: a normal session never meets them, a runaway
     # loop meets them within seconds.
@@ -68,6 +69,7 @@ class Limits(_Strict):
 class LimitsOverride(_Strict):
     rows_returned: int | None = Field(None, ge=1)
     rows_affected: int | None = Field(None, ge=0)
+    bytes_returned: int | None = Field(None, ge=1024)
     writes_per_session: int | None = Field(None, ge=0)
     writes_per_minute: int | None = Field(None, ge=0)
     writes_per_hour: int | None = Field(None, ge=0)
@@ -130,6 +132,8 @@ class ServerSettings(_Strict):
                                                                        'or "mcp.internal:*"; required beyond loopback')
     allowed_origins: list[str] = Field(default_factory=list, description='Origin headers accepted, e.g. '
                                                                          '"https://ide.internal"; required beyond loopback')
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="a request larger than this is refused "
+                                                                         "before it is parsed (stdio and HTTP)")
 
 
 class _TargetCommon(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "AdapterError",
     "ConfigError",
+    "Drifted",
     "Escalated",
     "Refused",
     "SafeMcpError",
@@ -78,6 +79,12 @@ class Escalated(SafeMcpError):
     def __init__(self, effect: Effect, reason: str, preview: Preview) -> None:
         self.effect, self.reason, self.preview = effect, reason, preview
         super().__init__(reason)
+
+
+class Drifted(Escalated):
+    """At confirm, the target no longer matches the preview the confirmation was given for: the change
+    would touch more items, or other ones. Raised before commit (rolled back); the gate makes a new
+    pending action from `preview`, which is the change as it now stands."""
 
 
 class StateError(SafeMcpError):

@@ -32,7 +32,7 @@ from safe_mcp.state import PendingAction, StateStore
 if TYPE_CHECKING:
     from safe_mcp.approvals import ApprovalDesk
 
-__all__ = ["Caller", "Gate", "GateResult", "PendingView", "inside_gate"]
+__all__ = ["Caller", "Gate", "GateResult", "PendingView", "enforce_effect_table", "inside_gate"]
 
 _IN_GATE: contextvars.ContextVar[bool] = contextvars.ContextVar("safe_mcp_in_gate", default=False)
 _DIGEST_DOMAIN = b"safe-mcp/action/v1\x00"
@@ -344,7 +344,8 @@ class Gate:
             if effect is not Effect.READ:
                 self._check_breaker(call, caller, effect)
                 self._check_budgets(call, caller, target, effect)
-                self._intent(call, caller, effect, action_id=action_id)
+                intent = self._intent(call, caller, effect, action_id=action_id)
+                budget = budget.model_copy(update={"intent_id": intent.id})
             try:
                 with _gate_scope():
                     outcome = adapter.execute(call, classification, budget)
@@ -368,13 +369,21 @@ class Gate:
             return GateResult(status="ok", receipt_id=rid, target=call.target, tool=call.tool, effect=effect.value,
                               result=self.scrub(outcome.result), message=outcome.summary or "read")
         comp_id = new_id("comp") if outcome.compensation is not None else None
+        reason = decision.reason
+        breach = classification.compensable and outcome.compensation is None and effect in _COMPENSABLE
+        if breach:
+            reason = (f"contract breach: the {target.kind} adapter classified this {effect.value} as compensable "
+                      f"but recorded no compensation; it cannot be undone ({decision.reason})")
+            logging.getLogger("safe_mcp").error("%s on %s: %s", call.tool, call.target, reason)
         receipt = self._append(
-            call, caller, effect, "allow", decision.reason, "executed", affected=outcome.affected,
+            call, caller, effect, "allow", reason, "executed", affected=outcome.affected,
             compensation_id=comp_id, action_id=action_id, duration_ms=_ms(started),
             compensation=(comp_id, call.tool, outcome.compensation)
             if comp_id and outcome.compensation is not None else None,
         )
         self._count_write(call, caller, target, effect, outcome.affected)
+        if breach:
+            self._trouble(call, caller, "failure")
         result = GateResult(
             status="ok", receipt_id=receipt.id, target=call.target, tool=call.tool, effect=effect.value,
             affected=outcome.affected,
@@ -537,7 +546,9 @@ class Gate:
             with _gate_scope():
                 classification = adapter.classify(call)
             # The org policy's [forbid] lists add to the adapter's own forbidden calls.
-            return org_forbid(self.config, call, classification) if self.config.org_policy else classification
+            if self.config.org_policy:
+                classification = org_forbid(self.config, call, classification)
+            return enforce_effect_table(classification)
         except AdapterError as exc:
             self._refuse(call, caller, Effect.FORBIDDEN, f"cannot classify the call: {exc}",
                          "fix the statement; unparseable calls never run")
@@ -553,7 +564,7 @@ class Gate:
 
     def _budget(self, target: Target, effect: Effect) -> Budget:
         return Budget(rows_returned=target.limits.rows_returned, rows_affected=target.limits.rows_affected,
-                      allowed_effect=effect)
+                      bytes_returned=target.limits.bytes_returned, allowed_effect=effect)
 
     def _check_session_writes(self, call: Call, caller: Caller, target: Target, effect: Effect) -> None:
         limit = target.limits.writes_per_session
@@ -725,6 +736,19 @@ class Gate:
 
 
 _READ_TOOLS = frozenset({"sql_query", "sql_schema", "email_outbox"})
+_COMPENSABLE = frozenset({Effect.WRITE, Effect.DESTRUCTIVE})
+
+
+def enforce_effect_table(classification: Classification) -> Classification:
+    """`write` and `destructive` mean a compensation will be recorded; a state change that will have
+    none is `irreversible`, whatever the adapter's name for it. Decided before anything runs."""
+    if classification.effect in _COMPENSABLE and not classification.compensable:
+        return classification.model_copy(update={
+            "effect": Effect.IRREVERSIBLE,
+            "reason": f"{classification.reason}; no undo would be recorded for this {classification.effect.value}, "
+                      "so it counts as irreversible",
+        })
+    return classification
 
 
 @contextmanager
