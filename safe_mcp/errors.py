@@ -10,6 +10,7 @@ __all__ = [
     "Refused",
     "SafeMcpError",
     "StateError",
+    "TargetUnavailable",
     "TooManyRows",
 ]
 
@@ -57,6 +58,15 @@ class AdapterError(SafeMcpError):
 
     The message is safe to show to the agent: no DSNs, passwords or internals.
     """
+
+
+class TargetUnavailable(AdapterError):
+    """The target cannot be used right now (down, unreachable, missing, locked by a crashed writer);
+    the call itself may be fine. `remedy` says what to check. Never blamed on the statement."""
+
+    def __init__(self, message: str, remedy: str = "") -> None:
+        self.remedy = remedy
+        super().__init__(message)
 
 
 class TooManyRows(AdapterError):

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safe_mcp.adapter import Adapter, Budget, Call, Classification, Outcome, Preview
 from safe_mcp.config import Config, ConfirmMode, Target
 from safe_mcp.effects import Effect
-from safe_mcp.errors import AdapterError, Escalated, Refused, StateError, TooManyRows
+from safe_mcp.errors import AdapterError, Escalated, Refused, StateError, TargetUnavailable, TooManyRows
 from safe_mcp.orgpolicy import org_forbid
 from safe_mcp.policy import Decision, Verdict, decide
 from safe_mcp.receipts import Receipt, canonical_json, new_id
@@ -354,6 +354,9 @@ class Gate:
             except TooManyRows as exc:
                 self._fail(call, caller, effect, exc, started, action_id=action_id, outcome="rolled_back",
                            remedy=f"narrow the statement, or a human can raise rows_affected (now {exc.limit})")
+            except TargetUnavailable as exc:
+                self._fail(call, caller, effect, exc, started, action_id=action_id,
+                           remedy=exc.remedy or "check the target, then retry; nothing was committed")
             except AdapterError as exc:
                 self._fail(call, caller, effect, exc, started, action_id=action_id)
         except BaseException:
@@ -549,6 +552,10 @@ class Gate:
             if self.config.org_policy:
                 classification = org_forbid(self.config, call, classification)
             return enforce_effect_table(classification)
+        except TargetUnavailable as exc:
+            self._refuse(call, caller, Effect.FORBIDDEN, f"target {call.target!r} is unavailable: {exc}",
+                         exc.remedy or "check the target, then retry; nothing was run")
+            raise AssertionError("unreachable") from None
         except AdapterError as exc:
             self._refuse(call, caller, Effect.FORBIDDEN, f"cannot classify the call: {exc}",
                          "fix the statement; unparseable calls never run")
@@ -558,6 +565,10 @@ class Gate:
         try:
             with _gate_scope():
                 return adapter.preview(call, cls, budget)
+        except TargetUnavailable as exc:
+            self._refuse(call, caller, cls.effect, f"target {call.target!r} is unavailable: {exc}",
+                         exc.remedy or "check the target, then retry; nothing was run")
+            raise AssertionError("unreachable") from None
         except AdapterError as exc:
             self._refuse(call, caller, cls.effect, f"the preview failed: {exc}", "fix the statement and call again")
             raise AssertionError("unreachable") from None
