@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from safe_mcp.cli_lockdown import COMMANDS as LOCKDOWN_COMMANDS
 from safe_mcp.cli_lockdown import add_parsers as _locked_down_parsers
+from safe_mcp.cli_reconcile import add_parser as _reconcile_parser
 from safe_mcp.errors import ConfigError, Refused, SafeMcpError
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("config-schema", help="print the JSON schema of the config file")
     sub.add_parser("inventory-schema", help="print the JSON schema of `check --format json`")
     _locked_down_parsers(sub, common)
+    _reconcile_parser(sub, common)
     return p
 
 
@@ -334,6 +336,16 @@ def cmd_breaker(args: argparse.Namespace) -> int:
         rt.close()
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from safe_mcp.cli_reconcile import run
+
+    rt = _runtime(args)
+    try:
+        return run(args, rt)
+    finally:
+        rt.close()
+
+
 def cmd_pending(args: argparse.Namespace) -> int:
     from safe_mcp.state import StateStore
 
@@ -480,5 +492,5 @@ _COMMANDS = {
     "serve": cmd_serve, "demo": cmd_demo, "check": cmd_check, "receipts": cmd_receipts, "undo": cmd_undo,
     "pending": cmd_pending, "breaker": cmd_breaker,
     "gameday": cmd_gameday, "client-config": cmd_client_config, "secrets": cmd_secrets,
-    "config-schema": cmd_config_schema, "outbox": cmd_outbox, **LOCKDOWN_COMMANDS,
+    "config-schema": cmd_config_schema, "outbox": cmd_outbox, "reconcile": cmd_reconcile, **LOCKDOWN_COMMANDS,
 }

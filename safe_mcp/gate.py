@@ -19,15 +19,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from safe_mcp.adapter import Adapter, Budget, Call, Classification, Outcome, Preview
+from safe_mcp.adapter import Adapter, Budget, Call, Classification, Outcome, Preview, Reconciled
 from safe_mcp.config import Config, ConfirmMode, Target
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Escalated, Refused, StateError, TargetUnavailable, TooManyRows
+from safe_mcp.instance import instance_id, is_dead
 from safe_mcp.orgpolicy import org_forbid
 from safe_mcp.policy import Decision, Verdict, decide
 from safe_mcp.receipts import Receipt, canonical_json, new_id
 from safe_mcp.secrets import Scrubber
-from safe_mcp.state import PendingAction, StateStore
+from safe_mcp.state import Intent, PendingAction, StateStore
 
 if TYPE_CHECKING:
     from safe_mcp.approvals import ApprovalDesk
@@ -52,6 +53,9 @@ class Caller(BaseModel):
     client: str = "unknown"
     run_id: str | None = None
     """The agent's own name for a run of work (a tool argument on writes); the session when absent."""
+    principal: str = "local"
+    """Who is calling, across sessions and restarts: the token's name over HTTP/SSE, "local" over stdio
+    (whoever can start this server on this state store). The circuit breaker holds for the principal."""
 
 
 class PendingView(BaseModel):
@@ -258,7 +262,8 @@ class Gate:
             by = (f"approved by {', '.join(approval.approved_by)}; executed at the request of {caller.client}"
                   if approval is not None else f"confirmed by {caller.client} (agent)")
             self._append(call, caller, allowed, "confirmed", by, "confirmed", action_id=action_id, tool=call.tool)
-            result = self._execute(adapter, target, call, caller, confirmed, decision, started, action_id=action_id)
+            result = self._execute(adapter, target, call, caller, confirmed, decision, started, action_id=action_id,
+                                   expect=Preview.model_validate(action.preview))
         except BaseException:
             self.store.transition_pending(action_id, "executing", "failed")
             raise
@@ -304,20 +309,24 @@ class Gate:
         budget = Budget(rows_returned=target.limits.rows_returned,
                         rows_affected=max(target.limits.rows_affected, recorded), allowed_effect=Effect.WRITE)
         try:
-            self._intent(call, caller, Effect.WRITE, refers_to=receipt_id)
+            intent = self._intent(call, caller, Effect.WRITE, undoes=receipt_id, compensation_id=cid)
         except Refused:
             self.store.transition_compensation(cid, "undoing", "available")
             raise
+        budget = budget.model_copy(update={"intent_id": intent.id})
         try:
             with _gate_scope():
                 outcome = adapter.compensate(data, budget)
         except AdapterError as exc:
             self.store.transition_compensation(cid, "undoing", "available")
-            self._fail(call, caller, Effect.WRITE, exc, started, refers_to=receipt_id)
+            self._fail(call, caller, Effect.WRITE, exc, started, refers_to=receipt_id, settles=intent.id,
+                       remedy=exc.remedy if isinstance(exc, TargetUnavailable) else
+                       "nothing was changed; the target moved on since the write, so undo would destroy newer data"
+                       if "changed" in str(exc) or "conflict" in str(exc) else "")
             raise AssertionError("unreachable") from None
         receipt = self._append(call, caller, Effect.WRITE, "allow", f"undo of {receipt_id}", "undone",
                                affected=outcome.affected, refers_to=receipt_id,
-                               duration_ms=_ms(started))
+                               duration_ms=_ms(started), settles=intent.id)
         self.store.transition_compensation(cid, "undoing", "undone", undone_by=receipt.id)
         return GateResult(
             status="ok", receipt_id=receipt.id, target=target_name, tool="undo", effect=Effect.WRITE.value,
@@ -329,38 +338,49 @@ class Gate:
 
     def _execute(
         self, adapter: Adapter, target: Target, call: Call, caller: Caller, classification: Classification,
-        decision: Decision, started: float, action_id: str | None = None,
+        decision: Decision, started: float, action_id: str | None = None, expect: Preview | None = None,
     ) -> GateResult:
         effect = classification.effect
         key = call.args.get("idempotency_key") if effect is not Effect.READ else None
         if key:
-            state, _rid, _stored = self.store.claim_idempotency(call.target, key, self._call_digest(call))
-            if state != "claimed":
-                replay = self._idempotent_replay(call, caller, effect, key)
-                if replay is not None:
-                    return replay
+            replay = self._claim(call, caller, effect, key)
+            if replay is not None:
+                return replay
         budget = self._budget(target, effect)
+        intent: Receipt | None = None
         try:
             if effect is not Effect.READ:
                 self._check_breaker(call, caller, effect)
                 self._check_budgets(call, caller, target, effect)
-                intent = self._intent(call, caller, effect, action_id=action_id)
-                budget = budget.model_copy(update={"intent_id": intent.id})
+                intent = self._intent(call, caller, effect, action_id=action_id, key=key)
+                budget = budget.model_copy(update={"intent_id": intent.id, "expect": expect})
+            settles = intent.id if intent else None
+            released = (call.target, key, None) if key else None
             try:
                 with _gate_scope():
                     outcome = adapter.execute(call, classification, budget)
             except Escalated as esc:
-                return self._escalate(adapter, target, call, caller, classification, esc, started, action_id)
+                return self._escalate(adapter, target, call, caller, classification, esc, started, action_id, settles)
             except TooManyRows as exc:
                 self._fail(call, caller, effect, exc, started, action_id=action_id, outcome="rolled_back",
-                           remedy=f"narrow the statement, or a human can raise rows_affected (now {exc.limit})")
+                           remedy=f"narrow the statement, or a human can raise rows_affected (now {exc.limit})",
+                           settles=settles, settle_key=released)
             except TargetUnavailable as exc:
                 self._fail(call, caller, effect, exc, started, action_id=action_id,
-                           remedy=exc.remedy or "check the target, then retry; nothing was committed")
+                           remedy=exc.remedy or "check the target, then retry; nothing was committed",
+                           settles=settles, settle_key=released)
             except AdapterError as exc:
-                self._fail(call, caller, effect, exc, started, action_id=action_id)
-        except BaseException:
-            if key:
+                self._fail(call, caller, effect, exc, started, action_id=action_id, settles=settles, settle_key=released)
+        except Refused:
+            if key and intent is None:
+                self.store.settle_idempotency(call.target, key, None, None)
+            raise
+        except Exception:  # an adapter broke its contract: settle what it did, then re-raise
+            if intent is not None:
+                for record in self.store.open_intents(target=call.target):
+                    if record.id == intent.id:
+                        self.reconcile_intent(record)
+            elif key:
                 self.store.settle_idempotency(call.target, key, None, None)
             raise
         if effect is Effect.READ:
@@ -371,43 +391,54 @@ class Gate:
                 policy_digest=self.policy_digest, duration_ms=_ms(started))
             return GateResult(status="ok", receipt_id=rid, target=call.target, tool=call.tool, effect=effect.value,
                               result=self.scrub(outcome.result), message=outcome.summary or "read")
-        comp_id = new_id("comp") if outcome.compensation is not None else None
+        assert intent is not None
         reason = decision.reason
         breach = classification.compensable and outcome.compensation is None and effect in _COMPENSABLE
         if breach:
             reason = (f"contract breach: the {target.kind} adapter classified this {effect.value} as compensable "
                       f"but recorded no compensation; it cannot be undone ({decision.reason})")
             logging.getLogger("safe_mcp").error("%s on %s: %s", call.tool, call.target, reason)
-        receipt = self._append(
-            call, caller, effect, "allow", reason, "executed", affected=outcome.affected,
-            compensation_id=comp_id, action_id=action_id, duration_ms=_ms(started),
-            compensation=(comp_id, call.tool, outcome.compensation)
-            if comp_id and outcome.compensation is not None else None,
-        )
+        _receipt, result = self._record_executed(call, caller, effect, outcome, reason, intent.id, action_id,
+                                                key, duration_ms=_ms(started))
         self._count_write(call, caller, target, effect, outcome.affected)
         if breach:
             self._trouble(call, caller, "failure")
+        return result
+
+    def _record_executed(self, call: Call, caller: Caller, effect: Effect, outcome: Outcome, reason: str,
+                         intent_id: str, action_id: str | None, key: str | None,
+                         **extra: Any) -> tuple[Receipt, GateResult]:
+        """The `executed` receipt, its compensation, the idempotency result and the end of the intent:
+        one transaction, so none of them exists without the others."""
+        comp_id = new_id("comp") if outcome.compensation is not None else None
+        receipt_id = new_id("rcpt")
         result = GateResult(
-            status="ok", receipt_id=receipt.id, target=call.target, tool=call.tool, effect=effect.value,
+            status="ok", receipt_id=receipt_id, target=call.target, tool=call.tool, effect=effect.value,
             affected=outcome.affected,
             result=self.scrub(outcome.result),
-            undo=(f"undo(receipt_id={receipt.id!r})" if comp_id else None),
+            undo=(f"undo(receipt_id={receipt_id!r})" if comp_id else None),
             message=self._done_message(outcome, effect, comp_id is not None),
         )
-        if key:
-            self.store.settle_idempotency(call.target, key, receipt.id, result.model_dump(mode="json"))
-        return result
+        receipt = self._append(
+            call, caller, effect, "allow", reason, "executed", affected=outcome.affected, id=receipt_id,
+            compensation_id=comp_id, action_id=action_id,
+            compensation=(comp_id, call.tool, outcome.compensation)
+            if comp_id and outcome.compensation is not None else None,
+            settles=intent_id, settle_key=(call.target, key, result.model_dump(mode="json")) if key else None,
+            **extra,
+        )
+        return receipt, result
 
     def _escalate(
         self, adapter: Adapter, target: Target, call: Call, caller: Caller, classification: Classification,
-        esc: Escalated, started: float, action_id: str | None,
+        esc: Escalated, started: float, action_id: str | None, settles: str | None,
     ) -> GateResult:
-        """The engine measured more than the classifier said: decide again on what it measured."""
+        """The engine measured more than the classifier said (or, at confirm, more or other rows than the
+        preview showed): nothing was committed; decide again on what it measured."""
         key = call.args.get("idempotency_key")
-        if key:
-            self.store.settle_idempotency(call.target, key, None, None)
         self._append(call, caller, esc.effect, "escalate", esc.reason, "rolled_back", action_id=action_id,
-                     duration_ms=_ms(started))
+                     duration_ms=_ms(started), settles=settles,
+                     settle_key=(call.target, key, None) if key else None)
         decision = decide(esc.effect, target, self.config.confirm, esc.reason)
         if decision.verdict is Verdict.REFUSE:
             self._refuse(call, caller, esc.effect, decision.reason, decision.remedy)
@@ -460,29 +491,154 @@ class Gate:
             message=f"not executed: {decision.reason}. {self._would_do(preview)}. {how}",
         )
 
-    def _idempotent_replay(self, call: Call, caller: Caller, effect: Effect, key: str) -> GateResult | None:
+    def _claim(self, call: Call, caller: Caller, effect: Effect, key: str) -> GateResult | None:
+        """Claim `key` for this call: None when claimed (run it), or the first call's result (a duplicate).
+
+        A claim held by a process that died is settled first, from the target's journal: the retry
+        then returns the first receipt (it committed) or runs (it did not), never "running now".
+
+        Raises:
+            Refused: the key is in use by a live call, for another call, or its outcome is unknown.
+        """
         digest = self._call_digest(call)
-        state, rid, stored = self.store.claim_idempotency(call.target, key, digest)
-        if state == "claimed":
+        for _ in range(3):
+            state, rid, stored = self.store.claim_idempotency(call.target, key, digest, instance_id())
+            if state == "claimed":
+                return None
+            if state == "mismatch":
+                self._refuse(call, caller, effect,
+                             f"idempotency_key {key!r} was already used for a different call on {call.target!r}",
+                             "use a new key for a new call")
+            if state == "running":
+                owner = rid or ""
+                if not is_dead(owner):
+                    self._refuse(call, caller, effect, f"a call with idempotency_key {key!r} is running now",
+                                 "wait for it and look up its receipt with the receipts tool")
+                self._settle_dead_claim(call.target, key, owner)
+                continue
+            if state == "unknown":
+                self._refuse(call, caller, effect,
+                             f"the call that used idempotency_key {key!r} was interrupted (intent {rid}) and "
+                             f"{call.target!r} cannot say whether it ran",
+                             f"check the target by hand; a human then runs `safe-mcp reconcile {rid} --executed` or "
+                             f"`--not-executed`, and the retry returns its receipt or runs")
+            assert stored is not None and rid is not None
+            receipt = self._append(call, caller, effect, "allow", f"idempotency_key {key!r} already used by {rid}",
+                                   "duplicate", refers_to=rid)
+            first = GateResult.model_validate(stored)
+            return first.model_copy(update={
+                "status": "duplicate",
+                "message": f"already done by receipt {rid} (same idempotency_key); nothing ran again. "
+                           f"This call is recorded as {receipt.id}",
+            })
+        self._refuse(call, caller, effect, f"idempotency_key {key!r} is contended", "retry in a moment")
+        raise AssertionError("unreachable")
+
+    def _idempotent_replay(self, call: Call, caller: Caller, effect: Effect, key: str) -> GateResult | None:
+        """Before previewing: the first call's result when `key` was used; None when it is free."""
+        replay = self._claim(call, caller, effect, key)
+        if replay is None:
             # Only looking: release so that execution claims it in its own step.
             self.store.settle_idempotency(call.target, key, None, None)
-            return None
-        if state == "mismatch":
-            self._refuse(call, caller, effect,
-                         f"idempotency_key {key!r} was already used for a different call on {call.target!r}",
-                         "use a new key for a new call")
-        if state == "running":
-            self._refuse(call, caller, effect, f"a call with idempotency_key {key!r} is running now",
-                         "wait for it and look up its receipt with the receipts tool")
-        assert stored is not None and rid is not None
-        receipt = self._append(call, caller, effect, "allow", f"idempotency_key {key!r} already used by {rid}",
-                               "duplicate", refers_to=rid)
-        first = GateResult.model_validate(stored)
-        return first.model_copy(update={
-            "status": "duplicate",
-            "message": f"already done by receipt {rid} (same idempotency_key); nothing ran again. "
-                       f"This call is recorded as {receipt.id}",
-        })
+        return replay
+
+    # ---------------------------------------------------------------- reconciliation
+
+    def _settle_dead_claim(self, target: str, key: str, owner: str) -> None:
+        intents = self.store.open_intents(target=target, key=key)
+        if not intents:
+            # The owner died before writing its intent, so nothing ran: the retry may run.
+            self.store.release_dead_claim(target, key, owner)
+        for intent in intents:
+            if intent.state == "open":
+                self.reconcile_intent(intent)
+
+    def reconcile(self, *, only_dead: bool = True) -> list[tuple[Intent, str]]:
+        """Settle every intent whose outcome was never recorded (its process died), from the target's own
+        journal, and release idempotency keys held by dead processes that never wrote an intent.
+        Returns each intent looked at with what became of it: executed, not_executed, unknown or open
+        (the target could not be asked; tried again next time)."""
+        done = []
+        for intent in self.store.open_intents():
+            if intent.state == "open" and (not only_dead or is_dead(intent.owner)):
+                done.append((intent, self.reconcile_intent(intent)))
+        for target, key, owner in self.store.running_claims():
+            if is_dead(owner):
+                self.store.release_dead_claim(target, key, owner)
+        return done
+
+    def reconcile_intent(self, intent: Intent) -> str:
+        """Ask the target what became of one intent and record it (see `reconcile`)."""
+        call = Call(target=intent.target, tool=intent.tool, args=intent.args)
+        target = self.config.targets.get(intent.target)
+        if target is None:
+            verdict = Reconciled(state="unknown", detail=f"target {intent.target!r} is no longer configured")
+        else:
+            try:
+                with _gate_scope():
+                    verdict = self._adapter(target).reconcile(intent.id, call)
+            except AdapterError as exc:
+                logging.getLogger("safe_mcp").warning("cannot reconcile intent %s on %s yet: %s",
+                                                      intent.id, intent.target, self.scrub(str(exc)))
+                return "open"
+        if verdict.state == "unknown":
+            self._record_unknown(intent, verdict.detail)
+            return "unknown"
+        self._settle_intent(intent, executed=verdict.state == "executed", outcome=verdict.outcome,
+                            how="the target's journal shows it committed" if verdict.state == "executed"
+                            else "the target's journal has no record of it, so nothing was changed")
+        return verdict.state
+
+    def settle_by_human(self, intent_id: str, *, executed: bool, by: str) -> str:
+        """A human's verdict on an intent the target could not settle (`safe-mcp reconcile`).
+
+        Raises:
+            Refused: no such open intent.
+        """
+        found = [i for i in self.store.open_intents() if i.id == intent_id]
+        if not found:
+            raise Refused(f"no unsettled intent has id {intent_id!r}", "list them with `safe-mcp reconcile`")
+        intent = found[0]
+        if intent.state == "open" and not is_dead(intent.owner):
+            raise Refused(f"intent {intent_id} belongs to a running safe-mcp ({intent.owner})",
+                          "wait for it to finish; only intents of processes that died are settled")
+        return self._settle_intent(intent, executed=executed, outcome=None,
+                                   how=f"settled by {by}: it {'ran' if executed else 'did not run'}").id
+
+    def _settle_intent(self, intent: Intent, *, executed: bool, outcome: Outcome | None, how: str) -> Receipt:
+        call = Call(target=intent.target, tool=intent.tool, args=intent.args)
+        caller = Caller(session=intent.session, client=intent.client, run_id=intent.run_id)
+        effect = Effect(intent.effect)
+        key = intent.idempotency_key
+        if intent.undoes and intent.compensation_id:
+            receipt = self._append(call, caller, effect, "allow", f"undo of {intent.undoes}, reconciled after a crash: {how}",
+                                   "undone" if executed else "not_executed", refers_to=intent.undoes,
+                                   affected=outcome.affected if outcome else None, settles=intent.id)
+            self.store.transition_compensation(intent.compensation_id, "undoing", "undone" if executed else "available",
+                                               undone_by=receipt.id if executed else None)
+            return receipt
+        if executed:
+            receipt, _ = self._record_executed(call, caller, effect, outcome or Outcome(),
+                                               f"reconciled after a crash: {how}", intent.id, intent.action_id, key,
+                                               refers_to=intent.id)
+        else:
+            receipt = self._append(call, caller, effect, "allow", f"reconciled after a crash: {how}", "not_executed",
+                                   action_id=intent.action_id, refers_to=intent.id, settles=intent.id,
+                                   settle_key=(intent.target, key, None) if key else None)
+        if intent.action_id:
+            self.store.transition_pending(intent.action_id, "executing", "done" if executed else "failed")
+        return receipt
+
+    def _record_unknown(self, intent: Intent, detail: str) -> None:
+        if self.store.mark_intent_unknown(intent.id):
+            call = Call(target=intent.target, tool=intent.tool, args=intent.args)
+            caller = Caller(session=intent.session, client=intent.client, run_id=intent.run_id)
+            self._append(call, caller, Effect(intent.effect), "allow",
+                         f"the process died during this call and {intent.target!r} cannot say whether it ran "
+                         f"({detail}); a human settles it with `safe-mcp reconcile {intent.id}`",
+                         "unknown", refers_to=intent.id, action_id=intent.action_id)
+        if intent.idempotency_key:
+            self.store.mark_idempotency_unknown(intent.target, intent.idempotency_key, intent.id)
 
     # ---------------------------------------------------------------- approvals
 
@@ -603,12 +759,14 @@ class Gate:
                              f"wait, or a human can raise limits.{name}")
 
     def _check_breaker(self, call: Call, caller: Caller, effect: Effect) -> None:
-        tripped = self.store.breaker(caller.session, call.target)
+        tripped = self.store.breaker(caller.principal, call.target)
         if tripped is not None:
             self._refuse(call, caller, effect,
-                         f"the circuit breaker for this session on {call.target!r} tripped at {_iso(tripped[0])} "
-                         f"({tripped[1]}); writes stay refused, reads still work",
-                         "stop and tell the user; a human resets it with safe-mcp breaker reset")
+                         f"the circuit breaker for {caller.principal!r} on {call.target!r} tripped at {_iso(tripped[0])} "
+                         f"({tripped[1]}); writes stay refused in every session of this caller, also after a restart; "
+                         "reads still work",
+                         f"stop and tell the user; a human resets it with `safe-mcp breaker reset --session "
+                         f"{caller.principal} --target {call.target}`")
 
     def _count_write(self, call: Call, caller: Caller, target: Target, effect: Effect, affected: int) -> None:
         try:
@@ -627,16 +785,17 @@ class Gate:
         rules = self.config.breaker
         threshold = {"refusal": rules.refusals, "failure": rules.failures, "near_limit": rules.near_limit}[kind]
         try:
-            self.store.record_event(caller.session, call.target, kind)
-            count, _rows, _oldest = self.store.window(caller.session, call.target, kind, self._clock() - rules.window_s)
-            if count < threshold or self.store.breaker(caller.session, call.target) is not None:
+            # Trouble is counted per principal, so a new session does not start from a clean slate.
+            self.store.record_event(caller.principal, call.target, kind)
+            count, _rows, _oldest = self.store.window(caller.principal, call.target, kind, self._clock() - rules.window_s)
+            if count < threshold or self.store.breaker(caller.principal, call.target) is not None:
                 return
             reason = f"{count} {kind.replace('_', '-')}s within {rules.window_s}s"
             receipt = self._append(call.model_copy(update={"args": {}}), caller, Effect.WRITE, "refuse", reason,
                                    "breaker_tripped", tool="breaker")
-            if self.store.trip_breaker(caller.session, call.target, reason, receipt.id):
-                logging.getLogger("safe_mcp").warning("circuit breaker tripped for session %s on %s: %s",
-                                                      caller.session, call.target, reason)
+            if self.store.trip_breaker(caller.principal, call.target, reason, receipt.id):
+                logging.getLogger("safe_mcp").warning("circuit breaker tripped for %s on %s: %s",
+                                                      caller.principal, call.target, reason)
                 self._notify_breaker(caller, call.target, reason, receipt.id)
         except StateError:
             logging.getLogger("safe_mcp").exception("could not record trouble for the circuit breaker")
@@ -648,18 +807,25 @@ class Gate:
             from safe_mcp import webhook
 
             webhook.post_in_background(url, {
-                "text": f"safe-mcp: circuit breaker tripped for session {caller.session} on {target} ({reason}); "
-                        f"its writes are refused until `safe-mcp breaker reset --session {caller.session} --target {target}`",
-                "breaker": {"session": caller.session, "client": caller.client, "target": target, "reason": reason,
+                "text": f"safe-mcp: circuit breaker tripped for {caller.principal} on {target} ({reason}); "
+                        f"its writes are refused until `safe-mcp breaker reset --session {caller.principal} --target {target}`",
+                "breaker": {"principal": caller.principal, "session": caller.session, "client": caller.client,
+                            "target": target, "reason": reason,
                             "receipt_id": receipt_id},
             }, self.config.approvals.notify_retries, f"breaker {target}")
 
     def _call_digest(self, call: Call) -> str:
         return action_digest(call, "")
 
-    def _intent(self, call: Call, caller: Caller, effect: Effect, **extra: Any) -> Receipt:
+    def _intent(self, call: Call, caller: Caller, effect: Effect, *, action_id: str | None = None,
+                key: str | None = None, undoes: str | None = None, compensation_id: str | None = None) -> Receipt:
+        record = Intent(owner=instance_id(), target=call.target, tool=call.tool,
+                        args=_utf8_safe(self.scrub(dict(call.args))), effect=effect.value, session=caller.session,
+                        client=caller.client, run_id=caller.run_id, action_id=action_id, idempotency_key=key,
+                        undoes=undoes, compensation_id=compensation_id)
         try:
-            return self._append(call, caller, effect, "allow", "about to execute", "intent", **extra)
+            return self._append(call, caller, effect, "allow", "about to execute", "intent", intent=record,
+                                action_id=action_id, refers_to=undoes)
         except StateError as exc:
             raise Refused(f"the intent receipt could not be written ({exc}); nothing was run",
                           "check the state directory is writable, then retry") from None

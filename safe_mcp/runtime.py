@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from safe_mcp.config import Config
@@ -13,11 +14,15 @@ from safe_mcp.state import StateStore
 
 __all__ = ["Runtime"]
 
+log = logging.getLogger("safe_mcp")
+
 
 class Runtime:
     """Resolves secrets (failing at start, not mid-call), opens the state store, builds the gate."""
 
-    def __init__(self, config: Config, *, session: str | None = None) -> None:
+    def __init__(self, config: Config, *, session: str | None = None, reconcile: bool = True) -> None:
+        """With `reconcile`, intents left without an outcome by a process that died are settled first,
+        from the targets' own journals (see `Gate.reconcile`)."""
         self.config = config
         self.session = session or new_id("sess")
         secrets: dict[str, dict[str, str]] = {}
@@ -29,6 +34,11 @@ class Runtime:
         self.scrub = Scrubber(v for d in secrets.values() for v in d.values())
         self.store = StateStore(config.state_dir)
         self.gate = Gate(config, self.store, self.scrub, secrets)
+        if reconcile:
+            self.reconciled = self.gate.reconcile()
+            for intent, became in self.reconciled:
+                log.warning("reconciled intent %s (%s on %s, left by a process that died): %s",
+                            intent.id, intent.tool, intent.target, became)
 
     def serves(self, tool: str) -> bool:
         return any(tool in t.adapter_cls.tools for t in self.config.targets.values())

@@ -24,7 +24,7 @@ from safe_mcp.errors import StateError
 from safe_mcp.receipts import GENESIS, Receipt, canonical_json, new_id, receipt_hash, receipt_text_hash
 from safe_mcp.sqlitetx import immediate
 
-__all__ = ["PendingAction", "StateStore", "VerifyReport"]
+__all__ = ["Intent", "PendingAction", "StateStore", "VerifyReport"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS receipts (
@@ -85,6 +85,19 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_scope ON events (session, target, kind, ts);
 CREATE INDEX IF NOT EXISTS events_session ON events (session, kind);
+-- An intent whose outcome is not yet recorded: written in the same transaction as its intent
+-- receipt, deleted in the same transaction as its outcome receipt. What is left after a crash is
+-- what `reconcile` settles from the target's own journal.
+CREATE TABLE IF NOT EXISTS intents (
+    id TEXT PRIMARY KEY,
+    started REAL NOT NULL,
+    owner TEXT NOT NULL,
+    target TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    idempotency_key TEXT,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS breakers (
     session TEXT NOT NULL,
     target TEXT NOT NULL,
@@ -129,6 +142,29 @@ class PendingAction(BaseModel):
     """The requester's run, so that the confirmed execution is undone with the run it belongs to."""
 
 
+class Intent(BaseModel):
+    """What is needed to settle an intent after its process died: the call, who made it, and which
+    pending action, idempotency key or compensation it holds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = ""
+    state: str = "open"
+    owner: str
+    target: str
+    tool: str
+    args: dict[str, Any]
+    effect: str
+    session: str
+    client: str
+    run_id: str | None = None
+    action_id: str | None = None
+    idempotency_key: str | None = None
+    undoes: str | None = None
+    """For an undo: the receipt being undone."""
+    compensation_id: str | None = None
+
+
 class VerifyReport(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -149,6 +185,9 @@ class StateStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(idempotency)")}
+            if "owner" not in columns:  # ledgers made before claims named their owner
+                self._db.execute("ALTER TABLE idempotency ADD COLUMN owner TEXT")
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"cannot open the state store in {directory}: {exc}") from None
         self._lock = threading.Lock()
@@ -223,11 +262,18 @@ class StateStore:
 
     # receipts ---------------------------------------------------------------------------
 
-    def append(self, *, compensation: tuple[str, str, dict[str, Any]] | None = None, **fields: Any) -> Receipt:
+    def append(self, *, compensation: tuple[str, str, dict[str, Any]] | None = None,
+               intent: Intent | None = None, settles: str | None = None,
+               settle_key: tuple[str, str, dict[str, Any] | None] | None = None, **fields: Any) -> Receipt:
         """Append one receipt to the chain and return it.
 
         `compensation` (id, tool, data) is stored in the same transaction, so a receipt
-        that names a compensation always has it.
+        that names a compensation always has it. `intent` opens an intent record with this (intent)
+        receipt; `settles` closes the intent record of that id with this (outcome) receipt: both in
+        the same transaction, so an intent is open exactly while its outcome is unrecorded.
+        `settle_key` (target, key, result) records this receipt as the result of an idempotency key,
+        or releases the key when result is None, in the same transaction too: a key is never left
+        `running` by a call whose outcome was recorded.
 
         Raises:
             StateError: the ledger could not be written; the caller must not go on.
@@ -236,7 +282,16 @@ class StateStore:
         fields.setdefault("id", new_id("rcpt"))
         self.flush()
         with self.transaction() as db:
-            return self._append_in(db, fields, compensation)
+            receipt = self._append_in(db, fields, compensation)
+            if intent is not None:
+                db.execute("INSERT INTO intents VALUES (?, ?, ?, ?, ?, ?, ?, 'open')",
+                           (receipt.id, time.time(), intent.owner, receipt.target, receipt.tool,
+                            intent.idempotency_key, canonical_json(intent.model_dump(mode="json"))))
+            if settles is not None:
+                db.execute("DELETE FROM intents WHERE id = ?", (settles,))
+            if settle_key is not None:
+                _settle_key(db, *settle_key, receipt.id)
+            return receipt
 
     def _append_in(
         self, db: sqlite3.Connection, fields: dict[str, Any], compensation: tuple[str, str, dict[str, Any]] | None
@@ -424,33 +479,78 @@ class StateStore:
 
     # idempotency -----------------------------------------------------------------------
 
-    def claim_idempotency(self, target: str, key: str, digest: str) -> tuple[str, str | None, dict[str, Any] | None]:
+    def claim_idempotency(self, target: str, key: str, digest: str,
+                          owner: str = "") -> tuple[str, str | None, dict[str, Any] | None]:
         """Claim `key` for a call. Returns ("claimed", None, None) for a first use, else
-        (state, receipt id, stored result) of the call that used it before."""
+        (state, receipt id, stored result) of the call that used it before. State "running" comes
+        with the owner's instance id in place of the receipt id; "unknown" with the intent id."""
         with self.transaction() as db:
             row = db.execute(
-                "SELECT digest, state, receipt_id, result FROM idempotency WHERE target = ? AND key = ?", (target, key)
+                "SELECT digest, state, receipt_id, result, owner FROM idempotency WHERE target = ? AND key = ?",
+                (target, key),
             ).fetchone()
             if row is None:
-                db.execute(
-                    "INSERT INTO idempotency VALUES (?, ?, ?, 'running', NULL, NULL)", (target, key, digest)
-                )
+                db.execute("INSERT INTO idempotency (target, key, digest, state, receipt_id, result, owner) "
+                           "VALUES (?, ?, ?, 'running', NULL, NULL, ?)", (target, key, digest, owner))
                 return "claimed", None, None
-        stored_digest, state, rid, result = row
+        stored_digest, state, rid, result, claimed_by = row
         if stored_digest != digest:
             return "mismatch", rid, None
+        if state == "running":
+            return state, claimed_by or "", None
         return state, rid, (json.loads(result) if result else None)
+
+    def mark_idempotency_unknown(self, target: str, key: str, intent_id: str) -> None:
+        """The call holding `key` died and its target cannot say whether it ran: keep the key refused,
+        naming the intent, until a human settles it with `safe-mcp reconcile`."""
+        with self.transaction() as db:
+            db.execute("UPDATE idempotency SET state = 'unknown', receipt_id = ? WHERE target = ? AND key = ?",
+                       (intent_id, target, key))
+
+    def release_dead_claim(self, target: str, key: str, owner: str) -> bool:
+        """Release a `running` claim whose owner died before it wrote an intent (so nothing ran)."""
+        with self.transaction() as db:
+            open_intent = db.execute("SELECT 1 FROM intents WHERE target = ? AND idempotency_key = ?",
+                                     (target, key)).fetchone()
+            if open_intent:
+                return False
+            cur = db.execute("DELETE FROM idempotency WHERE target = ? AND key = ? AND state = 'running' "
+                             "AND coalesce(owner, '') = ?", (target, key, owner))
+            return cur.rowcount == 1
+
+    # intents without an outcome -------------------------------------------------------------
+
+    def open_intents(self, *, target: str | None = None, key: str | None = None) -> list[Intent]:
+        """Intents whose outcome was never recorded, oldest first (optionally those holding one key)."""
+        rows = self.query("SELECT id, state, body FROM intents WHERE (? IS NULL OR target = ?) "
+                          "AND (? IS NULL OR idempotency_key = ?) ORDER BY started",
+                          (target, target, key, key))
+        return [Intent.model_validate({**json.loads(body), "id": iid, "state": st}) for iid, st, body in rows]
+
+    def mark_intent_unknown(self, intent_id: str) -> bool:
+        """False when it was already marked (so its `unknown` receipt is written once)."""
+        with self.transaction() as db:
+            return db.execute("UPDATE intents SET state = 'unknown' WHERE id = ? AND state = 'open'",
+                              (intent_id,)).rowcount == 1
 
     def settle_idempotency(self, target: str, key: str, receipt_id: str | None, result: dict[str, Any] | None) -> None:
         """Record the result of a claimed key, or release the claim when `receipt_id` is None."""
         with self.transaction() as db:
-            if receipt_id is None:
-                db.execute("DELETE FROM idempotency WHERE target = ? AND key = ? AND state = 'running'", (target, key))
-            else:
-                db.execute(
-                    "UPDATE idempotency SET state = 'done', receipt_id = ?, result = ? WHERE target = ? AND key = ?",
-                    (receipt_id, canonical_json(result or {}), target, key),
-                )
+            _settle_key(db, target, key, result if receipt_id else None, receipt_id or "")
+
+    def running_claims(self) -> list[tuple[str, str, str]]:
+        """(target, key, owner) of every claim still `running`."""
+        return [(str(t), str(k), str(o or "")) for t, k, o in
+                self.query("SELECT target, key, owner FROM idempotency WHERE state = 'running'")]
+
+
+def _settle_key(db: sqlite3.Connection, target: str, key: str, result: dict[str, Any] | None, receipt_id: str) -> None:
+    if result is None:
+        db.execute("DELETE FROM idempotency WHERE target = ? AND key = ? AND state IN ('running', 'unknown')",
+                   (target, key))
+    else:
+        db.execute("UPDATE idempotency SET state = 'done', receipt_id = ?, result = ? WHERE target = ? AND key = ?",
+                   (receipt_id, canonical_json(result), target, key))
 
 
 def _pending_from_row(row: tuple[Any, ...]) -> PendingAction:
