@@ -41,7 +41,7 @@ class ProbeAdapter(Adapter):
     def classify(self, call: Call) -> Classification:
         self._seen("classify", call.tool)
         effect = Effect.READ if call.tool in {"sql_query", "sql_schema", "email_outbox"} else Effect.WRITE
-        return Classification(effect=effect, reason="probe")
+        return Classification(effect=effect, reason="probe", compensable=effect is Effect.WRITE)
 
     def preview(self, call: Call, classification: Classification, budget: Budget) -> Preview:
         self._seen("preview", call.tool)
