@@ -267,7 +267,8 @@ class Gate:
         except BaseException:
             self.store.transition_pending(action_id, "executing", "failed")
             raise
-        self.store.transition_pending(action_id, "executing", "done")
+        # A pending result means the target drifted from the preview: nothing ran, a new action replaces this one.
+        self.store.transition_pending(action_id, "executing", "superseded" if result.status == "pending" else "done")
         return result
 
     def undo(self, receipt_id: str, caller: Caller) -> GateResult:

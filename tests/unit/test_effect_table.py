@@ -20,7 +20,7 @@ import safe_mcp.registry
 from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview
 from safe_mcp.config import load_config
 from safe_mcp.effects import Effect
-from safe_mcp.errors import Refused
+from safe_mcp.errors import Drifted, Refused
 from safe_mcp.gate import Caller
 from safe_mcp.runtime import Runtime
 
@@ -42,12 +42,20 @@ class LinesAdapter(Adapter):
         effect = Effect(call.args.get("effect", "write"))
         return Classification(effect=effect, reason="append a line", compensable=self.settings.promise)  # type: ignore[attr-defined]
 
+    def _before(self) -> str:
+        path = Path(self.settings.path)  # type: ignore[attr-defined]
+        return path.read_text() if path.exists() else ""
+
     def preview(self, call: Call, classification: Classification, budget: Budget) -> Preview:
-        return Preview(effect=classification.effect, affected=1)
+        # The items a write would change: here, the whole file as it is now.
+        return Preview(effect=classification.effect, affected=1, fingerprint=str(hash(self._before())))
 
     def execute(self, call: Call, classification: Classification, budget: Budget) -> Outcome:
         path = Path(self.settings.path)  # type: ignore[attr-defined]
-        before = path.read_text() if path.exists() else ""
+        before = self._before()
+        if budget.expect is not None and budget.expect.fingerprint != str(hash(before)):
+            raise Drifted(classification.effect, "the file changed since the preview",
+                          self.preview(call, classification, budget))
         path.write_text(before + str(call.args["sql"]) + "\n")
         comp = {"before": before} if self.settings.keep else None  # type: ignore[attr-defined]
         return Outcome(affected=1, compensation=comp)
@@ -142,5 +150,31 @@ def test_the_breaker_holds_for_the_principal_across_sessions_and_restarts(tmp_pa
         again = rt.gate.run(Call(target=BREACH_ON_PURPOSE, tool="sql_execute", args={"sql": "e"}),
                             Caller(session="s10", principal="alice"))
         assert again.status == "ok"
+    finally:
+        rt.close()
+
+
+def test_a_confirm_after_the_target_drifted_runs_nothing_and_returns_a_new_preview(tmp_path: Path) -> None:
+    import time
+
+    rt = _runtime(tmp_path)
+    caller = Caller(session="s")
+    try:
+        (tmp_path / "lines.txt").write_text("old\n")
+        pending = rt.gate.run(Call(target="t", tool="sql_execute", args={"sql": "x", "effect": "destructive"}), caller)
+        assert pending.status == "pending" and pending.pending is not None
+        (tmp_path / "lines.txt").write_text("old\nchanged by the application\n")
+        time.sleep(rt.config.confirm.min_delay_s + 0.05)
+        again = rt.gate.confirm(pending.pending.action_id, caller)
+        assert again.status == "pending" and again.pending is not None
+        assert again.pending.action_id != pending.pending.action_id
+        assert "changed since the preview" in again.message
+        assert _lines(tmp_path) == "old\nchanged by the application\n"  # nothing ran
+        with pytest.raises(Refused, match="single use"):
+            rt.gate.confirm(pending.pending.action_id, caller)
+        time.sleep(rt.config.confirm.min_delay_s + 0.05)
+        done = rt.gate.confirm(again.pending.action_id, caller)
+        assert done.status == "ok"
+        assert _lines(tmp_path) == "old\nchanged by the application\nx\n"
     finally:
         rt.close()

@@ -1,0 +1,220 @@
+"""kill -9 at random moments during idempotent writes, on SQLite (WAL and rollback journal) and PostgreSQL.
+
+A real `safe-mcp serve` over stdio is driven with raw JSON-RPC. Each round sends an idempotent UPDATE and
+SIGKILLs the server after a random delay (sometimes before, sometimes during, sometimes after the write),
+then starts a new server, which reconciles at start, and retries the same call with the same key, as a
+client would. At the end, from the target and the ledger:
+- every key's UPDATE took effect exactly once (no doubled effect, none lost);
+- every committed write has an `executed` receipt (and so an undo);
+- no idempotency key is left running or unknown;
+- `safe-mcp undo --run` restores the starting rows exactly, and the receipt chain verifies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import require_service, serve_cmd, write_config
+
+KILLS = int(os.environ.get("SAFE_MCP_KILLS", "20"))
+ROWS = 5
+
+
+class Stdio:
+    """A minimal JSON-RPC client on a server's stdin/stdout (so the test controls exactly when it kills)."""
+
+    def __init__(self, config: Path, log: Any) -> None:
+        self.proc = subprocess.Popen(serve_cmd(config), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+        self.next_id = 0
+        self.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                    "clientInfo": {"name": "kill9", "version": "1"}})
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def send(self, msg: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(msg).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def start(self, method: str, params: dict[str, Any]) -> int:
+        self.next_id += 1
+        self.send({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params})
+        return self.next_id
+
+    def wait(self, rid: int) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise EOFError("the server closed stdout")
+            msg = json.loads(line)
+            if msg.get("id") == rid:
+                return dict(msg)
+
+    def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        return self.wait(self.start(method, params))
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@dataclass
+class Engine:
+    name: str
+    config: Path
+    counts: Callable[[], list[int]]
+
+
+def _sqlite(tmp_path: Path, journal_mode: str) -> Engine:
+    db = tmp_path / "t.db"
+    with sqlite3.connect(db) as c:
+        c.execute(f"PRAGMA journal_mode={journal_mode}")
+        c.execute("CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+        c.executemany("INSERT INTO counters VALUES (?, 0)", [(i,) for i in range(1, ROWS + 1)])
+
+    def counts() -> list[int]:
+        with sqlite3.connect(db) as c:
+            return [int(n) for (n,) in c.execute("SELECT n FROM counters ORDER BY id")]
+
+    cfg = write_config(tmp_path, f'[targets.t]\nkind = "sqlite"\npath = "{db}"\naccess = "read-write"\n' + LIMITS)
+    return Engine(f"sqlite-{journal_mode}", cfg, counts)
+
+
+LIMITS = """
+[limits]
+writes_per_session = 100000
+writes_per_minute = 100000
+writes_per_hour = 100000
+rows_affected_per_hour = 1000000
+[breaker]
+refusals = 1000
+failures = 1000
+"""
+
+
+@pytest.fixture
+def pg_db() -> Iterator[str]:
+    require_service("postgresql", "127.0.0.1", 5432)
+    import psycopg
+
+    name = f"safe_mcp_k9_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _postgres(tmp_path: Path, dsn: str) -> Engine:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL)")
+        c.execute(f"INSERT INTO counters SELECT g, 0 FROM generate_series(1, {ROWS}) g")
+
+    def counts() -> list[int]:
+        with psycopg.connect(dsn) as c:
+            return [int(r[0]) for r in c.execute("SELECT n FROM counters ORDER BY id")]
+
+    cfg = write_config(tmp_path, f'[targets.t]\nkind = "postgres"\ndsn = "{dsn}"\naccess = "read-write"\n'
+                                 f"pool_min_size = 0\n" + LIMITS)
+    return Engine("postgres", cfg, counts)
+
+
+def _play(engine: Engine, tmp_path: Path) -> dict[str, int]:
+    rng = random.Random(int(os.environ.get("SAFE_MCP_KILL_SEED", "9")))
+    expected = [0] * ROWS
+    kills = calls = 0
+    log = open(tmp_path / "server.log", "ab")  # noqa: SIM115 - kept open across many servers
+    server = Stdio(engine.config, log)
+    try:
+        i = 0
+        while kills < KILLS:
+            i += 1
+            row = i % ROWS + 1
+            args = {"target": "t", "sql": f"UPDATE counters SET n = n + 1 WHERE id = {row}",
+                    "idempotency_key": f"k{i}", "run_id": "crashrun"}
+            rid = server.start("tools/call", {"name": "sql_execute", "arguments": args})
+            calls += 1
+            if rng.random() < 0.7:
+                time.sleep(rng.uniform(0, 0.025))
+                server.kill()
+                kills += 1
+                server = Stdio(engine.config, log)
+                rid = server.start("tools/call", {"name": "sql_execute", "arguments": args})  # the client's retry
+            reply = server.wait(rid)
+            result = reply.get("result", {})
+            assert not result.get("isError"), f"round {i}: {result}"
+            assert result["structuredContent"]["status"] in ("ok", "duplicate"), result
+            expected[row - 1] += 1
+    finally:
+        server.close()
+        log.close()
+    assert engine.counts() == expected, "every key took effect exactly once"
+    return {"kills": kills, "calls": calls, "writes": sum(expected)}
+
+
+def _ledger(config: Path) -> list[dict[str, Any]]:
+    out = subprocess.run([sys.executable, "-m", "safe_mcp", "receipts", "export", "--config", str(config)],
+                         capture_output=True, text=True, timeout=60, check=True)
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def _check(engine: Engine, tmp_path: Path, figures: dict[str, int]) -> None:
+    receipts = _ledger(engine.config)
+    executed = {r["args"]["idempotency_key"] for r in receipts
+                if r["tool"] == "sql_execute" and r["outcome"] == "executed"}
+    assert len(executed) == figures["writes"], "every committed write has its executed receipt"
+    state = sqlite3.connect(tmp_path / ".safe-mcp" / "state.db")
+    try:
+        stuck = state.execute("SELECT key, state FROM idempotency WHERE state != 'done'").fetchall()
+        open_intents = state.execute("SELECT id FROM intents").fetchall()
+    finally:
+        state.close()
+    assert stuck == [] and open_intents == [], (stuck, open_intents)
+    undo = subprocess.run([sys.executable, "-m", "safe_mcp", "undo", "--run", "crashrun", "--config", str(engine.config)],
+                          capture_output=True, text=True, timeout=300)
+    assert undo.returncode == 0, undo.stdout[-2000:] + undo.stderr[-2000:]
+    assert engine.counts() == [0] * ROWS, "undo of the whole run restores the starting rows exactly"
+    verify = subprocess.run([sys.executable, "-m", "safe_mcp", "receipts", "verify", "--config", str(engine.config)],
+                            capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stdout
+    reconciled = sum(1 for r in receipts if "reconciled after a crash" in r.get("reason", ""))
+    print(f"\n{engine.name}: {figures['kills']} kills over {figures['calls']} calls; "
+          f"{reconciled} intents settled from the target's journal; 0 stuck keys; 0 doubled")
+
+
+@pytest.mark.parametrize("journal_mode", ["wal", "delete"])
+def test_kill9_during_idempotent_writes_on_sqlite(tmp_path: Path, journal_mode: str) -> None:
+    engine = _sqlite(tmp_path, journal_mode)
+    _check(engine, tmp_path, _play(engine, tmp_path))
+
+
+def test_kill9_during_idempotent_writes_on_postgres(tmp_path: Path, pg_db: str) -> None:
+    engine = _postgres(tmp_path, pg_db)
+    _check(engine, tmp_path, _play(engine, tmp_path))
