@@ -106,7 +106,7 @@ class Approvers:
         self._store = gate.store
         with self._store.transaction() as db:
             # One statement at a time: executescript would COMMIT in the middle of the transaction.
-            for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+            for stmt in self._store.ddl(_SCHEMA):
                 db.execute(stmt)
         self._lock = threading.Lock()
 
@@ -248,7 +248,8 @@ class ApprovalDesk:
     def on_pending(self, action: PendingAction, caller: Caller) -> None:
         """A new `human` action: remember who asked (team rule) and notify the webhook, if any."""
         with self.store.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO approval_requests VALUES (?, ?)", (action.id, requester_of(caller)))
+            db.execute("INSERT INTO approval_requests VALUES (?, ?) ON CONFLICT (action_id) DO UPDATE "
+                       "SET principal = excluded.principal", (action.id, requester_of(caller)))
         url = self.gate.config.approvals.notify_url
         if url:
             threading.Thread(target=self._notify, args=(url, action), name="safe-mcp-notify", daemon=True).start()

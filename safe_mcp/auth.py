@@ -12,7 +12,6 @@ import hmac
 import re
 import secrets
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -22,6 +21,8 @@ from safe_mcp.state import StateStore
 
 if TYPE_CHECKING:
     from mcp.server.auth.provider import AccessToken
+
+    from safe_mcp.config import Config
 
 __all__ = ["MCP_SCOPE", "ROLES", "TokenInfo", "TokenStore", "TokenVerifier"]
 
@@ -68,13 +69,15 @@ class TokenStore:
         """
         self._store, self._owned = store, owned
         with store.transaction() as db:
-            for stmt in filter(None, (x.strip() for x in _SCHEMA.split(";"))):
+            for stmt in store.ddl(_SCHEMA):
                 db.execute(stmt)
 
     @classmethod
-    def open(cls, state_dir: Path) -> TokenStore:
-        """A token store on its own connection to the state store in `state_dir` (for the CLI)."""
-        return cls(StateStore(state_dir), owned=True)
+    def open(cls, config: Config) -> TokenStore:
+        """A token store on its own connection to the config's state store (for the CLI)."""
+        from safe_mcp.runtime import open_state
+
+        return cls(open_state(config), owned=True)
 
     def create(self, name: str, role: str) -> str:
         """Store a new token's hash and return the token (the only time it exists in clear).

@@ -223,9 +223,9 @@ def _audit_targets(config: Config, inv: dict[str, Any]) -> None:
 
 
 def cmd_receipts(args: argparse.Namespace) -> int:
-    from safe_mcp.state import StateStore
+    from safe_mcp.runtime import open_state
 
-    store = StateStore(_config(args).state_dir)
+    store = open_state(_config(args))
     try:
         if args.action == "list":
             for r in store.receipts(args.limit):
@@ -347,9 +347,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
-    from safe_mcp.state import StateStore
+    from safe_mcp.runtime import open_state
 
-    store = StateStore(_config(args).state_dir)
+    store = open_state(_config(args))
     try:
         actions = store.pending_list()
         if not actions:

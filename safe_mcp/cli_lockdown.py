@@ -68,7 +68,7 @@ def _store(args: argparse.Namespace) -> Any:
     from safe_mcp.auth import TokenStore
     from safe_mcp.cli import _config
 
-    return TokenStore.open(_config(args).state_dir)
+    return TokenStore.open(_config(args))
 
 
 def cmd_token(args: argparse.Namespace) -> int:

@@ -120,6 +120,12 @@ class ApprovalSettings(_Strict):
 
 class StateSettings(_Strict):
     path: str = Field(".safe-mcp", description="receipts, pending actions and trash; relative to the config")
+    url: str | None = Field(None, pattern=r"^postgres(ql)?://[^\s]+$", description=(
+        "keep the state on this PostgreSQL server instead (postgresql://USER@HOST:PORT/DB), so several "
+        "instances share one ledger; the password goes in `password`, never in the URL"))
+    password: str | None = Field(None, description="the state server's password: keyring:NAME or env:VAR")
+    pg_schema: str = Field("safe_mcp", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+                           description="the PostgreSQL schema that holds the state tables")
 
 
 class ServerSettings(_Strict):
@@ -278,6 +284,7 @@ def parse_config(raw: dict[str, Any], *, source: str, base_dir: str) -> Config:
             trust_client_elicitation=tc.trust_client_elicitation,
             approvals_required=tc.approvals_required,
         )
+    _check_state(source, root.state)
     return Config(
         source=source,
         base_dir=base_dir,
@@ -289,6 +296,15 @@ def parse_config(raw: dict[str, Any], *, source: str, base_dir: str) -> Config:
         server=root.server,
         breaker=root.breaker,
     )
+
+
+def _check_state(source: str, state: StateSettings) -> None:
+    if state.url and _URL_PASSWORD.search(state.url):
+        raise ConfigError(source, "state.url", "this URL contains a password",
+                          'remove it from the URL and set password = "keyring:NAME" or "env:VAR" under [state]')
+    if state.password is not None and not SECRET_REF.match(state.password):
+        raise ConfigError(source, "state.password", "secrets may not be written in the config",
+                          'use a reference: password = "keyring:NAME" or "env:VAR"')
 
 
 def _check_secret_refs(source: str, name: str, body: dict[str, Any], adapter_cls: type[Adapter]) -> None:

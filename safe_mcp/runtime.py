@@ -2,19 +2,52 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from typing import Any
 
 from safe_mcp.config import Config
 from safe_mcp.effects import Effect
+from safe_mcp.errors import StateError
 from safe_mcp.gate import Gate
 from safe_mcp.receipts import new_id
 from safe_mcp.secrets import Scrubber, resolve_ref
 from safe_mcp.state import StateStore
 
-__all__ = ["Runtime"]
+__all__ = ["Runtime", "open_state"]
 
 log = logging.getLogger("safe_mcp")
+
+
+def open_state(config: Config) -> StateStore:
+    """The config's state store: SQLite under `[state] path`, or PostgreSQL at `[state] url`.
+
+    `SAFE_MCP_STATE_URL`, when set and the config names no url, puts the state of every config on that
+    PostgreSQL server, each in a schema of its own named from its state path.
+
+    Raises:
+        StateError: the store cannot be opened.
+        ConfigError: the password reference cannot be resolved.
+    """
+    url, schema, password = config.state.url, config.state.pg_schema, None
+    if url is None and os.environ.get("SAFE_MCP_STATE_URL"):
+        url = os.environ["SAFE_MCP_STATE_URL"]
+        where = str(config.state_dir.resolve()).encode()
+        schema = "s_" + hashlib.sha256(where).hexdigest()[:20]
+    if url is None:
+        return StateStore(config.state_dir)
+    from safe_mcp.statedb import PostgresDb
+
+    # Files beside the state stay local even then: the approvers' key file, adapters' own files (an outbox).
+    try:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"cannot create the state directory {config.state_dir}: {exc}") from None
+
+    if config.state.password:
+        password = resolve_ref(config.state.password, source=config.source, key="state.password")
+    return StateStore(db=PostgresDb(url, password, schema))
 
 
 class Runtime:
@@ -32,7 +65,7 @@ class Runtime:
                 if ref:
                     secrets.setdefault(name, {})[key] = resolve_ref(ref, source=config.source, key=f"targets.{name}.{key}")
         self.scrub = Scrubber(v for d in secrets.values() for v in d.values())
-        self.store = StateStore(config.state_dir)
+        self.store = open_state(config)
         self.gate = Gate(config, self.store, self.scrub, secrets)
         if reconcile:
             self.reconciled = self.gate.reconcile()

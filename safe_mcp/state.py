@@ -9,20 +9,19 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict
 
 from safe_mcp.errors import StateError
 from safe_mcp.receipts import GENESIS, Receipt, canonical_json, new_id, receipt_hash, receipt_text_hash
-from safe_mcp.sqlitetx import immediate
+from safe_mcp.statedb import SqliteDb, StateDb, Tx
 
 __all__ = ["Intent", "PendingAction", "StateStore", "VerifyReport"]
 
@@ -71,6 +70,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     state TEXT NOT NULL,
     receipt_id TEXT,
     result TEXT,
+    owner TEXT,
     PRIMARY KEY (target, key)
 );
 -- Nothing queries receipts by session any more (budgets count events); an index kept current on
@@ -177,20 +177,32 @@ class VerifyReport(BaseModel):
 class StateStore:
     """All persistent state. Thread-safe; safe to share one file between processes."""
 
-    def __init__(self, directory: Path) -> None:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            self.path = directory / "state.db"
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            columns = {r[1] for r in self._db.execute("PRAGMA table_info(idempotency)")}
-            if "owner" not in columns:  # ledgers made before claims named their owner
-                self._db.execute("ALTER TABLE idempotency ADD COLUMN owner TEXT")
-        except (OSError, sqlite3.Error) as exc:
-            raise StateError(f"cannot open the state store in {directory}: {exc}") from None
-        self._lock = threading.Lock()
+    def __init__(self, directory: Path | None = None, *, db: StateDb | None = None) -> None:
+        """The state in `directory`/state.db (SQLite), or in `db` (see `open_state`).
+
+        Raises:
+            StateError: the store cannot be opened or its tables created.
+        """
+        if db is None:
+            if directory is None:
+                raise StateError("a state store needs a directory or a database")
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StateError(f"cannot open the state store in {directory}: {exc}") from None
+            db = SqliteDb(directory / "state.db")
+        self.db = db
+        self.path = db.where
+        with db.transaction() as tx:
+            for stmt in db.ddl(_SCHEMA):
+                tx.execute(stmt)
+            # The chain head always exists, so that appending can lock it (PostgreSQL: FOR UPDATE).
+            tx.execute("INSERT INTO ledger_head (one, seq, hash) VALUES (1, 0, ?) ON CONFLICT (one) DO NOTHING",
+                       (GENESIS,))
+            if db.dialect == "sqlite":
+                columns = {r[1] for r in tx.execute("PRAGMA table_info(idempotency)").fetchall()}
+                if "owner" not in columns:  # ledgers made before claims named their owner
+                    tx.execute("ALTER TABLE idempotency ADD COLUMN owner TEXT")
         # Receipts of reads are group-committed: `append_later` queues them and a flusher thread
         # writes them in batches. Anything that reads or extends the ledger flushes first, so the
         # chain order is the order calls finished and no reader misses a receipt it was given.
@@ -209,8 +221,7 @@ class StateStore:
             self.flush()
         except StateError as exc:
             logging.getLogger("safe_mcp").error("%d read receipts could not be written: %s", len(self._later), exc)
-        with self._lock:
-            self._db.close()
+        self.db.close()
 
     def append_later(self, **fields: Any) -> str:
         """Queue a receipt to be appended within ~50 ms; return its id now. For reads only: a write's
@@ -247,18 +258,18 @@ class StateStore:
                 self._later[:0] = batch
             raise
 
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        """A write transaction (BEGIN IMMEDIATE) on the state store, for modules that keep tables of
-        their own here (approvals). Raises StateError when SQLite fails."""
-        return immediate(self._db, self._lock, lambda exc: StateError(f"state store write failed: {exc}"))
+    def transaction(self) -> AbstractContextManager[Tx]:
+        """A write transaction on the state store, for modules that keep tables of their own here
+        (approvals, tokens). Statements use `?` placeholders. Raises StateError when the database fails."""
+        return cast(AbstractContextManager[Tx], self.db.transaction())
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Rows of one read on the state store. Raises StateError when SQLite fails."""
-        with self._lock:
-            try:
-                return self._db.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise StateError(f"state store read failed: {exc}") from None
+        """Rows of one read on the state store. Raises StateError when the database fails."""
+        return self.db.query(sql, params)
+
+    def ddl(self, script: str) -> list[str]:
+        """`script`'s statements adapted to the state database's dialect (for modules with tables here)."""
+        return self.db.ddl(script)
 
     # receipts ---------------------------------------------------------------------------
 
@@ -294,7 +305,7 @@ class StateStore:
             return receipt
 
     def _append_in(
-        self, db: sqlite3.Connection, fields: dict[str, Any], compensation: tuple[str, str, dict[str, Any]] | None
+        self, db: Tx, fields: dict[str, Any], compensation: tuple[str, str, dict[str, Any]] | None
     ) -> Receipt:
         [(body, digest)] = self._chain(db, [fields])
         receipt = Receipt.model_validate({**body, "hash": digest})
@@ -306,14 +317,16 @@ class StateStore:
             )
         return receipt
 
-    def _chain(self, db: sqlite3.Connection, batch: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+    def _chain(self, db: Tx, batch: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
         """Link `batch` onto the ledger inside `db`'s transaction; return each stored body with its hash.
 
         Each body is serialised once: the hash covers exactly the text that is stored, which is what
         `verify` re-hashes.
         """
-        row = db.execute("SELECT seq, hash FROM ledger_head WHERE one = 1").fetchone()
-        seq, prev = (row[0], row[1]) if row else (0, GENESIS)
+        # FOR UPDATE makes instances sharing a PostgreSQL state take turns; SQLite's write lock does it there.
+        lock = " FOR UPDATE" if self.db.dialect == "postgres" else ""
+        row = db.execute("SELECT seq, hash FROM ledger_head WHERE one = 1" + lock).fetchone()
+        seq, prev = (int(row[0]), str(row[1])) if row else (0, GENESIS)
         linked, rows = [], []
         for fields in batch:
             seq += 1
@@ -401,7 +414,7 @@ class StateStore:
     def trip_breaker(self, session: str, target: str, reason: str, receipt_id: str | None) -> bool:
         """Trip the breaker for a session and target; False when it was already tripped."""
         with self.transaction() as db:
-            cur = db.execute("INSERT OR IGNORE INTO breakers VALUES (?, ?, ?, ?, ?)",
+            cur = db.execute("INSERT INTO breakers VALUES (?, ?, ?, ?, ?) ON CONFLICT (session, target) DO NOTHING",
                              (session, target, time.time(), reason, receipt_id))
             return cur.rowcount == 1
 
@@ -416,8 +429,8 @@ class StateStore:
     def reset_breakers(self, session: str | None, target: str | None) -> list[tuple[str, str]]:
         """Reset matching breakers (None matches any) and forget the trouble that tripped them."""
         with self.transaction() as db:
-            found = db.execute("SELECT session, target FROM breakers WHERE (? IS NULL OR session = ?) "
-                               "AND (? IS NULL OR target = ?)", (session, session, target, target)).fetchall()
+            found = db.execute("SELECT session, target FROM breakers WHERE (CAST(? AS TEXT) IS NULL OR session = ?) "
+                               "AND (CAST(? AS TEXT) IS NULL OR target = ?)", (session, session, target, target)).fetchall()
             for s_, t_ in found:
                 db.execute("DELETE FROM breakers WHERE session = ? AND target = ?", (s_, t_))
                 db.execute("DELETE FROM events WHERE session = ? AND target = ? AND kind IN "
@@ -465,8 +478,8 @@ class StateStore:
         """The receipt whose compensation record holds `key` = `value` (links later work to its call)."""
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key):
             return None
-        rows = self.query("SELECT receipt_id FROM compensations WHERE target = ? AND json_extract(data, ?) = ?",
-                          (target, f"$.{key}", value))
+        rows = self.query(f"SELECT receipt_id FROM compensations WHERE target = ? AND {self.db.json_field('data', key)} = ?",
+                          (target, value))
         return str(rows[0][0]) if rows else None
 
     def transition_compensation(self, cid: str, from_state: str, to_state: str, undone_by: str | None = None) -> bool:
@@ -485,14 +498,16 @@ class StateStore:
         (state, receipt id, stored result) of the call that used it before. State "running" comes
         with the owner's instance id in place of the receipt id; "unknown" with the intent id."""
         with self.transaction() as db:
+            # Insert first: of two instances claiming at once, exactly one inserts (the other waits, then sees it).
+            cur = db.execute("INSERT INTO idempotency (target, key, digest, state, receipt_id, result, owner) "
+                             "VALUES (?, ?, ?, 'running', NULL, NULL, ?) ON CONFLICT (target, key) DO NOTHING",
+                             (target, key, digest, owner))
+            if cur.rowcount == 1:
+                return "claimed", None, None
             row = db.execute(
                 "SELECT digest, state, receipt_id, result, owner FROM idempotency WHERE target = ? AND key = ?",
                 (target, key),
             ).fetchone()
-            if row is None:
-                db.execute("INSERT INTO idempotency (target, key, digest, state, receipt_id, result, owner) "
-                           "VALUES (?, ?, ?, 'running', NULL, NULL, ?)", (target, key, digest, owner))
-                return "claimed", None, None
         stored_digest, state, rid, result, claimed_by = row
         if stored_digest != digest:
             return "mismatch", rid, None
@@ -522,8 +537,8 @@ class StateStore:
 
     def open_intents(self, *, target: str | None = None, key: str | None = None) -> list[Intent]:
         """Intents whose outcome was never recorded, oldest first (optionally those holding one key)."""
-        rows = self.query("SELECT id, state, body FROM intents WHERE (? IS NULL OR target = ?) "
-                          "AND (? IS NULL OR idempotency_key = ?) ORDER BY started",
+        rows = self.query("SELECT id, state, body FROM intents WHERE (CAST(? AS TEXT) IS NULL OR target = ?) "
+                          "AND (CAST(? AS TEXT) IS NULL OR idempotency_key = ?) ORDER BY started",
                           (target, target, key, key))
         return [Intent.model_validate({**json.loads(body), "id": iid, "state": st}) for iid, st, body in rows]
 
@@ -544,7 +559,7 @@ class StateStore:
                 self.query("SELECT target, key, owner FROM idempotency WHERE state = 'running'")]
 
 
-def _settle_key(db: sqlite3.Connection, target: str, key: str, result: dict[str, Any] | None, receipt_id: str) -> None:
+def _settle_key(db: Tx, target: str, key: str, result: dict[str, Any] | None, receipt_id: str) -> None:
     if result is None:
         db.execute("DELETE FROM idempotency WHERE target = ? AND key = ? AND state IN ('running', 'unknown')",
                    (target, key))

@@ -14,6 +14,78 @@ sys.path.insert(0, str(Path(__file__).parent))
 REQUIRE_SERVICES = os.environ.get("SAFE_MCP_REQUIRE_SERVICES") == "1" or os.environ.get("CI") == "true"
 
 
+# SAFE_MCP_TEST_STATE=postgres runs every state-touching test with its state on the machine's PostgreSQL:
+# a database made for this run, one schema per config's state path (SAFE_MCP_STATE_URL, which safe-mcp
+# itself honours), dropped at the end.
+STATE_ON_POSTGRES = os.environ.get("SAFE_MCP_TEST_STATE") == "postgres"
+_STATE_DB: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not STATE_ON_POSTGRES:
+        return
+    import uuid
+
+    import psycopg
+
+    name = f"safe_mcp_state_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    _STATE_DB.append(name)
+    os.environ["SAFE_MCP_STATE_URL"] = f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not STATE_ON_POSTGRES:
+        return
+    keep = [i for i in items if i.get_closest_marker("sqlite_state") is None]
+    dropped = [i for i in items if i.get_closest_marker("sqlite_state") is not None]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not _STATE_DB:
+        return
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{_STATE_DB[0]}" WITH (FORCE)')
+    os.environ.pop("SAFE_MCP_STATE_URL", None)
+
+
+def ledger_rows(config_path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Rows of one read on the state store of a config, wherever it lives (SQLite file or PostgreSQL)."""
+    from safe_mcp.config import load_config
+    from safe_mcp.runtime import open_state
+
+    store = open_state(load_config(config_path))
+    try:
+        return store.query(sql, tuple(params))
+    finally:
+        store.close()
+
+
+def tamper_pending(config_path: Path, action_id: str | None = None, **changes: object) -> None:
+    """Someone with write access to the state store edits a pending action's call behind safe-mcp's back."""
+    import json
+
+    from safe_mcp.config import load_config
+    from safe_mcp.runtime import open_state
+
+    store = open_state(load_config(config_path))
+    try:
+        rows = store.query("SELECT id, call FROM pending")
+        with store.transaction() as tx:
+            for aid, call in rows:
+                if action_id is None or aid == action_id:
+                    tx.execute("UPDATE pending SET call = ? WHERE id = ?",
+                               (json.dumps({**json.loads(str(call)), **changes}), aid))
+    finally:
+        store.close()
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -57,6 +129,19 @@ def _contract_breaches(session: pytest.Session) -> list[str]:
     except (OSError, ValueError):
         return []
     found = []
+    if _STATE_DB:
+        import psycopg
+
+        with psycopg.connect(os.environ["SAFE_MCP_STATE_URL"], autocommit=True) as pg:
+            schemas = [r[0] for r in pg.execute("SELECT schema_name FROM information_schema.schemata "
+                                                "WHERE schema_name LIKE 's\\_%'").fetchall()]
+            for schema in schemas:
+                rows = pg.execute(f'SELECT body FROM "{schema}".receipts WHERE body LIKE %s',
+                                  ("%contract breach%",)).fetchall()
+                for (body,) in rows:
+                    r = json.loads(body)
+                    if r.get("target") != BREACH_ON_PURPOSE and str(r.get("reason", "")).startswith("contract breach"):
+                        found.append(f"{schema}: {r['target']} {r['tool']}: {r['reason'][:160]}")
     for db_path in base.rglob("state.db"):
         try:
             with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 from approval_helpers import IRREVERSIBLE, Approver, cli, columns, make, receipts
+from conftest import ledger_rows, tamper_pending
 from support import call, connect, refused
 
 pytestmark = pytest.mark.anyio
@@ -56,7 +56,10 @@ async def test_agent_cannot_confirm_and_cli_approval_runs_once(tmp_path: Path) -
     assert len(executed) == 1 and executed[0]["action_id"] == action
     confirmed = [r for r in receipts(tmp_path, "sql_execute") if r["outcome"] == "confirmed"]
     assert "approved by alice" in str(confirmed[0]["reason"])
-    assert alice.totp.secret not in (tmp_path / ".safe-mcp" / "state.db").read_bytes().decode("latin-1")
+    stored = ledger_rows(cfg, "SELECT name, secret FROM approvers")
+    assert stored and all(alice.totp.secret.encode() not in bytes(secret) for _name, secret in stored)  # type: ignore[arg-type]
+    if (tmp_path / ".safe-mcp" / "state.db").exists():
+        assert alice.totp.secret not in (tmp_path / ".safe-mcp" / "state.db").read_bytes().decode("latin-1")
     assert cli(cfg, "receipts", "verify").returncode == 0
 
 
@@ -81,10 +84,7 @@ async def test_approval_of_a_changed_call_is_refused(tmp_path: Path) -> None:
         first = (await call(c, "sql_execute", target="admin", sql=IRREVERSIBLE))["pending"]["action_id"]
         second = (await call(c, "sql_execute", target="admin", sql=IRREVERSIBLE.replace("note", "memo")))["pending"]["action_id"]
     # Someone with access to the state store swaps the statement after the preview: the digest no longer matches.
-    db = sqlite3.connect(tmp_path / ".safe-mcp" / "state.db")
-    db.execute("UPDATE pending SET call = json_set(call, '$.sql', 'DROP TABLE customers') WHERE id = ?", (first,))
-    db.commit()
-    db.close()
+    tamper_pending(cfg, first, sql="DROP TABLE customers")
     r = alice.approve(cfg, first)
     assert r.returncode == 1 and "changed since" in r.stderr
     # Approved, then the policy changes before the agent confirms: the approval does not carry over.

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from support import write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +61,7 @@ def test_http_refuses_non_loopback_bind(tmp_path: Path) -> None:
     assert r.returncode == 2 and "loopback" in r.stderr
 
 
+@pytest.mark.sqlite_state  # with the state on PostgreSQL, psycopg is imported by design
 def test_serving_sqlite_imports_no_heavy_driver(tmp_path: Path) -> None:
     """Clients spawn stdio servers often: only the adapters a config names are imported."""
     cfg = write_config(tmp_path, '[targets.db]\nkind = "sqlite"\npath = "x.db"\n')

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import write_config
+from support import require_service, write_config
 
+from safe_mcp.config import load_config
 from safe_mcp.receipts import GENESIS, receipt_hash
+from safe_mcp.runtime import open_state
 from safe_mcp.state import StateStore
 
 
@@ -25,11 +28,27 @@ def _fill(store: StateStore, n: int) -> list[str]:
     return ids
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> StateStore:
-    s = StateStore(tmp_path / ".safe-mcp")
-    yield s
-    s.close()
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StateStore]:
+    """The ledger on each kind of state database (PostgreSQL in a schema of its own, dropped after)."""
+    if request.param == "sqlite":
+        s = StateStore(tmp_path / ".safe-mcp")
+        yield s
+        s.close()
+        return
+    require_service("postgresql", "127.0.0.1", 5432)
+    from safe_mcp.statedb import PostgresDb
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    s = StateStore(db=PostgresDb("postgresql://postgres@127.0.0.1:5432/test", schema=schema))
+    try:
+        yield s
+    finally:
+        s.close()
+        import psycopg
+
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def test_chain_links_each_receipt_to_the_one_before(store: StateStore) -> None:
@@ -42,8 +61,33 @@ def test_chain_links_each_receipt_to_the_one_before(store: StateStore) -> None:
     assert store.verify().ok and store.verify().count == 3
 
 
-def _raw(store: StateStore) -> sqlite3.Connection:
-    return sqlite3.connect(store.path, isolation_level=None)
+class _Raw:
+    """Someone with write access to the state database, going around safe-mcp (each statement on its own)."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> _Rows:
+        if sql.lstrip().upper().startswith("SELECT"):
+            return _Rows(self.store.query(sql, params))
+        with self.store.transaction() as tx:
+            tx.execute(sql, params)
+        return _Rows([])
+
+    def close(self) -> None:
+        pass
+
+
+class _Rows:
+    def __init__(self, rows: list[tuple[object, ...]]) -> None:
+        self.rows = rows
+
+    def fetchone(self) -> tuple[object, ...]:
+        return self.rows[0]
+
+
+def _raw(store: StateStore) -> _Raw:
+    return _Raw(store)
 
 
 def test_an_altered_receipt_is_named(store: StateStore) -> None:
@@ -88,9 +132,8 @@ def test_truncating_the_tail_is_detected(store: StateStore) -> None:
 
 def test_cli_verify_exit_codes_and_export(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, '[targets.db]\nkind = "sqlite"\npath = "x.db"\n')
-    store = StateStore(tmp_path / ".safe-mcp")
+    store = open_state(load_config(cfg))
     ids = _fill(store, 3)
-    store.close()
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "safe_mcp", "receipts", *args, "--config", str(cfg)],
@@ -104,9 +147,7 @@ def test_cli_verify_exit_codes_and_export(tmp_path: Path) -> None:
     assert shown["id"] == ids[1] and shown["hash"]
     assert ids[2] in run("list").stdout
 
-    db = sqlite3.connect(tmp_path / ".safe-mcp" / "state.db")
-    db.execute("UPDATE receipts SET body = replace(body, 'UPDATE t SET x = 1', 'UPDATE t SET x = 9')")
-    db.commit()
-    db.close()
+    _raw(store).execute("UPDATE receipts SET body = replace(body, 'UPDATE t SET x = 1', 'UPDATE t SET x = 9')")
+    store.close()
     bad = run("verify")
     assert bad.returncode == 1 and ids[1] in bad.stdout

@@ -1,0 +1,199 @@
+"""The database under the state store: an embedded SQLite file (the default) or a PostgreSQL server
+that several safe-mcp instances share.
+
+Both speak the same SQL, written once with `?` placeholders in the common subset of the two
+dialects (`ON CONFLICT` upserts, no `INSERT OR ...`); `ddl()` adapts column types. A transaction
+on SQLite is `BEGIN IMMEDIATE` (writers queue); on PostgreSQL it is an ordinary transaction, and the
+state store serialises what must be linear (the receipt chain) with a row lock on its head.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from safe_mcp.errors import StateError
+
+__all__ = ["Cursor", "PostgresDb", "SqliteDb", "StateDb"]
+
+
+class Cursor(Protocol):
+    """What a statement returns: enough of the DB-API cursor for the state store."""
+
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Tx(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any: ...
+
+
+class StateDb(ABC):
+    """One connection's worth of state database, safe to share between threads."""
+
+    dialect: str
+    where: str
+    """Where it is, for messages (a path, or host:port/db without credentials)."""
+
+    @abstractmethod
+    def transaction(self) -> Any:
+        """A context manager yielding a `Tx`; commits on exit, rolls back on error.
+
+        Raises:
+            StateError: the database failed.
+        """
+
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read. Raises StateError."""
+
+    def ddl(self, script: str) -> list[str]:
+        """`script`'s statements, with types adapted to this dialect (`--` comments removed first:
+        they may hold a `;`)."""
+        text = re.sub(r"--[^\n]*", "", script)
+        return [s for s in (x.strip() for x in text.split(";")) if s]
+
+    def json_field(self, column: str, key: str) -> str:
+        """An SQL expression for the text of top-level `key` of JSON text `column` (key is checked by the caller)."""
+        return f"json_extract({column}, '$.{key}')"
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class SqliteDb(StateDb):
+    dialect = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.where = str(path)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open the state store {path}: {exc}") from None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        from safe_mcp.sqlitetx import immediate
+
+        with immediate(self._db, self._lock, lambda exc: StateError(f"state store write failed: {exc}")) as db:
+            yield db  # type: ignore[misc]
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, tuple(params)).fetchall()
+            except sqlite3.Error as exc:
+                raise StateError(f"state store read failed: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+_TYPES = [(re.compile(r"\bREAL\b"), "DOUBLE PRECISION"), (re.compile(r"\bBLOB\b"), "BYTEA"),
+          (re.compile(r"\bINTEGER\b"), "BIGINT")]
+
+
+class _PgTx:
+    def __init__(self, cur: Any) -> None:
+        self._cur = cur
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        self._cur.execute(_pg_sql(sql), tuple(params))
+        return self._cur  # type: ignore[no-any-return]
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+        self._cur.executemany(_pg_sql(sql), [tuple(r) for r in rows])
+        return self._cur
+
+
+def _pg_sql(sql: str) -> str:
+    # Every statement of the state store is written with `?` placeholders and no literal `?` or `%`.
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PostgresDb(StateDb):
+    """The state on a PostgreSQL server, in its own schema, shared by every instance pointed at it."""
+
+    dialect = "postgres"
+
+    def __init__(self, url: str, password: str | None = None, schema: str = "safe_mcp",
+                 connect_timeout_s: float = 5) -> None:
+        try:
+            import psycopg
+        except ImportError:
+            raise StateError("state on PostgreSQL needs psycopg: pip install 'safe-mcp[postgres]'") from None
+        from psycopg.conninfo import conninfo_to_dict
+
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+            raise StateError(f"state schema {schema!r} must be a lower-case SQL name")
+        try:
+            info = conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:
+            raise StateError(f"the state url is not a valid PostgreSQL URL: {exc}") from None
+        self.where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+        self.schema = schema
+        kwargs: dict[str, Any] = {"autocommit": False, "connect_timeout": max(1, int(connect_timeout_s))}
+        if password:
+            kwargs["password"] = password
+        try:
+            self._db = psycopg.connect(url, **kwargs)
+            with self._db.transaction():
+                self._db.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            self._db.execute(f'SET search_path TO "{schema}"')
+            self._db.commit()
+        except psycopg.OperationalError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StateError(f"cannot reach the PostgreSQL state store at {self.where}: {first}") from None
+        except psycopg.Error as exc:
+            raise StateError(f"cannot open the PostgreSQL state store at {self.where}: {exc}") from None
+        self._lock = threading.RLock()
+        self._psycopg = psycopg
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self._lock:
+            try:
+                with self._db.transaction(), self._db.cursor() as cur:
+                    yield _PgTx(cur)
+            except self._psycopg.Error as exc:
+                raise StateError(f"state store write failed: {exc}") from None
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                with self._db.transaction():
+                    return self._db.execute(_pg_sql(sql), tuple(params)).fetchall()
+            except self._psycopg.Error as exc:
+                raise StateError(f"state store read failed: {exc}") from None
+
+    def ddl(self, script: str) -> list[str]:
+        out = []
+        for stmt in super().ddl(script):
+            if stmt.upper().startswith("DROP INDEX"):
+                continue
+            for pattern, repl in _TYPES:
+                stmt = pattern.sub(repl, stmt)
+            out.append(stmt)
+        return out
+
+    def json_field(self, column: str, key: str) -> str:
+        return f"({column})::jsonb ->> '{key}'"
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
