@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 
 from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview, Reconciled
 from safe_mcp.effects import Effect
-from safe_mcp.errors import AdapterError, SafeMcpError, TargetUnavailable
-from safe_mcp_email.message import Draft, build, digest, validate
+from safe_mcp.errors import AdapterError, Drifted, SafeMcpError, TargetUnavailable
+from safe_mcp_email.message import Draft, build, digest, fingerprint, validate
 from safe_mcp_email.outbox import Outbox, Row
 from safe_mcp_email.settings import MailSettings, SesSettings, SmtpSettings
 from safe_mcp_email.transport import Delivered, DeliveryFailed, SesSender, send_smtp
@@ -108,13 +108,23 @@ class MailAdapter(Adapter):
         draft = self._draft(call)
         notes = [f"held {self.ms.hold_s:g}s after it is queued; cancel with undo until then"
                  if self.ms.hold_s > 0 else "leaves as soon as it is queued; it cannot be unsent"]
+        return self._preview(draft, notes)
+
+    def _preview(self, draft: Draft, notes: list[str]) -> Preview:
         return Preview(effect=self._effect(), affected=len(draft.recipients),
-                       sample=[{**draft.summary(), "body": draft.body[:500]}], notes=notes)
+                       sample=[{**draft.summary(), "body": draft.body[:500]}], notes=notes,
+                       fingerprint=fingerprint(draft))
 
     def execute(self, call: Call, classification: Classification, budget: Budget) -> Outcome:
         if call.tool == "email_outbox":
             return self._list()
         draft = self._draft(call)
+        expect = budget.expect.fingerprint if budget.expect is not None else None
+        if expect is not None and expect != fingerprint(draft):
+            # The settings changed since the confirmation (the sender, say): what would leave is not what
+            # was confirmed. Nothing is queued; the gate asks again with the message as it now stands.
+            raise Drifted(self._effect(), "the message differs from the one that was confirmed",
+                          self._preview(draft, ["the message changed since it was confirmed; confirm this one"]))
         self._precheck()
         raw, message_id = build(draft)
         hold = self.ms.hold_s

@@ -26,7 +26,7 @@ from typing import Any
 
 from safe_mcp.errors import AdapterError
 
-__all__ = ["Draft", "ascii_domain", "build", "digest", "match_allowed", "normalise_address", "validate"]
+__all__ = ["Draft", "ascii_domain", "build", "digest", "fingerprint", "match_allowed", "normalise_address", "validate"]
 
 # A conservative addr-spec: dot-atom local part without `%` or `!` (old relay tricks), ASCII domain.
 _LOCAL = r"[A-Za-z0-9#$&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9#$&'*+/=?^_`{|}~-]+)*"
@@ -235,6 +235,13 @@ def digest(draft: Draft) -> str:
         "body": draft.body.replace("\r\n", "\n").replace("\r", "\n").rstrip(),
     }
     return hashlib.sha256(b"safe-mcp/email/v2\x00" + json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def fingerprint(draft: Draft) -> str:
+    """Exactly what would be sent (sender, every field with its display names, subject, body): what a
+    confirmation was given for. Unlike `digest`, any difference at all changes it."""
+    doc = {**draft.summary(), "body": draft.body}
+    return hashlib.sha256(b"safe-mcp/email/exact/v1\x00" + json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 def build(draft: Draft, *, when: float | None = None) -> tuple[bytes, str]:

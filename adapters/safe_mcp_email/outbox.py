@@ -309,13 +309,19 @@ class Outbox:
         return self._select("1 ORDER BY created DESC LIMIT ?", (limit,))
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._db.execute("SELECT state, count(*) FROM messages GROUP BY state").fetchall())
+        return {str(state): int(n) for state, n in self._rows("SELECT state, count(*) FROM messages GROUP BY state", ())}
 
     def queued_last_hour(self) -> int:
+        return int(self._rows("SELECT count(*) FROM messages WHERE created > ? AND state != 'cancelled'",
+                              (time.time() - 3600,))[0][0])
+
+    def _rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM messages WHERE created > ? AND state != 'cancelled'",
-                                        (time.time() - 3600,)).fetchone()[0])
+            try:
+                return list(self._db.execute(sql, params).fetchall())
+            except sqlite3.Error as exc:
+                raise TargetUnavailable(f"the outbox could not be read: {exc}",
+                                        "retry; if it persists, check the state directory") from None
 
 
 def _alive(pid: int) -> bool:

@@ -18,7 +18,7 @@ from support import free_port
 
 from safe_mcp.adapter import Budget, Call, Classification
 from safe_mcp.effects import Effect
-from safe_mcp.errors import AdapterError
+from safe_mcp.errors import AdapterError, Drifted
 from safe_mcp.gate import enforce_effect_table
 
 SEND = {"to": ["Bob <bob@Example.COM>"], "subject": "s", "body": "b"}
@@ -206,3 +206,21 @@ def test_an_idempotency_key_queues_once_even_when_the_gate_lost_its_record(tmp_p
         finally:
             halt()
             a.close()
+
+
+def test_at_confirm_a_message_other_than_the_confirmed_one_is_not_queued(tmp_path: Path) -> None:
+    a = adapter(tmp_path, hold_s=0)
+    try:
+        c = Call(target="mail", tool="email_send", args=SEND)
+        cls = enforce_effect_table(a.classify(c))
+        confirmed = a.preview(c, cls, budget(None))
+        assert confirmed.fingerprint
+        stale = confirmed.model_copy(update={"fingerprint": "0" * 64})
+        with pytest.raises(Drifted) as exc:
+            a.execute(c, cls, budget("rcpt_stale").model_copy(update={"expect": stale}))
+        assert exc.value.preview.fingerprint == confirmed.fingerprint
+        assert a.outbox.latest() == [] and a.reconcile("rcpt_stale", c).state == "not_executed"
+        out = a.execute(c, cls, budget("rcpt_ok").model_copy(update={"expect": confirmed}))
+        assert out.affected == 1 and a.reconcile("rcpt_ok", c).state == "executed"
+    finally:
+        a.close()

@@ -141,7 +141,7 @@ async def test_cancel_inside_the_window_delivers_nothing_and_after_it_left_undo_
             gone = await call(client, "email_send", target="mail", to=["a@example.com"], subject="real", body="yes")
             await wait_state(client, gone["result"]["outbox_id"], {"sent"})
             text = await refused(client, "undo", receipt_id=gone["receipt_id"])
-            assert "already left" in text and "irreversible" in text
+            assert "already left" in text and "irreversible" in text and "already sent" in text
             assert len(smtp.received) == 1
 
 
