@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview
+from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview, Reconciled
 from safe_mcp.effects import Effect
-from safe_mcp.errors import AdapterError, SafeMcpError
-from safe_mcp_email.message import Draft, build, digest, validate
+from safe_mcp.errors import AdapterError, Drifted, SafeMcpError, TargetUnavailable
+from safe_mcp_email.message import Draft, build, digest, fingerprint, validate
 from safe_mcp_email.outbox import Outbox, Row
 from safe_mcp_email.settings import MailSettings, SesSettings, SmtpSettings
 from safe_mcp_email.transport import Delivered, DeliveryFailed, SesSender, send_smtp
@@ -36,6 +36,8 @@ class MailAdapter(Adapter):
 
     tools = frozenset({"email_send", "email_outbox"})
     background: ClassVar[bool] = True
+    # The outbox row that queues a message carries the intent id, written in the same transaction.
+    journals: ClassVar[bool] = True
 
     def __init__(self, name: str, settings: AdapterSettings, secrets: Mapping[str, str], *,
                  base_dir: str, state_dir: str) -> None:
@@ -68,7 +70,11 @@ class MailAdapter(Adapter):
                         max_body_bytes=s.max_body_bytes)
 
     def _effect(self) -> Effect:
-        return Effect.WRITE if self.ms.hold_s > 0 else Effect.IRREVERSIBLE
+        return Effect.WRITE if self._cancellable() else Effect.IRREVERSIBLE
+
+    def _cancellable(self) -> bool:
+        """A queued message can be cancelled (undo) only while it is held; with hold_s = 0 it never is."""
+        return self.ms.hold_s > 0
 
     def _precheck(self) -> None:
         """Checks before queueing (the SES account guard). Raises AdapterError."""
@@ -94,7 +100,7 @@ class MailAdapter(Adapter):
         else:
             reason = f"an email to {n} recipient(s) that leaves at once (hold_s = 0): it cannot be unsent"
         return Classification(effect=self._effect(), reason=reason, summary=f"email {draft.subject!r}",
-                              detail={"recipients": n})
+                              detail={"recipients": n}, compensable=self._cancellable())
 
     def preview(self, call: Call, classification: Classification, budget: Budget) -> Preview:
         if call.tool == "email_outbox":
@@ -102,58 +108,81 @@ class MailAdapter(Adapter):
         draft = self._draft(call)
         notes = [f"held {self.ms.hold_s:g}s after it is queued; cancel with undo until then"
                  if self.ms.hold_s > 0 else "leaves as soon as it is queued; it cannot be unsent"]
+        return self._preview(draft, notes)
+
+    def _preview(self, draft: Draft, notes: list[str]) -> Preview:
         return Preview(effect=self._effect(), affected=len(draft.recipients),
-                       sample=[{**draft.summary(), "body": draft.body[:500]}], notes=notes)
+                       sample=[{**draft.summary(), "body": draft.body[:500]}], notes=notes,
+                       fingerprint=fingerprint(draft))
 
     def execute(self, call: Call, classification: Classification, budget: Budget) -> Outcome:
         if call.tool == "email_outbox":
             return self._list()
         draft = self._draft(call)
+        expect = budget.expect.fingerprint if budget.expect is not None else None
+        if expect is not None and expect != fingerprint(draft):
+            # The settings changed since the confirmation (the sender, say): what would leave is not what
+            # was confirmed. Nothing is queued; the gate asks again with the message as it now stands.
+            raise Drifted(self._effect(), "the message differs from the one that was confirmed",
+                          self._preview(draft, ["the message changed since it was confirmed; confirm this one"]))
         self._precheck()
         raw, message_id = build(draft)
         hold = self.ms.hold_s
+        key = call.args.get("idempotency_key")
         # A retry without an idempotency key that repeats a message still in its hold window is
         # most likely the agent retrying, not a second email meant on purpose.
-        window = None if call.args.get("idempotency_key") or hold <= 0 else hold
+        window = None if key or hold <= 0 else hold
         queued = self.outbox.enqueue(
             summary=draft.summary(), digest=digest(draft), envelope_from=draft.sender.address,
             envelope_to=draft.recipients, raw=raw, message_id=message_id, hold_s=hold,
-            per_hour=self.ms.messages_per_hour, duplicate_window_s=window)
-        row = queued.row
+            per_hour=self.ms.messages_per_hour, duplicate_window_s=window, intent_id=budget.intent_id,
+            idem_key=f"{key}" if key else None)
         if queued.duplicate_of is not None:
-            first = queued.duplicate_of
-            return Outcome(
-                affected=0, compensation=None,
-                result={"likely_duplicate": True, "duplicate_of": first.id, "queued": False, **first.view()},
-                summary=(f"likely duplicate: an identical message ({first.id}, {first.state}) was queued "
-                         f"{time.time() - first.created:.0f}s ago; nothing was queued again. To send it twice on "
-                         "purpose, call again with a new idempotency_key"),
-            )
-        n = len(row.envelope_to)
-        leaves = _iso(row.due)
+            return self._duplicate(queued.duplicate_of, by_key=bool(key))
+        return _queued(queued.row)
+
+    def _duplicate(self, first: Row, *, by_key: bool) -> Outcome:
+        why = ("the same idempotency_key already queued it" if by_key else
+               f"an identical message to the same recipients was queued {time.time() - first.created:.0f}s ago")
+        # Nothing was queued, so the undo of this call is empty: it must never cancel the first
+        # message, which its own receipt can undo.
+        comp = {"outbox_id": None, "duplicate_of": first.id, "affected": 0} if self._cancellable() else None
         return Outcome(
-            affected=n,
-            compensation={"outbox_id": row.id, "affected": n} if hold > 0 else None,
-            result={"likely_duplicate": False, "queued": True, "outbox_id": row.id, "hold_s": hold, **row.view()},
-            summary=(f"queued {row.id} to {n} recipient(s); it leaves at {leaves} unless cancelled with undo"
-                     if hold > 0 else f"queued {row.id} to {n} recipient(s); it leaves now and cannot be unsent"),
+            affected=0, compensation=comp,
+            result={"likely_duplicate": True, "duplicate_of": first.id, "queued": False, **first.view()},
+            summary=(f"likely duplicate: {why} ({first.id}, {first.state}); nothing was queued again. To send it "
+                     "twice on purpose, call again with a new idempotency_key"),
         )
 
     def compensate(self, compensation: Mapping[str, Any], budget: Budget) -> Outcome:
-        mid = str(compensation.get("outbox_id", ""))
-        done, row = self.outbox.cancel(mid)
+        if compensation.get("outbox_id") is None:
+            first = compensation.get("duplicate_of")
+            return Outcome(affected=0, result={"outbox_id": None, "duplicate_of": first},
+                           summary=f"nothing to cancel: this call queued nothing (a duplicate of {first}); "
+                                   f"undo the receipt that queued {first} to cancel that message")
+        mid = str(compensation["outbox_id"])
+        done, row = self.outbox.cancel(mid, budget.intent_id)
         if row is None:
-            raise AdapterError(f"no message {mid!r} in the outbox of {self.name!r}")
+            raise AdapterError(f"no message {mid!r} in the outbox of {self.name!r}; it cannot be cancelled here")
         if done:
-            return Outcome(affected=len(row.envelope_to), result={"outbox_id": mid, "state": "cancelled"},
-                           summary=f"message {mid} was cancelled before it left; nothing was sent")
-        if row.state in {"sending", "sent", "unknown"}:
-            when = f" at {_iso(row.finished)}" if row.finished else ""
-            raise AdapterError(f"message {mid} already left{when} ({row.state}); an email cannot be unsent, "
-                               "so this send is irreversible")
-        if row.state == "failed":
-            raise AdapterError(f"message {mid} failed for good and was never sent ({row.last_error}); nothing to cancel")
-        raise AdapterError(f"message {mid} is already {row.state}")
+            return _cancelled(row)
+        raise AdapterError(_not_cancellable(row))
+
+    def reconcile(self, intent_id: str, call: Call) -> Reconciled:
+        """From the outbox journal: `executed` when this intent queued (or cancelled) a message, with the
+        outcome `execute` (or `compensate`) returned; `not_executed` when no row names it.
+
+        Raises:
+            TargetUnavailable: the outbox could not be read.
+        """
+        found = self.outbox.by_intent(intent_id)
+        if found is None:
+            return Reconciled(state="not_executed", detail=f"no message in the outbox of {self.name!r} was queued "
+                                                           f"or cancelled by {intent_id}")
+        how, row = found
+        outcome = _queued(row) if how == "queued" else _cancelled(row)
+        return Reconciled(state="executed", outcome=outcome,
+                          detail=f"{intent_id} {how} {row.id}, which is now {row.state}")
 
     def _list(self) -> Outcome:
         rows = self.outbox.latest(50)
@@ -248,6 +277,42 @@ class MailAdapter(Adapter):
                 self._outbox = None
 
 
+def _queued(row: Row) -> Outcome:
+    """What queueing `row` did, with its compensation (cancel while held) when it was held at all."""
+    n = len(row.envelope_to)
+    hold = row.held_s
+    return Outcome(
+        affected=n,
+        compensation={"outbox_id": row.id, "affected": n} if hold > 0 else None,
+        result={"likely_duplicate": False, "queued": True, "outbox_id": row.id, "hold_s": round(hold, 3), **row.view()},
+        summary=(f"queued {row.id} to {n} recipient(s); it leaves at {_iso(row.due)} unless cancelled with undo"
+                 if hold > 0 else f"queued {row.id} to {n} recipient(s); it leaves now and cannot be unsent"),
+    )
+
+
+def _cancelled(row: Row) -> Outcome:
+    return Outcome(affected=len(row.envelope_to), result={"outbox_id": row.id, "state": "cancelled"},
+                   summary=f"message {row.id} was cancelled before it left; nothing was sent")
+
+
+def _not_cancellable(row: Row) -> str:
+    """Why a message that is not held any more cannot be cancelled, from its state."""
+    mid, when = row.id, f" at {_iso(row.finished)}" if row.finished else ""
+    if row.state == "sent":
+        reply = f" (the server replied {row.reply})" if row.reply else ""
+        return (f"message {mid} was already sent{when}{reply}: it already left, and an email cannot be unsent, "
+                "so this send is irreversible")
+    if row.state == "sending":
+        return (f"message {mid} is being sent right now: it already left the outbox, and an email cannot be unsent, "
+                "so this send is irreversible")
+    if row.state == "unknown":
+        return (f"message {mid} already left the outbox{when} and may have been sent ({row.last_error}); an email "
+                "cannot be unsent, so this send is irreversible; check the server's log")
+    if row.state == "failed":
+        return f"message {mid} failed for good and was never sent ({row.last_error}); nothing to cancel"
+    return f"message {mid} is already {row.state}; nothing to cancel"
+
+
 class SmtpAdapter(MailAdapter):
     kind = "smtp"
     settings_model = SmtpSettings
@@ -288,6 +353,9 @@ class SesAdapter(MailAdapter):
         try:
             self._ses.check_account()
         except DeliveryFailed as exc:
+            if exc.kind == "retry":
+                raise TargetUnavailable(self._scrub(exc.text), "check that STS/SES can be reached, then retry; "
+                                                               "nothing was queued") from None
             raise AdapterError(self._scrub(exc.text)) from None
 
     def _deliver(self, row: Row, raw: bytes) -> Delivered:

@@ -2,8 +2,11 @@
 
 Addresses are parsed with the email package's strict header parser, one address per list entry;
 only the address (never the display name) decides where mail goes, and an address hidden in a
-display name must be allowed too. Headers are built from `Address` objects by `email.policy.SMTP`,
-which refuses CR/LF itself, after we have refused every control character already.
+display name must be allowed too. Each address is normalised once (comments dropped, domain as
+lower-case ASCII, an IDN domain as its punycode) and that one form is what the allow-list checks,
+what goes on the wire (envelope and headers) and what duplicate detection compares. Headers are
+built from `Address` objects by `email.policy.SMTP`, which refuses CR/LF itself, after we have
+refused every control character already.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 import json
 import re
 import time
+import unicodedata
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -22,7 +26,7 @@ from typing import Any
 
 from safe_mcp.errors import AdapterError
 
-__all__ = ["Draft", "build", "digest", "match_allowed", "validate"]
+__all__ = ["Draft", "ascii_domain", "build", "digest", "fingerprint", "match_allowed", "normalise_address", "validate"]
 
 # A conservative addr-spec: dot-atom local part without `%` or `!` (old relay tricks), ASCII domain.
 _LOCAL = r"[A-Za-z0-9#$&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9#$&'*+/=?^_`{|}~-]+)*"
@@ -38,8 +42,14 @@ _MAX_ADDRESS = 320
 @dataclass(frozen=True)
 class Recipient:
     field: str  # to | cc | bcc | reply_to
-    address: str  # the addr-spec, as given (domain case kept)
+    address: str  # the normalised addr-spec: local part as given, domain lower-case ASCII
     display_name: str
+    written: str = ""  # the addr-spec as the caller wrote it, for messages
+
+    @property
+    def key(self) -> str:
+        """The address as compared: the whole addr-spec lower-cased (what every mail system treats as one)."""
+        return self.address.lower()
 
     def header(self) -> Address:
         username, _, domain = self.address.rpartition("@")
@@ -63,7 +73,7 @@ class Draft:
         """Envelope recipients, each once (bcc included: it is never a header)."""
         seen: dict[str, None] = {}
         for r in (*self.to, *self.cc, *self.bcc):
-            seen.setdefault(r.address.lower(), None)
+            seen.setdefault(r.key, None)
         return list(seen)
 
     def summary(self) -> dict[str, Any]:
@@ -111,11 +121,47 @@ def _parse_address(field: str, value: Any) -> Recipient:
     if len(addresses) != 1:
         raise AdapterError(f"{field} entry {text!r} holds {len(addresses)} addresses; give one address per list entry")
     addr = addresses[0]
-    spec = addr.addr_spec
-    if not _ADDR.match(spec) or len(spec) > 254:
+    spec = normalise_address(field, addr.addr_spec)
+    return Recipient(field=field, address=spec, display_name=addr.display_name or "", written=addr.addr_spec)
+
+
+def ascii_domain(domain: str) -> str:
+    """`domain` as it is compared and sent: lower-case ASCII, an IDN as its punycode (xn--...).
+
+    A Unicode domain is accepted only when IDNA maps it to itself up to case: a form that mapping
+    would silently change (fullwidth letters, a soft hyphen, a sharp s) is refused, because what the
+    agent wrote and where the mail would go would then differ.
+
+    Raises:
+        ValueError: the domain is not a valid (IDN) domain, or is ambiguous.
+    """
+    if domain.isascii():
+        return domain.lower()
+    try:
+        ascii_form = domain.encode("idna").decode("ascii").lower()
+        back = ascii_form.encode("ascii").decode("idna")
+    except UnicodeError as exc:
+        raise ValueError(f"{domain!r} is not a valid domain ({exc})") from None
+    if back != unicodedata.normalize("NFC", domain).lower():
+        raise ValueError(f"the domain {domain!r} would be sent as {ascii_form!r}; write that form if it is meant")
+    return ascii_form
+
+
+def normalise_address(field: str, spec: str) -> str:
+    """The addr-spec with its domain as `ascii_domain` gives it (the local part is kept as written).
+
+    Raises:
+        AdapterError: not a plain address (user@domain, ASCII local part, no quoting, no % or ! routing).
+    """
+    local, _, domain = spec.rpartition("@")
+    try:
+        normal = f"{local}@{ascii_domain(domain)}"
+    except ValueError as exc:
+        raise AdapterError(f"{field} address {spec!r} has a domain that cannot be used: {exc}") from None
+    if not _ADDR.match(normal) or len(normal) > 254:
         raise AdapterError(f"{field} address {spec!r} is not a plain address (user@domain, ASCII, no quoting, "
                            "no % or ! routing)")
-    return Recipient(field=field, address=spec, display_name=addr.display_name or "")
+    return normal
 
 
 def _address_list(field: str, value: Any) -> tuple[Recipient, ...]:
@@ -129,8 +175,14 @@ def _address_list(field: str, value: Any) -> tuple[Recipient, ...]:
 
 
 def match_allowed(address: str, patterns: list[str]) -> bool:
-    """True when `address` (an addr-spec) matches one allow-list pattern, case-insensitively."""
-    a = address.lower()
+    """True when `address` (an addr-spec), normalised, matches one allow-list pattern (patterns are
+    normalised by the settings: lower case, punycode domains). An address that cannot be normalised
+    matches nothing."""
+    local, _, domain = address.rpartition("@")
+    try:
+        a = f"{local}@{ascii_domain(domain)}".lower()
+    except ValueError:
+        return False
     return any(fnmatchcase(a, p) for p in patterns)
 
 
@@ -155,9 +207,11 @@ def validate(args: dict[str, Any], *, sender: str, allow: list[str], max_recipie
         raise AdapterError(f"body is {size} bytes, over max_body_bytes = {max_body_bytes}")
     for r in (*to, *cc, *bcc, *((reply_to,) if reply_to else ())):
         if not match_allowed(r.address, allow):
-            raise AdapterError(f"recipient {r.address!r} (in {r.field}) is outside allow_recipients "
+            sent_as = f" (sent as {r.address!r})" if r.written != r.address else ""
+            raise AdapterError(f"recipient {r.written!r}{sent_as} (in {r.field}) is outside allow_recipients "
                                f"{allow}; the whole message was refused")
-        for hidden in _LOOKS_LIKE_ADDR.findall(r.display_name):
+        # NFKC so that a lookalike (a fullwidth @, say) that reads as an address to a person is checked too.
+        for hidden in _LOOKS_LIKE_ADDR.findall(unicodedata.normalize("NFKC", r.display_name)):
             if not match_allowed(hidden, allow):
                 raise AdapterError(f"the display name of {r.address!r} (in {r.field}) names {hidden!r}, which is "
                                    f"outside allow_recipients {allow}; the whole message was refused")
@@ -169,10 +223,25 @@ def validate(args: dict[str, Any], *, sender: str, allow: list[str], max_recipie
 
 
 def digest(draft: Draft) -> str:
-    """Identical content gives the same digest (for likely-duplicate detection)."""
-    doc = {k: v for k, v in draft.summary().items()}
-    doc["body"] = draft.body
-    return hashlib.sha256(b"safe-mcp/email/v1\x00" + json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    """The same digest for the same mail to the same people (for likely-duplicate detection).
+
+    Compared: the set of normalised recipients, whichever of to/cc/bcc holds them and in any order
+    (each of them would get the mail twice), the subject with its whitespace collapsed and the body
+    with its line ends normalised. Display names, address case and reply_to do not count.
+    """
+    doc = {
+        "recipients": sorted(draft.recipients),
+        "subject": " ".join(draft.subject.split()),
+        "body": draft.body.replace("\r\n", "\n").replace("\r", "\n").rstrip(),
+    }
+    return hashlib.sha256(b"safe-mcp/email/v2\x00" + json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def fingerprint(draft: Draft) -> str:
+    """Exactly what would be sent (sender, every field with its display names, subject, body): what a
+    confirmation was given for. Unlike `digest`, any difference at all changes it."""
+    doc = {**draft.summary(), "body": draft.body}
+    return hashlib.sha256(b"safe-mcp/email/exact/v1\x00" + json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 def build(draft: Draft, *, when: float | None = None) -> tuple[bytes, str]:

@@ -8,6 +8,10 @@ so two senders, or a sender and a cancel, can never both win. A message found in
 sender is gone is *not* re-sent: its attempt may have reached the server before the process died,
 and a duplicate email cannot be taken back, while a missing one can be re-sent deliberately. It is
 marked `unknown` and reported; a human checks the server's log and re-sends if it did not leave.
+
+Journal: the row that queues a message carries the gate's intent id (and the idempotency key), written
+in the same transaction, so after a crash `by_intent` says whether that send was queued; a cancel
+records its own intent id the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safe_mcp.errors import AdapterError
+from safe_mcp.errors import AdapterError, TargetUnavailable
 from safe_mcp.receipts import new_id
 from safe_mcp.sqlitetx import immediate
 
@@ -53,8 +57,16 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_state_due ON messages (state, next_attempt);
 CREATE INDEX IF NOT EXISTS messages_created ON messages (created);
 """
+# Added after the first release: an older outbox file gets them on open.
+_JOURNAL = {"intent_id": "TEXT", "idem_key": "TEXT", "cancel_intent": "TEXT"}
+_JOURNAL_INDEXES = """
+CREATE INDEX IF NOT EXISTS messages_intent ON messages (intent_id);
+CREATE INDEX IF NOT EXISTS messages_cancel_intent ON messages (cancel_intent);
+CREATE INDEX IF NOT EXISTS messages_idem_key ON messages (idem_key);
+"""
 _COLUMNS = ("id, created, due, next_attempt, state, attempts, digest, summary, envelope_from, envelope_to, "
-            "message_id, claimed_by, claimed_at, finished, reply, provider_id, last_error")
+            "message_id, claimed_by, claimed_at, finished, reply, provider_id, last_error, intent_id, idem_key, "
+            "cancel_intent")
 
 
 class RateLimited(AdapterError):
@@ -80,6 +92,14 @@ class Row:
     reply: str | None
     provider_id: str | None
     last_error: str | None
+    intent_id: str | None = None
+    idem_key: str | None = None
+    cancel_intent: str | None = None
+
+    @property
+    def held_s(self) -> float:
+        """The hold it was queued with (0: it was to leave at once, so it was never cancellable)."""
+        return max(0.0, self.due - self.created)
 
     def view(self) -> dict[str, Any]:
         """What the agent and the CLI see of a message (no body)."""
@@ -108,9 +128,10 @@ def _iso(ts: float) -> str:
 
 def _row(r: tuple[Any, ...]) -> Row:
     (id_, created, due, next_attempt, state, attempts, digest, summary, env_from, env_to, message_id,
-     claimed_by, claimed_at, finished, reply, provider_id, last_error) = r
+     claimed_by, claimed_at, finished, reply, provider_id, last_error, intent_id, idem_key, cancel_intent) = r
     return Row(id_, created, due, next_attempt, state, attempts, digest, json.loads(summary), env_from,
-               json.loads(env_to), message_id, claimed_by, claimed_at, finished, reply, provider_id, last_error)
+               json.loads(env_to), message_id, claimed_by, claimed_at, finished, reply, provider_id, last_error,
+               intent_id, idem_key, cancel_intent)
 
 
 class Outbox:
@@ -122,8 +143,15 @@ class Outbox:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(messages)")}
+            for column, kind in _JOURNAL.items():
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE messages ADD COLUMN {column} {kind}")
+            self._db.executescript(_JOURNAL_INDEXES)
         except (OSError, sqlite3.Error) as exc:
-            raise AdapterError(f"cannot open the outbox {path.name}: {exc}") from None
+            raise TargetUnavailable(f"cannot open the outbox {path.name}: {exc}",
+                                    f"check that {path.parent} is writable and no other program holds {path.name}, "
+                                    "then retry; nothing was queued") from None
         self._lock = threading.Lock()
         # Who claims: host and pid (to spot a dead sender at once) and a token for this instance.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id('snd')}"
@@ -133,29 +161,46 @@ class Outbox:
             self._db.close()
 
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        return immediate(self._db, self._lock, lambda exc: AdapterError(f"the outbox could not be written: {exc}"))
+        return immediate(self._db, self._lock, lambda exc: TargetUnavailable(
+            f"the outbox could not be written: {exc}", "retry; if it persists, check the state directory's disk and "
+            "whether another process holds the outbox locked; nothing was changed"))
 
     def _select(self, where: str, params: tuple[Any, ...]) -> list[Row]:
         with self._lock:
             try:
                 return [_row(r) for r in self._db.execute(f"SELECT {_COLUMNS} FROM messages WHERE {where}", params)]
             except sqlite3.Error as exc:
-                raise AdapterError(f"the outbox could not be read: {exc}") from None
+                raise TargetUnavailable(f"the outbox could not be read: {exc}",
+                                        "retry; if it persists, check the state directory") from None
 
     # ------------------------------------------------------------------ queueing
 
     def enqueue(self, *, summary: dict[str, Any], digest: str, envelope_from: str, envelope_to: list[str], raw: bytes,
-                message_id: str, hold_s: float, per_hour: int, duplicate_window_s: float | None) -> Queued:
-        """Queue one message, atomically with the rate check and the duplicate check.
+                message_id: str, hold_s: float, per_hour: int, duplicate_window_s: float | None,
+                intent_id: str | None = None, idem_key: str | None = None) -> Queued:
+        """Queue one message, atomically with the rate check, the duplicate checks and its journal entry.
 
-        `duplicate_window_s` None skips the duplicate check (the caller gave an idempotency key).
+        `idem_key`: a message already queued with this key is returned as `duplicate_of` (in any state:
+        a key sends at most once, whatever became of the first message). `duplicate_window_s` None skips
+        the likely-duplicate check by digest (the caller gave an idempotency key). `intent_id` is written
+        in the same row, so `by_intent` can later tell whether this call queued anything.
 
         Raises:
             RateLimited: `per_hour` messages were queued in the last hour; nothing was queued.
-            AdapterError: the outbox could not be written.
+            AdapterError: `idem_key` was used before for a different message; nothing was queued.
+            TargetUnavailable: the outbox could not be written.
         """
         now = time.time()
         with self._tx() as db:
+            if idem_key is not None:
+                same = db.execute(f"SELECT {_COLUMNS} FROM messages WHERE idem_key = ? ORDER BY created LIMIT 1",
+                                  (idem_key,)).fetchone()
+                if same is not None:
+                    first = _row(same)
+                    if first.digest != digest:
+                        raise AdapterError(f"idempotency_key {idem_key!r} already queued a different message "
+                                           f"({first.id}); use a new key for a new message")
+                    return Queued(row=first, duplicate_of=first)
             n = db.execute("SELECT count(*) FROM messages WHERE created > ? AND state != 'cancelled'",
                            (now - 3600,)).fetchone()[0]
             if n >= per_hour:
@@ -172,19 +217,20 @@ class Outbox:
             mid = new_id("msg")
             db.execute(
                 "INSERT INTO messages (id, created, due, next_attempt, state, digest, summary, envelope_from, envelope_to, "
-                "raw, message_id) VALUES (?, ?, ?, ?, 'held', ?, ?, ?, ?, ?, ?)",
+                "raw, message_id, intent_id, idem_key) VALUES (?, ?, ?, ?, 'held', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (mid, now, now + hold_s, now + hold_s, digest, json.dumps(summary), envelope_from,
-                 json.dumps(envelope_to), raw, message_id),
+                 json.dumps(envelope_to), raw, message_id, intent_id, idem_key),
             )
         row = self.get(mid)
         assert row is not None
         return Queued(row=row)
 
-    def cancel(self, mid: str) -> tuple[bool, Row | None]:
-        """Cancel a held message. (True, row) when cancelled; (False, row) when it was not held."""
+    def cancel(self, mid: str, intent_id: str | None = None) -> tuple[bool, Row | None]:
+        """Cancel a held message, journaling `intent_id` in the same transaction.
+        (True, row) when cancelled; (False, row) when it was not held."""
         with self._tx() as db:
-            cur = db.execute("UPDATE messages SET state = 'cancelled', finished = ? WHERE id = ? AND state = 'held'",
-                             (time.time(), mid))
+            cur = db.execute("UPDATE messages SET state = 'cancelled', finished = ?, cancel_intent = ? "
+                             "WHERE id = ? AND state = 'held'", (time.time(), intent_id, mid))
             done = cur.rowcount == 1
         return done, self.get(mid)
 
@@ -252,17 +298,30 @@ class Outbox:
         rows = self._select("id = ?", (mid,))
         return rows[0] if rows else None
 
+    def by_intent(self, intent_id: str) -> tuple[str, Row] | None:
+        """("queued", row) when the intent queued `row`, ("cancelled", row) when it cancelled it, else None."""
+        rows = self._select("intent_id = ? OR cancel_intent = ? LIMIT 1", (intent_id, intent_id))
+        if not rows:
+            return None
+        return ("queued" if rows[0].intent_id == intent_id else "cancelled"), rows[0]
+
     def latest(self, limit: int = 50) -> list[Row]:
         return self._select("1 ORDER BY created DESC LIMIT ?", (limit,))
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._db.execute("SELECT state, count(*) FROM messages GROUP BY state").fetchall())
+        return {str(state): int(n) for state, n in self._rows("SELECT state, count(*) FROM messages GROUP BY state", ())}
 
     def queued_last_hour(self) -> int:
+        return int(self._rows("SELECT count(*) FROM messages WHERE created > ? AND state != 'cancelled'",
+                              (time.time() - 3600,))[0][0])
+
+    def _rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM messages WHERE created > ? AND state != 'cancelled'",
-                                        (time.time() - 3600,)).fetchone()[0])
+            try:
+                return list(self._db.execute(sql, params).fetchall())
+            except sqlite3.Error as exc:
+                raise TargetUnavailable(f"the outbox could not be read: {exc}",
+                                        "retry; if it persists, check the state directory") from None
 
 
 def _alive(pid: int) -> bool:

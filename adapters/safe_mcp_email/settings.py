@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from safe_mcp.adapter import AdapterSettings
+from safe_mcp_email.message import ascii_domain
 
 __all__ = ["MailSettings", "SesSettings", "SmtpSettings", "is_loopback"]
 
@@ -41,10 +42,14 @@ class MailSettings(AdapterSettings):
     @field_validator("allow_recipients")
     @classmethod
     def _patterns(cls, value: list[str]) -> list[str]:
+        out = []
         for p in value:
             if "@" not in p or any(c.isspace() for c in p):
                 raise ValueError(f"{p!r} is not an address pattern; use forms like \"*@example.com\" or \"ops@example.com\"")
-        return [p.lower() for p in value]
+            # Compared with addresses in their normalised form, so an IDN pattern is kept as punycode.
+            local, _, domain = p.rpartition("@")
+            out.append(f"{local}@{ascii_domain(domain)}".lower())
+        return out
 
 
 class SmtpSettings(MailSettings):

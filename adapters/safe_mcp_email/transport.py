@@ -8,6 +8,7 @@ the connection dropped after the message was sent, a read timeout). `unknown` is
 
 from __future__ import annotations
 
+import importlib
 import re
 import smtplib
 import ssl
@@ -111,6 +112,12 @@ def send_smtp(s: SmtpSettings, password: str | None, envelope_from: str, rcpts: 
             conn.close()
 
 
+def _boto(module: str) -> Any:
+    """boto3 and botocore, imported on first use (smtp targets never pay for them); they ship no
+    type information, so they are typed Any here rather than through a mypy override."""
+    return importlib.import_module(module)
+
+
 class SesSender:
     """SES v2 through boto3, with the account guard: nothing is queued or sent with credentials
     that belong to another account than the configured one."""
@@ -122,8 +129,7 @@ class SesSender:
         self._checked = False
 
     def _session(self) -> Any:
-        import boto3
-        from botocore.config import Config
+        boto3, Config = _boto("boto3"), _boto("botocore.config").Config
 
         kwargs: dict[str, Any] = {"region_name": self.s.region}
         if self.s.profile:
@@ -140,16 +146,16 @@ class SesSender:
         """Raises DeliveryFailed("permanent") on another account, ("retry") when STS cannot be reached."""
         if self._checked:
             return
-        import botocore.exceptions
+        errors = _boto("botocore.exceptions")
 
         try:
             session, config = self._session()
             sts = session.client("sts", endpoint_url=self.s.endpoint_url, config=config)
             account = sts.get_caller_identity()["Account"]
-        except botocore.exceptions.ClientError as exc:
+        except errors.ClientError as exc:
             raise DeliveryFailed("permanent", f"STS refused to identify the credentials: "
                                               f"{exc.response.get('Error', {}).get('Code', 'error')}") from None
-        except botocore.exceptions.BotoCoreError as exc:
+        except errors.BotoCoreError as exc:
             raise DeliveryFailed("retry", f"cannot check the AWS account: {type(exc).__name__}: {exc}") from None
         if account != self.s.account:
             raise DeliveryFailed("permanent", f"the credentials belong to AWS account {account}, not the configured "
@@ -158,7 +164,7 @@ class SesSender:
 
     def send(self, envelope_from: str, rcpts: list[str], raw: bytes) -> Delivered:
         """Raises DeliveryFailed."""
-        import botocore.exceptions
+        errors = _boto("botocore.exceptions")
 
         self.check_account()
         try:
@@ -170,9 +176,9 @@ class SesSender:
             if self.s.configuration_set:
                 kwargs["ConfigurationSetName"] = self.s.configuration_set
             resp = self._client.send_email(**kwargs)
-        except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError) as exc:
+        except (errors.EndpointConnectionError, errors.ConnectTimeoutError) as exc:
             raise DeliveryFailed("retry", f"cannot reach SES: {type(exc).__name__}") from None
-        except botocore.exceptions.ClientError as exc:
+        except errors.ClientError as exc:
             err = exc.response.get("Error", {})
             code = str(err.get("Code", "error"))
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 400) or 400)
@@ -180,7 +186,7 @@ class SesSender:
             if code in {"TooManyRequestsException", "Throttling", "ThrottlingException", "LimitExceededException"}:
                 raise DeliveryFailed("retry", text) from None
             raise DeliveryFailed("unknown" if status >= 500 else "permanent", text) from None
-        except botocore.exceptions.BotoCoreError as exc:
+        except errors.BotoCoreError as exc:
             raise DeliveryFailed("unknown", f"the request to SES failed after it was sent "
                                             f"({type(exc).__name__}); it may have been delivered") from None
         return Delivered(reply=f"SES accepted: MessageId {resp['MessageId']}", provider_id=str(resp["MessageId"]))

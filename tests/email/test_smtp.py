@@ -141,7 +141,7 @@ async def test_cancel_inside_the_window_delivers_nothing_and_after_it_left_undo_
             gone = await call(client, "email_send", target="mail", to=["a@example.com"], subject="real", body="yes")
             await wait_state(client, gone["result"]["outbox_id"], {"sent"})
             text = await refused(client, "undo", receipt_id=gone["receipt_id"])
-            assert "already left" in text and "irreversible" in text
+            assert "already left" in text and "irreversible" in text and "already sent" in text
             assert len(smtp.received) == 1
 
 
@@ -255,7 +255,12 @@ async def test_idempotency_key_and_likely_duplicates(tmp_path: Path, port: int) 
             assert one["result"]["likely_duplicate"] is False
             assert retry["result"]["likely_duplicate"] is True and retry["affected"] == 0
             assert retry["result"]["duplicate_of"] == one["result"]["outbox_id"]
-            assert "likely duplicate" in retry["message"] and retry["undo"] is None
+            assert "likely duplicate" in retry["message"]
+            # The duplicate queued nothing, so its undo (the contract's empty compensation) cancels nothing:
+            # above all not the first message, which only its own receipt may cancel.
+            empty = await call(client, "undo", receipt_id=retry["receipt_id"])
+            assert empty["affected"] == 0 and "nothing to cancel" in empty["message"]
+            assert (await message_state(client, one["result"]["outbox_id"]))["state"] == "held"
             deliberate = await call(client, "email_send", **plain, idempotency_key="second-reminder")
             assert deliberate["result"]["likely_duplicate"] is False
 
