@@ -420,13 +420,19 @@ class Gate:
             undo=(f"undo(receipt_id={receipt_id!r})" if comp_id else None),
             message=self._done_message(outcome, effect, comp_id is not None),
         )
+        # The budgets count this write in the same transaction: per session (writes_per_session) and,
+        # over time windows, per principal and target.
+        counts = [(caller.session, "*", "write", outcome.affected),
+                  (caller.principal, call.target, "write", outcome.affected)]
+        if effect.rank >= Effect.DESTRUCTIVE.rank:
+            counts.append((caller.principal, call.target, "destructive", outcome.affected))
         receipt = self._append(
             call, caller, effect, "allow", reason, "executed", affected=outcome.affected, id=receipt_id,
             compensation_id=comp_id, action_id=action_id,
             compensation=(comp_id, call.tool, outcome.compensation)
             if comp_id and outcome.compensation is not None else None,
             settles=intent_id, settle_key=(call.target, key, result.model_dump(mode="json")) if key else None,
-            **extra,
+            counts=counts, **extra,
         )
         return receipt, result
 
@@ -750,12 +756,12 @@ class Gate:
         if effect.rank >= Effect.DESTRUCTIVE.rank:
             checks.append(("destructive_per_hour", lim.destructive_per_hour, "destructive", 3600, False))
         for name, limit, kind, window_s, by_rows in checks:
-            count, rows, oldest = self.store.window(caller.session, target.name, kind, now - window_s)
+            count, rows, oldest = self.store.window(caller.principal, target.name, kind, now - window_s, now)
             used = rows if by_rows else count
             if used >= limit:
                 resets = (oldest or now) + window_s
                 self._refuse(call, caller, effect,
-                             f"budget {name} ({limit}) is used up for this session on {target.name!r}; "
+                             f"budget {name} ({limit}) is used up for {caller.principal!r} on {target.name!r}; "
                              f"it resets in {max(resets - now, 0):.0f}s (at {_iso(resets)})",
                              f"wait, or a human can raise limits.{name}")
 
@@ -770,14 +776,10 @@ class Gate:
                          f"{caller.principal} --target {call.target}`")
 
     def _count_write(self, call: Call, caller: Caller, target: Target, effect: Effect, affected: int) -> None:
-        try:
-            self.store.record_event(caller.session, target.name, "write", affected)
-            if effect.rank >= Effect.DESTRUCTIVE.rank:
-                self.store.record_event(caller.session, target.name, "destructive", affected)
-            if target.limits.rows_affected and affected >= 0.8 * target.limits.rows_affected:
-                self._trouble(call, caller, "near_limit")
-        except StateError:
-            logging.getLogger("safe_mcp").exception("could not count a write against its budgets")
+        """A write that used most of rows_affected is trouble for the breaker (its budgets were counted
+        with its receipt)."""
+        if target.limits.rows_affected and affected >= 0.8 * target.limits.rows_affected:
+            self._trouble(call, caller, "near_limit")
 
     def _trouble(self, call: Call, caller: Caller, kind: str) -> None:
         """Count a refusal, failure or near-limit write; trip the breaker when a burst passes its threshold."""
@@ -788,7 +790,8 @@ class Gate:
         try:
             # Trouble is counted per principal, so a new session does not start from a clean slate.
             self.store.record_event(caller.principal, call.target, kind)
-            count, _rows, _oldest = self.store.window(caller.principal, call.target, kind, self._clock() - rules.window_s)
+            now = self._clock()
+            count, _rows, _oldest = self.store.window(caller.principal, call.target, kind, now - rules.window_s, now)
             if count < threshold or self.store.breaker(caller.principal, call.target) is not None:
                 return
             reason = f"{count} {kind.replace('_', '-')}s within {rules.window_s}s"

@@ -76,15 +76,18 @@ CREATE TABLE IF NOT EXISTS idempotency (
 -- Nothing queries receipts by session any more (budgets count events); an index kept current on
 -- every append would be pure cost. Ledgers made by earlier versions drop it.
 DROP INDEX IF EXISTS receipts_session;
-CREATE TABLE IF NOT EXISTS events (
-    ts REAL NOT NULL,
-    session TEXT NOT NULL,
+-- Budgets and breaker counts: one row per scope, target, kind and time bucket (10 s, 10 min, or ever),
+-- so checking a budget reads a handful of rows however many writes the window holds.
+CREATE TABLE IF NOT EXISTS counters (
+    scope TEXT NOT NULL,
     target TEXT NOT NULL,
     kind TEXT NOT NULL,
-    rows INTEGER NOT NULL DEFAULT 0
+    width INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    PRIMARY KEY (scope, target, kind, width, bucket)
 );
-CREATE INDEX IF NOT EXISTS events_scope ON events (session, target, kind, ts);
-CREATE INDEX IF NOT EXISTS events_session ON events (session, kind);
 -- An intent whose outcome is not yet recorded: written in the same transaction as its intent
 -- receipt, deleted in the same transaction as its outcome receipt. What is left after a crash is
 -- what `reconcile` settles from the target's own journal.
@@ -275,7 +278,8 @@ class StateStore:
 
     def append(self, *, compensation: tuple[str, str, dict[str, Any]] | None = None,
                intent: Intent | None = None, settles: str | None = None,
-               settle_key: tuple[str, str, dict[str, Any] | None] | None = None, **fields: Any) -> Receipt:
+               settle_key: tuple[str, str, dict[str, Any] | None] | None = None,
+               counts: list[tuple[str, str, str, int]] | None = None, **fields: Any) -> Receipt:
         """Append one receipt to the chain and return it.
 
         `compensation` (id, tool, data) is stored in the same transaction, so a receipt
@@ -284,7 +288,8 @@ class StateStore:
         the same transaction, so an intent is open exactly while its outcome is unrecorded.
         `settle_key` (target, key, result) records this receipt as the result of an idempotency key,
         or releases the key when result is None, in the same transaction too: a key is never left
-        `running` by a call whose outcome was recorded.
+        `running` by a call whose outcome was recorded. `counts` (scope, target, kind, rows) are budget
+        counters to bump with it.
 
         Raises:
             StateError: the ledger could not be written; the caller must not go on.
@@ -302,6 +307,8 @@ class StateStore:
                 db.execute("DELETE FROM intents WHERE id = ?", (settles,))
             if settle_key is not None:
                 _settle_key(db, *settle_key, receipt.id)
+            for scope, target, kind, rows in counts or ():
+                bump(db, scope, target, kind, rows)
             return receipt
 
     def _append_in(
@@ -393,23 +400,34 @@ class StateStore:
         return VerifyReport(ok=True, count=count)
 
     def count_session_writes(self, session: str) -> int:
-        """Writes this session executed, on any target (from the budget events, not a scan of the ledger)."""
-        rows = self.query("SELECT count(*) FROM events WHERE session = ? AND kind = 'write'", (session,))
-        return int(rows[0][0])
+        """Writes this session executed, on any target (a counter, not a scan)."""
+        count, _rows, _oldest = self.window(session, "*", "write", None)
+        return count
 
     # budgets and the circuit breaker ----------------------------------------------------
 
     def record_event(self, session: str, target: str, kind: str, rows: int = 0, ts: float | None = None) -> None:
-        """One thing that counts against a budget or the breaker: write, destructive, refusal, failure, near_limit."""
+        """One thing that counts against a budget or the breaker: write, destructive, refusal, failure,
+        near_limit, for a scope (`session`: a principal or a session id) and a target ("*" for any)."""
         with self.transaction() as db:
-            db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", (ts or time.time(), session, target, kind, rows))
+            bump(db, session, target, kind, rows, ts)
 
-    def window(self, session: str, target: str, kind: str, since: float) -> tuple[int, int, float | None]:
-        """(count, rows, oldest ts) of `kind` events for session and target since `since`."""
-        rows = self.query("SELECT count(*), coalesce(sum(rows), 0), min(ts) FROM events "
-                          "WHERE session = ? AND target = ? AND kind = ? AND ts >= ?", (session, target, kind, since))
+    def window(self, session: str, target: str, kind: str, since: float | None,
+               now: float | None = None) -> tuple[int, int, float | None]:
+        """(count, rows, start of the oldest counted bucket) of `kind` for a scope and target since `since`
+        (None: ever). Counted in buckets, so the cost does not grow with the number of events; the
+        window may reach back one bucket further than `since` (a budget errs on the strict side)."""
+        now = now if now is not None else time.time()
+        if since is None:
+            width, first = 0, 0
+        else:
+            width = _BUCKETS[0] if now - since <= 600 else _BUCKETS[1]
+            first = int(since // width)
+        rows = self.query("SELECT coalesce(sum(n), 0), coalesce(sum(rows), 0), min(bucket) FROM counters "
+                          "WHERE scope = ? AND target = ? AND kind = ? AND width = ? AND bucket >= ?",
+                          (session, target, kind, width, first))
         count, total, oldest = rows[0]
-        return int(count), int(total), oldest
+        return int(count), int(total), (float(oldest) * width if oldest is not None and width else None)
 
     def trip_breaker(self, session: str, target: str, reason: str, receipt_id: str | None) -> bool:
         """Trip the breaker for a session and target; False when it was already tripped."""
@@ -433,7 +451,7 @@ class StateStore:
                                "AND (CAST(? AS TEXT) IS NULL OR target = ?)", (session, session, target, target)).fetchall()
             for s_, t_ in found:
                 db.execute("DELETE FROM breakers WHERE session = ? AND target = ?", (s_, t_))
-                db.execute("DELETE FROM events WHERE session = ? AND target = ? AND kind IN "
+                db.execute("DELETE FROM counters WHERE scope = ? AND target = ? AND kind IN "
                            "('refusal', 'failure', 'near_limit')", (s_, t_))
         return [(str(a), str(b)) for a, b in found]
 
@@ -557,6 +575,19 @@ class StateStore:
         """(target, key, owner) of every claim still `running`."""
         return [(str(t), str(k), str(o or "")) for t, k, o in
                 self.query("SELECT target, key, owner FROM idempotency WHERE state = 'running'")]
+
+
+_BUCKETS = (10, 600)
+"""Bucket widths in seconds: windows up to 10 minutes count 10 s buckets, longer ones 10 min buckets."""
+
+
+def bump(db: Tx, scope: str, target: str, kind: str, rows: int = 0, ts: float | None = None) -> None:
+    """Count one event in every bucket width, and in the ever-total (width 0), inside `db`'s transaction."""
+    ts = ts if ts is not None else time.time()
+    for width, bucket in ((_BUCKETS[0], int(ts // _BUCKETS[0])), (_BUCKETS[1], int(ts // _BUCKETS[1])), (0, 0)):
+        db.execute("INSERT INTO counters VALUES (?, ?, ?, ?, ?, 1, ?) ON CONFLICT (scope, target, kind, width, bucket) "
+                   "DO UPDATE SET n = counters.n + 1, rows = counters.rows + excluded.rows",
+                   (scope, target, kind, width, bucket, rows))
 
 
 def _settle_key(db: Tx, target: str, key: str, result: dict[str, Any] | None, receipt_id: str) -> None:
