@@ -64,6 +64,9 @@ CREATE TABLE IF NOT EXISTS approval_meta (
     value TEXT NOT NULL
 );
 """
+APPROVAL_TABLES = _SCHEMA
+"""The DDL of this module's tables in the state store (for `safe-mcp state migrate`)."""
+
 
 KEY_FILE = "approvers.key"
 _KEYRING_PREFIX = "approvers-key:"

@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS tokens (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS tokens_live_name ON tokens (name) WHERE revoked IS NULL;
 """
+TOKEN_TABLES = _SCHEMA
+"""The DDL of this module's tables in the state store (for `safe-mcp state migrate`)."""
+
 
 
 class TokenInfo(BaseModel):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from safe_mcp.cli_lockdown import COMMANDS as LOCKDOWN_COMMANDS
 from safe_mcp.cli_lockdown import add_parsers as _locked_down_parsers
 from safe_mcp.cli_reconcile import add_parser as _reconcile_parser
+from safe_mcp.cli_state import add_parser as _state_parser
 from safe_mcp.errors import ConfigError, Refused, SafeMcpError
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("inventory-schema", help="print the JSON schema of `check --format json`")
     _locked_down_parsers(sub, common)
     _reconcile_parser(sub, common)
+    _state_parser(sub, common)
     return p
 
 
@@ -346,6 +348,12 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         rt.close()
 
 
+def cmd_state(args: argparse.Namespace) -> int:
+    from safe_mcp.cli_state import run
+
+    return run(args, _config(args))
+
+
 def cmd_pending(args: argparse.Namespace) -> int:
     from safe_mcp.runtime import open_state
 
@@ -492,5 +500,6 @@ _COMMANDS = {
     "serve": cmd_serve, "demo": cmd_demo, "check": cmd_check, "receipts": cmd_receipts, "undo": cmd_undo,
     "pending": cmd_pending, "breaker": cmd_breaker,
     "gameday": cmd_gameday, "client-config": cmd_client_config, "secrets": cmd_secrets,
-    "config-schema": cmd_config_schema, "outbox": cmd_outbox, "reconcile": cmd_reconcile, **LOCKDOWN_COMMANDS,
+    "config-schema": cmd_config_schema, "outbox": cmd_outbox, "reconcile": cmd_reconcile, "state": cmd_state,
+    **LOCKDOWN_COMMANDS,
 }

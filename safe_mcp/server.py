@@ -157,11 +157,17 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
         if params is not None:
             client = f"{params.client_info.name}/{params.client_info.version}"
         token = get_access_token()
+        principal = "local"
         if token is not None:
             client = f"token:{token.client_id} via {client}"
+            principal = f"token:{token.client_id}"
         headers = ctx.headers or {}
+        # A session belongs to a principal: two tokens never share one, even when a client sends no
+        # session id (the stateless protocol revision) and falls back to this server's run.
         session = headers.get("mcp-session-id") or runtime.session
-        return Caller(session=session, client=client, run_id=run_id)
+        if token is not None:
+            session = f"{principal}/{session}"
+        return Caller(session=session, client=client, run_id=run_id, principal=principal)
 
     async def through_gate(fn: Callable[[], T]) -> T:
         try:
