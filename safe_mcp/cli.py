@@ -71,7 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     br.add_argument("--session", help="only this session (default: any)")
     br.add_argument("--target", help="only this target (default: any)")
 
-    sub.add_parser("pending", parents=[common], help="list pending actions with their previews")
+    pe = sub.add_parser("pending", parents=[common], help="list the actions that wait for confirmation, or show one")
+    pe.add_argument("action_id", nargs="?", help="show this action in full: the call and its whole preview")
+    pe.add_argument("--all", action="store_true", help="list expired actions too (they can no longer be confirmed)")
+    pe.add_argument("--json", action="store_true", help="JSON for machines: ISO times, seconds_left, effective state")
     for verb, text in (("approve", "approve a pending action as an enrolled approver"),
                        ("deny", "deny a pending action as an enrolled approver")):
         ap = sub.add_parser(verb, parents=[common], help=f"{text} (code read from the terminal, or stdin)")
@@ -123,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`safe-mcp check | head`): stop quietly. Point stdout at devnull so the
+        # interpreter's final flush does not raise again; 141 is what a shell reports for SIGPIPE.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -183,12 +192,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Exit 1 when a target cannot be used as configured: its audit could not connect, or its file is
+    missing (offline: reported, but only the config itself is judged)."""
     from safe_mcp.inventory import inventory, render_text
 
     config = _config(args)
     inv = inventory(config)
+    problems = _missing_files(config, inv)
     if not args.offline:
-        _audit_targets(config, inv)
+        problems += _audit_targets(config, inv)
     if args.format == "json":
         print(json.dumps(inv, indent=2))
     elif args.format == "md":
@@ -196,28 +208,63 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         print(render_md(inv))
     else:
-        print(render_text(inv))
-    return 0
+        from safe_mcp.cli_table import terminal_width
+
+        print(render_text(inv, terminal_width()))
+    for problem in problems:
+        print(f"safe-mcp: check failed: {problem}", file=sys.stderr)
+    if problems and args.offline:
+        print("safe-mcp: (--offline judges the config only; these must be fixed before serving)", file=sys.stderr)
+        return 0
+    return 1 if problems else 0
 
 
-def _audit_targets(config: Config, inv: dict[str, Any]) -> None:
-    """Connect to every target whose adapter can audit its credentials and add what it found."""
+def _missing_files(config: Config, inv: dict[str, Any]) -> list[str]:
+    """A SQLite target whose database file does not exist cannot serve a single call."""
+    by_name = {t["name"]: t for t in inv["targets"]}
+    out = []
+    for t in config.targets.values():
+        path = getattr(t.settings, "path", None)
+        if t.kind != "sqlite" or not isinstance(path, str) or path == ":memory:":
+            continue
+        full = Path(config.base_dir, path)
+        if not full.exists():
+            text = f"target {t.name}: the database file {full} does not exist"
+            by_name[t.name].setdefault("problems", []).append(
+                f"the database file {full} does not exist (create it, or fix path under [targets.{t.name}])")
+            out.append(text)
+    return out
+
+
+def _audit_targets(config: Config, inv: dict[str, Any]) -> list[str]:
+    """Connect to every target whose adapter can audit its credentials and add what it found; returns
+    the targets that could not be audited. Progress goes to stderr, one line per target."""
     from safe_mcp.adapter import Adapter
     from safe_mcp.runtime import Runtime
 
     auditable = [t for t in config.targets.values() if t.adapter_cls.audit is not Adapter.audit]
     if not auditable:
-        return
+        return []
+    failed = []
+    # The pool logs every failed attempt; the one line per target below says it once.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     rt = Runtime(config, session="check")
     try:
         by_name = {t["name"]: t for t in inv["targets"]}
         for t in auditable:
+            print(f"safe-mcp: auditing target {t.name} ({t.kind}) ...", end="", file=sys.stderr, flush=True)
+            started = time.monotonic()
             try:
                 by_name[t.name]["audit"] = rt.gate.audit(t.name)
+                print(f" ok ({time.monotonic() - started:.1f} s)", file=sys.stderr, flush=True)
             except SafeMcpError as exc:
+                print(f" could not connect ({time.monotonic() - started:.1f} s)", file=sys.stderr, flush=True)
                 by_name[t.name]["audit"] = {"can_write": None, "findings": [f"could not connect: {exc}"]}
+                by_name[t.name].setdefault("problems", []).append(f"could not connect: {exc}")
+                failed.append(f"target {t.name}: could not connect: {exc}")
     finally:
         rt.close()
+    return failed
 
 
 def cmd_receipts(args: argparse.Namespace) -> int:
@@ -226,9 +273,12 @@ def cmd_receipts(args: argparse.Namespace) -> int:
     store = StateStore(_config(args).state_dir)
     try:
         if args.action == "list":
-            for r in store.receipts(args.limit):
-                affected = "" if r.affected is None else f" affected={r.affected}"
-                print(f"{r.id}  {r.time}  {r.outcome:<11} {r.effect:<12} {r.target}:{r.tool}{affected}  {r.reason}")
+            from safe_mcp.cli_table import terminal_width
+            from safe_mcp.cli_views import render_receipts
+
+            latest = store.receipts(args.limit)  # flushes first, so the count below includes batched reads
+            total = int(store.query("SELECT count(*) FROM receipts")[0][0])
+            print(render_receipts(latest, total, terminal_width()))
             return 0
         if args.action == "show":
             found = store.receipt(args.receipt_id)
@@ -297,11 +347,12 @@ def cmd_undo(args: argparse.Namespace) -> int:
 
 
 def cmd_gameday(args: argparse.Namespace) -> int:
-    from safe_mcp.gameday import render, run_gameday
+    from safe_mcp.cli_table import terminal_width
+    from safe_mcp.gameday import exit_code, render, run_gameday
 
     rows = run_gameday(_config(args))
-    print(render(rows))
-    return 1 if any(r.passed is False for r in rows) else 0
+    print(render(rows, terminal_width()))
+    return exit_code(rows)
 
 
 def cmd_breaker(args: argparse.Namespace) -> int:
@@ -335,15 +386,27 @@ def cmd_breaker(args: argparse.Namespace) -> int:
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
+    from safe_mcp.cli_table import terminal_width
+    from safe_mcp.cli_views import pending_doc, render_pending, render_pending_one, state_of
     from safe_mcp.state import StateStore
 
     store = StateStore(_config(args).state_dir)
     try:
+        now = time.time()
+        if args.action_id:
+            found = store.pending(args.action_id)
+            if found is None:
+                print(f"safe-mcp: no action has id {args.action_id!r} (safe-mcp pending lists them)", file=sys.stderr)
+                return 1
+            print(json.dumps(pending_doc(found, now), indent=2, ensure_ascii=False) if args.json
+                  else render_pending_one(found, now))
+            return 0
         actions = store.pending_list()
-        if not actions:
-            print("no pending actions")
-        for a in actions:
-            print(json.dumps(a.model_dump(mode="json", exclude={"digest"}), indent=2, ensure_ascii=False))
+        if args.json:
+            shown = [a for a in actions if args.all or state_of(a, now) != "expired"]
+            print(json.dumps([pending_doc(a, now) for a in shown], indent=2, ensure_ascii=False))
+            return 0
+        print(render_pending(actions, now, terminal_width(), shown_expired=args.all))
         return 0
     finally:
         store.close()
