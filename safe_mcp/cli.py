@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="safe-mcp: %(levelname)s %(message)s")
     try:
-        return int(_COMMANDS[args.command](args))
+        code = int(_COMMANDS[args.command](args))
+        sys.stdout.flush()  # inside the try: a reader that went away is handled below, not at exit
+        return code
     except ConfigError as exc:
         print(f"safe-mcp: config error: {exc}", file=sys.stderr)
         return 2
