@@ -95,7 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     oc.add_argument("id", help="the message's outbox id (msg_...) or the receipt id of its email_send")
 
     cc = sub.add_parser("client-config", parents=[common], help="print the JSON to paste into a client")
-    cc.add_argument("client", choices=["cursor", "claude"])
+    cc.add_argument("client", choices=["cursor", "claude", "claude-code", "vscode"])
+    cc.add_argument("--url", metavar="URL", help="reach a running `serve --transport http` at URL (with a bearer token) "
+                                                 "instead of starting safe-mcp locally")
+    bu = sub.add_parser("bundle", parents=[common], help="write an MCP Bundle (.mcpb) that installs safe-mcp in Claude Desktop")
+    bu.add_argument("--out", metavar="F", default="safe-mcp.mcpb", help="the bundle to write (default ./safe-mcp.mcpb)")
 
     sec = sub.add_parser("secrets", help="store secrets in the OS keyring")
     ssub = sec.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -414,14 +418,37 @@ def cmd_pending(args: argparse.Namespace) -> int:
         store.close()
 
 
+def _checked_config_path(args: argparse.Namespace) -> Path:
+    """The config a client will be pointed at, loaded first: a client that starts safe-mcp with a missing
+    or broken config only shows the user a server that failed to start."""
+    _config(args)
+    return _config_path(args).resolve()
+
+
 def cmd_client_config(args: argparse.Namespace) -> int:
-    path = _config_path(args).resolve()
-    entry: dict[str, Any] = {"command": sys.executable, "args": ["-m", "safe_mcp", "serve", "--config", str(path)]}
-    doc = {"mcpServers": {"safe-mcp": entry}}
-    where = {"cursor": "~/.cursor/mcp.json (or .cursor/mcp.json in a project)",
-             "claude": "claude_desktop_config.json (Settings > Developer > Edit Config)"}[args.client]
+    from safe_mcp.cli_clients import client_entry
+
+    path = _config_path(args).resolve() if args.url and not args.config else _checked_config_path(args)
+    if args.url and not args.url.startswith(("http://", "https://")):
+        print(f"safe-mcp: --url must be an http:// or https:// URL, not {args.url!r}", file=sys.stderr)
+        return 2
+    doc, notes = client_entry(args.client, path, args.url)
     print(json.dumps(doc, indent=2))
-    print(f"# paste into {where}", file=sys.stderr)
+    for note in notes:
+        print(f"# {note}", file=sys.stderr)
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from importlib.metadata import version
+
+    from safe_mcp.cli_clients import write_bundle
+
+    path = _checked_config_path(args)
+    out = Path(args.out)
+    write_bundle(out, path, version("safe-mcp"))
+    print(f"wrote {out}: open it with Claude Desktop (double-click, or Settings > Extensions) to install safe-mcp; "
+          f"it starts {sys.executable} with {path} (changeable in the extension's settings)")
     return 0
 
 
@@ -544,6 +571,6 @@ _COMMANDS = {
     "approve": cmd_decide, "deny": cmd_decide, "approver": cmd_approver,
     "serve": cmd_serve, "demo": cmd_demo, "check": cmd_check, "receipts": cmd_receipts, "undo": cmd_undo,
     "pending": cmd_pending, "breaker": cmd_breaker,
-    "gameday": cmd_gameday, "client-config": cmd_client_config, "secrets": cmd_secrets,
+    "gameday": cmd_gameday, "client-config": cmd_client_config, "bundle": cmd_bundle, "secrets": cmd_secrets,
     "config-schema": cmd_config_schema, "outbox": cmd_outbox, **LOCKDOWN_COMMANDS,
 }
