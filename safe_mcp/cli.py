@@ -337,10 +337,12 @@ def cmd_undo(args: argparse.Namespace) -> int:
         labels = {"to_undo": "would undo" if args.dry_run else "to undo", "undone": "undone",
                   "already_undone": "already undone", "irreversible": "NOT undone (irreversible)",
                   "failed": "NOT undone (failed)", "not_reached": "NOT undone (saga stopped)"}
-        for st in steps:
-            print(f"{st.receipt_id}  {st.time[:19]}  {st.target}:{st.tool:<12} {labels[st.status]:<26} {st.summary}")
-            if st.detail and st.status not in {"undone"}:
-                print(f"    {st.detail}")
+        from safe_mcp.cli_table import table, terminal_width
+
+        print(table(["receipt", "time (UTC)", "target:tool", "status", "what"],
+                    [[st.receipt_id, st.time[:19].replace("T", " "), f"{st.target}:{st.tool}", labels[st.status],
+                      st.summary + (f" ({st.detail})" if st.detail and st.status != "undone" else "")]
+                     for st in steps], width=terminal_width()))
         done = sum(st.status == "undone" for st in steps)
         left = [st for st in steps if st.status in {"irreversible", "failed", "not_reached", "to_undo"}]
         if args.dry_run:
@@ -371,11 +373,14 @@ def cmd_breaker(args: argparse.Namespace) -> int:
     rt = _runtime(args)
     try:
         if args.action == "list":
+            from safe_mcp.cli_table import table, terminal_width
+
             tripped = rt.store.breakers()
-            if not tripped:
-                print("no breaker is tripped")
-            for session, target, at, reason in tripped:
-                print(f"{session}  {target}  tripped {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(at))}  {reason}")
+            if tripped:
+                print(table(["session", "target", "tripped (UTC)", "reason"],
+                            [[session, target, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)), reason]
+                             for session, target, at, reason in tripped], width=terminal_width()))
+            print(f"{len(tripped)} tripped" if tripped else "no breaker is tripped")
             return 0
         reset = rt.store.reset_breakers(args.session, args.target)
         if not reset:
@@ -501,14 +506,17 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             mail = [n for n, t in rt.config.targets.items() if "email_outbox" in t.adapter_cls.tools]
+            from safe_mcp.cli_table import table, terminal_width
+
             for name in mail:
                 r = rt.gate.run(Call(target=name, tool="email_outbox"), who)
                 print(f"target {name}: {r.message}")
-                for m in r.result.get("messages", []):
-                    when = m.get("leaves_at") or m.get("finished_at") or ""
-                    error = f"  error: {m['last_error']}" if m.get("last_error") else ""
-                    print(f"  {m['id']}  {m['status']:<16} {when}  to={','.join(m.get('to') or [])}  "
-                          f"{m.get('subject')!r}{error}")
+                messages = r.result.get("messages", [])
+                if messages:
+                    print(table(["message", "status", "leaves / left", "to", "subject"],
+                                [[m["id"], m["status"] + (f" ({m['last_error']})" if m.get("last_error") else ""),
+                                  m.get("leaves_at") or m.get("finished_at") or "", ", ".join(m.get("to") or []),
+                                  repr(m.get("subject"))] for m in messages], width=terminal_width(), indent="  "))
             if not mail:
                 print("no mail targets in this config")
             return 0
