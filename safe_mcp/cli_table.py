@@ -50,12 +50,14 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, width: in
     widths = list(natural)
     if width is not None:
         room = width - len(indent) - len(_GAP) * (n - 1)
-        # The last column never needs padding; narrow the widest column one step at a time.
+        # A column is never narrower than its header or its longest word (words are never cut).
+        floors = [max([_MIN_COL, len(headers[i])] + [_longest_word(r[i]) for r in cells]) for i in range(n)]
+        # Narrow the widest column that can still give, one step at a time, until the table fits.
         while sum(widths) > room:
-            i = max(range(n), key=lambda k: widths[k])
-            floor = max(_MIN_COL, len(headers[i]), *(_longest_word(r[i]) for r in cells)) if cells else _MIN_COL
-            if widths[i] <= floor:
+            narrowable = [k for k in range(n) if widths[k] > floors[k]]
+            if not narrowable:
                 break
+            i = max(narrowable, key=lambda k: widths[k])
             widths[i] -= 1
     out = [_line(list(headers), widths, indent), _line(["-" * w for w in widths], widths, indent)]
     for r in cells:
