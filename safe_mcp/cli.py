@@ -417,10 +417,25 @@ def cmd_pending(args: argparse.Namespace) -> int:
             shown = [a for a in actions if args.all or state_of(a, now) != "expired"]
             print(json.dumps([pending_doc(a, now) for a in shown], indent=2, ensure_ascii=False))
             return 0
-        print(render_pending(actions, now, terminal_width(), shown_expired=args.all))
+        print(render_pending(actions, now, terminal_width(), shown_expired=args.all, approved=_approved_by(store)))
         return 0
     finally:
         store.close()
+
+
+def _approved_by(store: Any) -> dict[str, list[str]]:
+    """Approvers who approved each action so far (for the exact call), or nothing before any approval."""
+    from safe_mcp.errors import StateError
+
+    try:
+        rows = store.query("SELECT a.action_id, a.approver FROM approvals a JOIN pending p ON p.id = a.action_id "
+                           "AND p.digest = a.digest WHERE a.decision = 'approve' ORDER BY a.time")
+    except StateError:  # no approval was ever given: the table is created with the first approver
+        return {}
+    out: dict[str, list[str]] = {}
+    for action_id, approver in rows:
+        out.setdefault(str(action_id), []).append(str(approver))
+    return out
 
 
 def _checked_config_path(args: argparse.Namespace) -> Path:

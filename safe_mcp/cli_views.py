@@ -61,7 +61,8 @@ def pending_doc(a: PendingAction, now: float) -> dict[str, Any]:
     return doc
 
 
-def render_pending(actions: list[PendingAction], now: float, width: int | None, *, shown_expired: bool) -> str:
+def render_pending(actions: list[PendingAction], now: float, width: int | None, *, shown_expired: bool,
+                   approved: dict[str, list[str]] | None = None) -> str:
     live = [a for a in actions if state_of(a, now) != "expired"]
     expired = [a for a in actions if state_of(a, now) == "expired"]
     listed = actions if shown_expired else live
@@ -69,7 +70,9 @@ def render_pending(actions: list[PendingAction], now: float, width: int | None, 
     if listed:
         lines.append(table(
             ["action", "target", "effect", "needs", "created", "left", "would do"],
-            [[a.id, a.target, a.effect, a.confirm_by, iso(a.created).replace("T", " ").rstrip("Z"),
+            [[a.id, a.target, a.effect,
+              a.confirm_by + (f" (approved: {', '.join((approved or {})[a.id])})" if (approved or {}).get(a.id) else ""),
+              iso(a.created).replace("T", " ").rstrip("Z"),
               time_left(a.expires - now), one_line(a)] for a in listed], width=width))
         lines.append("")
     summary = f"{plural(len(live), 'action')} waiting"

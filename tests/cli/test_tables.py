@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pyotp
 from helpers import run, shop
 
 from safe_mcp.cli_table import plural, table
@@ -108,3 +113,21 @@ def test_table_wraps_between_words_and_stays_plain_when_piped() -> None:
     unbreakable = table(["k", "text"], [["a", "x" * 60]], width=40)
     assert "x" * 60 in unbreakable, "a word longer than the column overflows, it is never cut"
     assert [plural(n, "row") for n in (0, 1, 2)] == ["0 rows", "1 row", "2 rows"]
+
+
+def test_pending_shows_who_approved_so_far(tmp_path: Path) -> None:
+    env = {"PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}  # the key-file fallback, no OS keyring
+    cfg = shop(tmp_path, "").resolve()
+    cfg.write_text(cfg.read_text().replace("[confirm]", "[confirm]\napprovals_required = 2"))
+    (action,) = _pending(cfg, "ALTER TABLE orders ADD COLUMN note TEXT")
+    enrolled = run("approver", "add", "alice", "--config", str(cfg), env=env)
+    assert enrolled.returncode == 0, enrolled.stderr
+    secret = re.search(r"secret=([A-Z2-7]+)", enrolled.stdout).group(1)  # type: ignore[union-attr]
+    before = next(x for x in run("pending", "--config", str(cfg)).stdout.splitlines() if action in x)
+    assert "approved:" not in before and " human " in before
+    ok = subprocess.run([sys.executable, "-m", "safe_mcp", "approve", action, "--as", "alice", "--config", str(cfg)],
+                        input=pyotp.TOTP(secret).now() + "\n", capture_output=True, text=True, timeout=60,
+                        env={**os.environ, **env})
+    assert ok.returncode == 0, ok.stderr
+    after = next(x for x in run("pending", "--config", str(cfg)).stdout.splitlines() if action in x)
+    assert "human (approved: alice)" in after, after
