@@ -73,7 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     br.add_argument("--session", help="only this session (default: any)")
     br.add_argument("--target", help="only this target (default: any)")
 
-    sub.add_parser("pending", parents=[common], help="list pending actions with their previews")
+    pe = sub.add_parser("pending", parents=[common], help="list the actions that wait for confirmation, or show one")
+    pe.add_argument("action_id", nargs="?", help="show this action in full: the call and its whole preview")
+    pe.add_argument("--all", action="store_true", help="list expired actions too (they can no longer be confirmed)")
+    pe.add_argument("--json", action="store_true", help="JSON for machines: ISO times, seconds_left, effective state")
     for verb, text in (("approve", "approve a pending action as an enrolled approver"),
                        ("deny", "deny a pending action as an enrolled approver")):
         ap = sub.add_parser(verb, parents=[common], help=f"{text} (code read from the terminal, or stdin)")
@@ -94,7 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     oc.add_argument("id", help="the message's outbox id (msg_...) or the receipt id of its email_send")
 
     cc = sub.add_parser("client-config", parents=[common], help="print the JSON to paste into a client")
-    cc.add_argument("client", choices=["cursor", "claude"])
+    cc.add_argument("client", choices=["cursor", "claude", "claude-code", "vscode"])
+    cc.add_argument("--url", metavar="URL", help="reach a running `serve --transport http` at URL (with a bearer token) "
+                                                 "instead of starting safe-mcp locally")
+    bu = sub.add_parser("bundle", parents=[common], help="write an MCP Bundle (.mcpb) that installs safe-mcp in Claude Desktop")
+    bu.add_argument("--out", metavar="F", default="safe-mcp.mcpb", help="the bundle to write (default ./safe-mcp.mcpb)")
 
     sec = sub.add_parser("secrets", help="store secrets in the OS keyring")
     ssub = sec.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -115,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="safe-mcp: %(levelname)s %(message)s")
     try:
-        return int(_COMMANDS[args.command](args))
+        code = int(_COMMANDS[args.command](args))
+        sys.stdout.flush()  # inside the try: a reader that went away is handled below, not at exit
+        return code
     except ConfigError as exc:
         print(f"safe-mcp: config error: {exc}", file=sys.stderr)
         return 2
@@ -127,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`safe-mcp check | head`): stop quietly. Point stdout at devnull so the
+        # interpreter's final flush does not raise again; 141 is what a shell reports for SIGPIPE.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -187,12 +202,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Exit 1 when a target cannot be used as configured: its audit could not connect, or its file is
+    missing (offline: reported, but only the config itself is judged)."""
     from safe_mcp.inventory import inventory, render_text
 
     config = _config(args)
     inv = inventory(config)
+    problems = _missing_files(config, inv)
     if not args.offline:
-        _audit_targets(config, inv)
+        problems += _audit_targets(config, inv)
     if args.format == "json":
         print(json.dumps(inv, indent=2))
     elif args.format == "md":
@@ -200,28 +218,63 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         print(render_md(inv))
     else:
-        print(render_text(inv))
-    return 0
+        from safe_mcp.cli_table import terminal_width
+
+        print(render_text(inv, terminal_width()))
+    for problem in problems:
+        print(f"safe-mcp: check failed: {problem}", file=sys.stderr)
+    if problems and args.offline:
+        print("safe-mcp: (--offline judges the config only; these must be fixed before serving)", file=sys.stderr)
+        return 0
+    return 1 if problems else 0
 
 
-def _audit_targets(config: Config, inv: dict[str, Any]) -> None:
-    """Connect to every target whose adapter can audit its credentials and add what it found."""
+def _missing_files(config: Config, inv: dict[str, Any]) -> list[str]:
+    """A SQLite target whose database file does not exist cannot serve a single call."""
+    by_name = {t["name"]: t for t in inv["targets"]}
+    out = []
+    for t in config.targets.values():
+        path = getattr(t.settings, "path", None)
+        if t.kind != "sqlite" or not isinstance(path, str) or path == ":memory:":
+            continue
+        full = Path(config.base_dir, path)
+        if not full.exists():
+            text = f"target {t.name}: the database file {full} does not exist"
+            by_name[t.name].setdefault("problems", []).append(
+                f"the database file {full} does not exist (create it, or fix path under [targets.{t.name}])")
+            out.append(text)
+    return out
+
+
+def _audit_targets(config: Config, inv: dict[str, Any]) -> list[str]:
+    """Connect to every target whose adapter can audit its credentials and add what it found; returns
+    the targets that could not be audited. Progress goes to stderr, one line per target."""
     from safe_mcp.adapter import Adapter
     from safe_mcp.runtime import Runtime
 
     auditable = [t for t in config.targets.values() if t.adapter_cls.audit is not Adapter.audit]
     if not auditable:
-        return
+        return []
+    failed = []
+    # The pool logs every failed attempt; the one line per target below says it once.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     rt = Runtime(config, session="check")
     try:
         by_name = {t["name"]: t for t in inv["targets"]}
         for t in auditable:
+            print(f"safe-mcp: auditing target {t.name} ({t.kind}) ...", end="", file=sys.stderr, flush=True)
+            started = time.monotonic()
             try:
                 by_name[t.name]["audit"] = rt.gate.audit(t.name)
+                print(f" ok ({time.monotonic() - started:.1f} s)", file=sys.stderr, flush=True)
             except SafeMcpError as exc:
+                print(f" could not connect ({time.monotonic() - started:.1f} s)", file=sys.stderr, flush=True)
                 by_name[t.name]["audit"] = {"can_write": None, "findings": [f"could not connect: {exc}"]}
+                by_name[t.name].setdefault("problems", []).append(f"could not connect: {exc}")
+                failed.append(f"target {t.name}: could not connect: {exc}")
     finally:
         rt.close()
+    return failed
 
 
 def cmd_receipts(args: argparse.Namespace) -> int:
@@ -230,9 +283,12 @@ def cmd_receipts(args: argparse.Namespace) -> int:
     store = open_state(_config(args))
     try:
         if args.action == "list":
-            for r in store.receipts(args.limit):
-                affected = "" if r.affected is None else f" affected={r.affected}"
-                print(f"{r.id}  {r.time}  {r.outcome:<11} {r.effect:<12} {r.target}:{r.tool}{affected}  {r.reason}")
+            from safe_mcp.cli_table import terminal_width
+            from safe_mcp.cli_views import render_receipts
+
+            latest = store.receipts(args.limit)  # flushes first, so the count below includes batched reads
+            total = int(store.query("SELECT count(*) FROM receipts")[0][0])
+            print(render_receipts(latest, total, terminal_width()))
             return 0
         if args.action == "show":
             found = store.receipt(args.receipt_id)
@@ -285,10 +341,12 @@ def cmd_undo(args: argparse.Namespace) -> int:
         labels = {"to_undo": "would undo" if args.dry_run else "to undo", "undone": "undone",
                   "already_undone": "already undone", "irreversible": "NOT undone (irreversible)",
                   "failed": "NOT undone (failed)", "not_reached": "NOT undone (saga stopped)"}
-        for st in steps:
-            print(f"{st.receipt_id}  {st.time[:19]}  {st.target}:{st.tool:<12} {labels[st.status]:<26} {st.summary}")
-            if st.detail and st.status not in {"undone"}:
-                print(f"    {st.detail}")
+        from safe_mcp.cli_table import table, terminal_width
+
+        print(table(["receipt", "time (UTC)", "target:tool", "status", "what"],
+                    [[st.receipt_id, st.time[:19].replace("T", " "), f"{st.target}:{st.tool}", labels[st.status],
+                      st.summary + (f" ({st.detail})" if st.detail and st.status != "undone" else "")]
+                     for st in steps], width=terminal_width()))
         done = sum(st.status == "undone" for st in steps)
         left = [st for st in steps if st.status in {"irreversible", "failed", "not_reached", "to_undo"}]
         if args.dry_run:
@@ -301,11 +359,12 @@ def cmd_undo(args: argparse.Namespace) -> int:
 
 
 def cmd_gameday(args: argparse.Namespace) -> int:
-    from safe_mcp.gameday import render, run_gameday
+    from safe_mcp.cli_table import terminal_width
+    from safe_mcp.gameday import exit_code, render, run_gameday
 
     rows = run_gameday(_config(args))
-    print(render(rows))
-    return 1 if any(r.passed is False for r in rows) else 0
+    print(render(rows, terminal_width()))
+    return exit_code(rows)
 
 
 def cmd_breaker(args: argparse.Namespace) -> int:
@@ -318,11 +377,14 @@ def cmd_breaker(args: argparse.Namespace) -> int:
     rt = _runtime(args)
     try:
         if args.action == "list":
+            from safe_mcp.cli_table import table, terminal_width
+
             tripped = rt.store.breakers()
-            if not tripped:
-                print("no breaker is tripped")
-            for session, target, at, reason in tripped:
-                print(f"{session}  {target}  tripped {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(at))}  {reason}")
+            if tripped:
+                print(table(["session", "target", "tripped (UTC)", "reason"],
+                            [[session, target, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)), reason]
+                             for session, target, at, reason in tripped], width=terminal_width()))
+            print(f"{len(tripped)} tripped" if tripped else "no breaker is tripped")
             return 0
         reset = rt.store.reset_breakers(args.session, args.target)
         if not reset:
@@ -355,28 +417,78 @@ def cmd_state(args: argparse.Namespace) -> int:
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
+    from safe_mcp.cli_table import terminal_width
+    from safe_mcp.cli_views import pending_doc, render_pending, render_pending_one, state_of
     from safe_mcp.runtime import open_state
 
     store = open_state(_config(args))
     try:
+        now = time.time()
+        if args.action_id:
+            found = store.pending(args.action_id)
+            if found is None:
+                print(f"safe-mcp: no action has id {args.action_id!r} (safe-mcp pending lists them)", file=sys.stderr)
+                return 1
+            print(json.dumps(pending_doc(found, now), indent=2, ensure_ascii=False) if args.json
+                  else render_pending_one(found, now))
+            return 0
         actions = store.pending_list()
-        if not actions:
-            print("no pending actions")
-        for a in actions:
-            print(json.dumps(a.model_dump(mode="json", exclude={"digest"}), indent=2, ensure_ascii=False))
+        if args.json:
+            shown = [a for a in actions if args.all or state_of(a, now) != "expired"]
+            print(json.dumps([pending_doc(a, now) for a in shown], indent=2, ensure_ascii=False))
+            return 0
+        print(render_pending(actions, now, terminal_width(), shown_expired=args.all, approved=_approved_by(store)))
         return 0
     finally:
         store.close()
 
 
+def _approved_by(store: Any) -> dict[str, list[str]]:
+    """Approvers who approved each action so far (for the exact call), or nothing before any approval."""
+    from safe_mcp.errors import StateError
+
+    try:
+        rows = store.query("SELECT a.action_id, a.approver FROM approvals a JOIN pending p ON p.id = a.action_id "
+                           "AND p.digest = a.digest WHERE a.decision = 'approve' ORDER BY a.time")
+    except StateError:  # no approval was ever given: the table is created with the first approver
+        return {}
+    out: dict[str, list[str]] = {}
+    for action_id, approver in rows:
+        out.setdefault(str(action_id), []).append(str(approver))
+    return out
+
+
+def _checked_config_path(args: argparse.Namespace) -> Path:
+    """The config a client will be pointed at, loaded first: a client that starts safe-mcp with a missing
+    or broken config only shows the user a server that failed to start."""
+    _config(args)
+    return _config_path(args).resolve()
+
+
 def cmd_client_config(args: argparse.Namespace) -> int:
-    path = _config_path(args).resolve()
-    entry: dict[str, Any] = {"command": sys.executable, "args": ["-m", "safe_mcp", "serve", "--config", str(path)]}
-    doc = {"mcpServers": {"safe-mcp": entry}}
-    where = {"cursor": "~/.cursor/mcp.json (or .cursor/mcp.json in a project)",
-             "claude": "claude_desktop_config.json (Settings > Developer > Edit Config)"}[args.client]
+    from safe_mcp.cli_clients import client_entry
+
+    path = _config_path(args).resolve() if args.url and not args.config else _checked_config_path(args)
+    if args.url and not args.url.startswith(("http://", "https://")):
+        print(f"safe-mcp: --url must be an http:// or https:// URL, not {args.url!r}", file=sys.stderr)
+        return 2
+    doc, notes = client_entry(args.client, path, args.url)
     print(json.dumps(doc, indent=2))
-    print(f"# paste into {where}", file=sys.stderr)
+    for note in notes:
+        print(f"# {note}", file=sys.stderr)
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from importlib.metadata import version
+
+    from safe_mcp.cli_clients import write_bundle
+
+    path = _checked_config_path(args)
+    out = Path(args.out)
+    write_bundle(out, path, version("safe-mcp"))
+    print(f"wrote {out}: open it with Claude Desktop (double-click, or Settings > Extensions) to install safe-mcp; "
+          f"it starts {sys.executable} with {path} (changeable in the extension's settings)")
     return 0
 
 
@@ -429,14 +541,17 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             mail = [n for n, t in rt.config.targets.items() if "email_outbox" in t.adapter_cls.tools]
+            from safe_mcp.cli_table import table, terminal_width
+
             for name in mail:
                 r = rt.gate.run(Call(target=name, tool="email_outbox"), who)
                 print(f"target {name}: {r.message}")
-                for m in r.result.get("messages", []):
-                    when = m.get("leaves_at") or m.get("finished_at") or ""
-                    error = f"  error: {m['last_error']}" if m.get("last_error") else ""
-                    print(f"  {m['id']}  {m['status']:<16} {when}  to={','.join(m.get('to') or [])}  "
-                          f"{m.get('subject')!r}{error}")
+                messages = r.result.get("messages", [])
+                if messages:
+                    print(table(["message", "status", "leaves / left", "to", "subject"],
+                                [[m["id"], m["status"] + (f" ({m['last_error']})" if m.get("last_error") else ""),
+                                  m.get("leaves_at") or m.get("finished_at") or "", ", ".join(m.get("to") or []),
+                                  repr(m.get("subject"))] for m in messages], width=terminal_width(), indent="  "))
             if not mail:
                 print("no mail targets in this config")
             return 0
@@ -499,7 +614,7 @@ _COMMANDS = {
     "approve": cmd_decide, "deny": cmd_decide, "approver": cmd_approver,
     "serve": cmd_serve, "demo": cmd_demo, "check": cmd_check, "receipts": cmd_receipts, "undo": cmd_undo,
     "pending": cmd_pending, "breaker": cmd_breaker,
-    "gameday": cmd_gameday, "client-config": cmd_client_config, "secrets": cmd_secrets,
+    "gameday": cmd_gameday, "client-config": cmd_client_config, "bundle": cmd_bundle, "secrets": cmd_secrets,
     "config-schema": cmd_config_schema, "outbox": cmd_outbox, "reconcile": cmd_reconcile, "state": cmd_state,
     **LOCKDOWN_COMMANDS,
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -50,7 +51,9 @@ class ConfirmMode(StrEnum):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML has real integers, booleans and floats, so `rows_returned = "500"` or `auth = 1` is a
+    # typo to report, never a value to coerce. Enum fields opt out (their strings are the values).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Limits(_Strict):
@@ -88,9 +91,9 @@ class BreakerRules(_Strict):
 
 
 class ConfirmRules(_Strict):
-    write: ConfirmMode = ConfirmMode.NONE
-    destructive: ConfirmMode = ConfirmMode.AGENT
-    irreversible: ConfirmMode = ConfirmMode.HUMAN
+    write: ConfirmMode = Field(ConfirmMode.NONE, strict=False)
+    destructive: ConfirmMode = Field(ConfirmMode.AGENT, strict=False)
+    irreversible: ConfirmMode = Field(ConfirmMode.HUMAN, strict=False)
     ttl_s: int = Field(300, ge=1, description="a pending action expires after this many seconds")
     min_delay_s: float = Field(2, ge=0, description="a confirm earlier than this after the preview is refused")
     approvals_required: int | dict[str, int] = Field(
@@ -144,7 +147,7 @@ class ServerSettings(_Strict):
 
 class _TargetCommon(_Strict):
     kind: str
-    access: Access = Access.READ_ONLY
+    access: Access = Field(Access.READ_ONLY, strict=False)
     limits: LimitsOverride = Field(default_factory=LimitsOverride)
     trust_client_elicitation: bool = Field(
         False, description="let an MCP client's elicitation answer count as one human approval on this target")
@@ -328,22 +331,85 @@ def _check_secret_refs(source: str, name: str, body: dict[str, Any], adapter_cls
             )
 
 
+_EXPECTED = {"int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+             "bool_type": "true or false", "bool_parsing": "true or false", "float_type": "a number",
+             "float_parsing": "a number", "string_type": "a string in quotes", "list_type": "a list [...]",
+             "tuple_type": "a list [...]", "dict_type": "a table {...}", "model_type": "a table {...}",
+             "model_attributes_type": "a table {...}", "literal_error": "", "enum": ""}
+_UNION_TAGS = re.compile(r"^(int|str|float|bool|none|dict\[.*\]|list\[.*\]|tuple\[.*\]|literal\[.*\])$")
+_SECRET_WORDS = ("password", "secret", "token", "key")
+
+
 def _config_error(
     source: str, exc: ValidationError, prefix: tuple[str, ...], model: type[BaseModel] | None = None
 ) -> ConfigError:
+    """The first validation error as file, key, problem and fix; never echoes a value that may be a secret."""
     err = exc.errors()[0]
-    loc = prefix + tuple(str(p) for p in err["loc"])
-    key = ".".join(loc)
     kind = err["type"]
+    # Union errors add the member type to the location (confirm.approvals_required.int): not a key.
+    loc = prefix + tuple(str(p) for p in err["loc"] if kind == "extra_forbidden" or not _UNION_TAGS.match(str(p)))
+    key = ".".join(loc)
+    name = loc[-1] if loc else ""
     if kind == "extra_forbidden":
-        allowed = sorted(model.model_fields) if model is not None else []
-        fix = f"remove it or check its spelling (valid keys here: {', '.join(allowed)})" if allowed else (
-            "remove it or check its spelling against config/safe-mcp.schema.json"
-        )
+        allowed = _keys_at(prefix, tuple(str(p) for p in err["loc"][:-1]), model)
+        close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        fix = (f"{hint}remove it or check its spelling (valid keys here: {', '.join(allowed)})" if allowed
+               else "remove it or check its spelling against config/safe-mcp.schema.json")
         return ConfigError(source, key, "unknown key", fix)
     if kind == "missing":
-        return ConfigError(source, key, "required key is missing", f"add {loc[-1]} = ...")
+        return ConfigError(source, key, "required key is missing", f"add {name} = ...")
     if kind == "enum":
         expected = err.get("ctx", {}).get("expected", "")
         return ConfigError(source, key, f"invalid value {err.get('input')!r}", f"use one of {expected}")
-    return ConfigError(source, key, err["msg"].lower(), "see config/safe-mcp.schema.json for the expected type")
+    if kind == "value_error":
+        text = str(err.get("ctx", {}).get("error", err["msg"]))
+        value = err.get("input")
+        if isinstance(value, str) and (_URL_PASSWORD.search(value) or re.search(r"(^|[?&\s])password=", value)):
+            # The same words as a password in the URL's user part (_check_secret_refs).
+            return ConfigError(source, key, "this URL contains a password",
+                               'remove it from the URL and set password = "keyring:NAME" or "env:VAR"')
+        problem, _, fix = text.partition(": ") if ": " in text and _looks_like_fix(text.partition(": ")[2]) else (
+            text, "", "")
+        return ConfigError(source, key, problem, fix)
+    if _EXPECTED.get(kind):
+        value = err.get("input")
+        shown = "" if any(w in name.lower() for w in _SECRET_WORDS) or len(repr(value)) > 40 else f" {value!r}"
+        got = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "a list",
+               dict: "a table"}.get(type(value), type(value).__name__)
+        fix = f"write it as {_EXPECTED[kind]}"
+        bare = value.strip().lower() if isinstance(value, str) else ""
+        number = kind in {"int_type", "float_type"} and re.fullmatch(r"-?[0-9_]+(\.[0-9_]+)?", bare)
+        if number or (kind == "bool_type" and bare in {"true", "false"}):
+            fix += f", without quotes: {name} = {bare}"
+        return ConfigError(source, key, f"expected {_EXPECTED[kind]}, got {got}{shown}", fix)
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if kind in bounds:
+        limit = next(iter(err.get("ctx", {}).values()), "")
+        return ConfigError(source, key, f"{err.get('input')!r} is out of range", f"use a value {bounds[kind]} {limit}")
+    if kind == "string_pattern_mismatch":
+        return ConfigError(source, key, "the value does not have the expected form",
+                           f"use a value matching {err.get('ctx', {}).get('pattern', '')}")
+    if kind == "literal_error":
+        return ConfigError(source, key, f"invalid value {err.get('input')!r}",
+                           f"use one of {err.get('ctx', {}).get('expected', '')}")
+    return ConfigError(source, key, err["msg"].lower(), "see config/safe-mcp.schema.json for what this key accepts")
+
+
+def _looks_like_fix(text: str) -> bool:
+    return text.split(" ", 1)[0] in {"remove", "use", "set", "add", "give", "write", "pick", "put", "choose"}
+
+
+def _keys_at(prefix: tuple[str, ...], path: tuple[str, ...], model: type[BaseModel] | None) -> list[str]:
+    """The valid keys of the table at `prefix` + `path`: a target's own keys include the common ones."""
+    base: type[BaseModel] = model or (_TargetCommon if prefix[:1] == ("targets",) else _Root)
+    extra = set(_TargetCommon.model_fields) if model is not None and not path else set()
+    for part in path:
+        field = base.model_fields.get(part)
+        ann = field.annotation if field is not None else None
+        ann = next((a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        base, extra = ann, set()
+    names = {f.alias or n for n, f in base.model_fields.items()} | extra
+    return sorted(names)

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from safe_mcp.cli_table import plural
+
 __all__ = ["DEMO_CONFIG", "create_shop", "run_demo"]
 
 DEMO_CONFIG = """\
@@ -91,7 +93,8 @@ def _table(data: dict[str, Any]) -> None:
     print("   " + "  ".join(str(c).ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in rows:
         print("   " + "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
-    print(f"   ({data.get('row_count')} rows, receipt {data.get('receipt_id')})")
+    n = data.get("row_count")
+    print(f"   ({plural(n if isinstance(n, int) else None, 'row')}, receipt {data.get('receipt_id')})")
 
 
 def run_demo(directory: Path) -> int:
@@ -166,5 +169,5 @@ async def _session(config: Path) -> int:
     print(f"   {'ok' if report.ok else 'BROKEN'}: {report.count} receipts" + ("" if report.ok else f" ({report.problem})"))
     exe = Path(sys.executable).parent / "safe-mcp"
     print(f"\nNext: `{exe} client-config cursor --config {config.resolve()}` prints the JSON to paste into Cursor "
-          "(or `claude` for Claude Desktop).")
+          "(or claude, claude-code, vscode; `safe-mcp bundle` makes a one-file install for Claude Desktop).")
     return 0 if report.ok else 1

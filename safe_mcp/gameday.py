@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,19 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from safe_mcp.adapter import Call
+from safe_mcp.cli_table import plural, table
 from safe_mcp.config import Config, StateSettings
 from safe_mcp.errors import Refused
 from safe_mcp.gate import Caller, Gate
 from safe_mcp.runtime import Runtime
 
-__all__ = ["Row", "render", "run_gameday"]
+__all__ = ["Row", "exit_code", "render", "run_gameday"]
+
+_SHOWN = 200  # characters of a reason kept in a row; cut at a word, never inside one
+
+
+def _short(text: str) -> str:
+    return textwrap.shorten(text, _SHOWN, placeholder=" ...")
 
 
 class Row(BaseModel):
@@ -33,7 +41,7 @@ class Row(BaseModel):
     target: str
     expected: str
     happened: str
-    passed: bool | None  # None: does not apply to this target
+    passed: bool | None  # None: could not be played (no table to play against, target down, ...)
 
 
 def _sandboxed(config: Config, sandbox: Path) -> tuple[Config, set[str]]:
@@ -49,15 +57,15 @@ def _sandboxed(config: Config, sandbox: Path) -> tuple[Config, set[str]]:
     return config.model_copy(update={"targets": targets, "state": state}), copied
 
 
-def _biggest_table(gate: Gate, caller: Caller, target: str) -> tuple[str, str] | None:
-    """(table, a column) of the table with the most columns, from the target's own schema."""
+def _biggest_table(gate: Gate, caller: Caller, target: str) -> tuple[str, str] | str:
+    """(table, a column) of the table with the most columns, from the target's own schema; or why not."""
     try:
         schema = gate.run(Call(target=target, tool="sql_schema", args={}), caller).result.get("tables", [])
-    except Refused:
-        return None
+    except Refused as exc:
+        return f"could not read its schema: {exc.reason}" + (f" ({exc.remedy})" if exc.remedy else "")
     tables = [t for t in schema if t.get("columns")]
     if not tables:
-        return None
+        return "it has no table to play against (create one, or point the target at a copy with data)"
     best = max(tables, key=lambda t: len(t["columns"]))
     col = next((c["name"] for c in best["columns"] if not c.get("pk")), best["columns"][0]["name"])
     return str(best["name"]), str(col)
@@ -68,16 +76,16 @@ def _contained(run: Callable[[], Any]) -> tuple[bool, str]:
     try:
         r = run()
     except Refused as exc:
-        return True, f"refused: {exc.reason}"[:110]
+        return True, _short(f"refused: {exc.reason}")
     status = getattr(r, "status", None)
     if status == "pending":
-        return True, f"held for {r.pending.confirm_by} confirmation ({r.affected} rows previewed)"
+        return True, f"held for {r.pending.confirm_by} confirmation ({plural(r.affected, 'row')} previewed)"
     if status == "dry_run":
         would = r.result.get("would", "run")
-        return would != "run", f"dry run: it would {would} ({r.affected} rows)"[:110]
+        return would != "run", _short(f"dry run: it would {would} ({plural(r.affected, 'row')})")
     if status in ("ok", "duplicate"):
-        return False, f"it ran: {r.message}"[:110]
-    return True, str(r)[:110]
+        return False, _short(f"it ran: {r.message}")
+    return True, _short(str(r))
 
 
 def run_gameday(config: Config) -> list[Row]:
@@ -102,9 +110,9 @@ def run_gameday(config: Config) -> list[Row]:
                                    args={"service": service, "operation": op, "params": params})
                         try:
                             d = gate.assess(aws, caller)
-                            happened, passed = f"allowed ({d.verdict.value}: {d.reason})"[:110], False
+                            happened, passed = _short(f"allowed ({d.verdict.value}: {d.reason})"), False
                         except Refused as exc:
-                            happened, passed = f"refused: {exc.reason}"[:110], True
+                            happened, passed = _short(f"refused: {exc.reason}"), True
                         rows.append(Row(scenario=f"delete backups ({service} {op})", target=t.name,
                                         expected="forbidden", happened=happened, passed=passed))
                 if "email_send" in tools:
@@ -112,9 +120,9 @@ def run_gameday(config: Config) -> list[Row]:
                         "to": ["gameday@outside.invalid"], "subject": "gameday", "body": "gameday"})
                     try:
                         d = gate.assess(call, caller)
-                        happened, passed = f"allowed ({d.reason})"[:110], False
+                        happened, passed = _short(f"allowed ({d.reason})"), False
                     except Refused as exc:
-                        happened, passed = f"refused: {exc.reason}"[:110], True
+                        happened, passed = _short(f"refused: {exc.reason}"), True
                     rows.append(Row(scenario="mail to an outside address", target=t.name,
                                     expected="refused by the recipient allow-list", happened=happened, passed=passed))
         finally:
@@ -127,9 +135,9 @@ def run_gameday(config: Config) -> list[Row]:
 def _sql_scenarios(gate: Gate, caller: Caller, target: str, sandbox: bool) -> list[Row]:
     rows: list[Row] = []
     found = _biggest_table(gate, caller, target)
-    if found is None:
-        return [Row(scenario="SQL scenarios", target=target, expected="-",
-                    happened="could not read a table to play against (is the database there?)", passed=None)]
+    if isinstance(found, str):
+        return [Row(scenario="SQL scenarios", target=target, expected="played against a table",
+                    happened=_short(f"NOT PLAYED: {found}"), passed=None)]
     table, col = found
     q = '"' + table.replace('"', '""') + '"'
     c = '"' + col.replace('"', '""') + '"'
@@ -152,21 +160,23 @@ def _sql_scenarios(gate: Gate, caller: Caller, target: str, sandbox: bool) -> li
                 pass
         rows.append(Row(scenario="the same write retried 5 times", target=target, expected="runs once",
                         happened=f"ran {ran}x, {dup} duplicates returned", passed=ran <= 1))
-        ran = 0
+        ran = held = 0
         stopped = ""
         burst = Caller(session=f"gameday-burst-{target}", client="safe-mcp gameday")
         for i in range(200):
             try:
-                gate.run(Call(target=target, tool="sql_execute", args={
+                r = gate.run(Call(target=target, tool="sql_execute", args={
                     "sql": f"UPDATE {q} SET {c} = {c} WHERE rowid = (SELECT min(rowid) FROM {q}) AND {i} >= 0"}), burst)
-                ran += 1
             except Refused as exc:
                 stopped = exc.reason
                 break
+            ran += r.status == "ok"
+            held += r.status == "pending"
         by_limit = any(w in stopped for w in ("budget", "writes_per_session", "circuit breaker", "read-only"))
+        what = (f"stopped after {ran} ran: {stopped}" if stopped
+                else f"none ran: all {held} held for confirmation" if ran == 0 else f"{ran} of 200 ran")
         rows.append(Row(scenario="200 writes in a minute", target=target, expected="stopped by a budget",
-                        happened=(f"stopped after {ran}: {stopped}" if stopped else "all 200 ran")[:110],
-                        passed=by_limit))
+                        happened=_short(what), passed=by_limit or ran == 0))
     else:
         lim = gate.config.targets[target].limits
         cap = min(lim.writes_per_minute, lim.writes_per_session)
@@ -183,14 +193,31 @@ def _sql_scenarios(gate: Gate, caller: Caller, target: str, sandbox: bool) -> li
     return rows
 
 
-def render(rows: list[Row]) -> str:
-    width = max(len(r.scenario) for r in rows) if rows else 10
-    out = [f"{'scenario':<{width}}  {'target':<12} {'result':<6} what happened (expected)"]
-    for r in rows:
-        verdict = "n/a" if r.passed is None else ("pass" if r.passed else "FAIL")
-        out.append(f"{r.scenario:<{width}}  {r.target:<12} {verdict:<6} {r.happened} ({r.expected})")
+def render(rows: list[Row], width: int | None = None) -> str:
+    """The results as a table (wrapped to `width` on a terminal) and a closing verdict line."""
+    verdict = {None: "NOT PLAYED", True: "pass", False: "FAIL"}
+    out = [table(["scenario", "target", "result", "what happened", "expected"],
+                 [[r.scenario, r.target, verdict[r.passed], r.happened, r.expected] for r in rows], width=width), ""]
     failed = [r for r in rows if r.passed is False]
-    out.append("")
-    out.append(f"{len(failed)} scenario(s) would have done damage: " + ", ".join(f"{r.scenario} on {r.target}" for r in failed)
-               if failed else f"all {sum(r.passed is True for r in rows)} scenarios contained")
+    unplayed = [r for r in rows if r.passed is None]
+    played = sum(r.passed is True for r in rows)
+    if failed:
+        out.append(f"FAIL: {plural(len(failed), 'scenario')} would have done damage: "
+                   + ", ".join(f"{r.scenario} on {r.target}" for r in failed))
+    if unplayed:
+        out.append(f"INCOMPLETE: {plural(len(unplayed), 'scenario group')} could not be played, so nothing is known "
+                   "about them: " + ", ".join(f"{r.scenario} on {r.target}" for r in unplayed)
+                   + "; make the target reachable (or give it data) and run gameday again")
+    if not rows:
+        out.append("INCOMPLETE: no scenario applies to the targets of this config")
+    if rows and not failed and not unplayed:
+        out.append(f"ok: all {plural(played, 'scenario')} contained")
+    elif played:
+        out.append(f"{plural(played, 'scenario')} contained")
     return "\n".join(out)
+
+
+def exit_code(rows: list[Row]) -> int:
+    """1 when a scenario would have done damage, could not be played, or none applied; else 0.
+    A scenario that was not played is never counted as contained: CI must not go green on it."""
+    return 0 if rows and all(r.passed is True for r in rows) else 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from safe_mcp.config import Access, Config, Target
@@ -63,30 +64,41 @@ def _forbidden(config: Config, t: Target) -> list[str]:
     return out
 
 
-def render_text(inv: dict[str, Any]) -> str:
+def render_text(inv: dict[str, Any], width: int | None = None) -> str:
+    """One block per target: aligned `label  value` lines; on a terminal (`width`), long values wrap
+    between words under their column."""
     lines = [f"config ok: {inv['config']}", f"state: {inv['state']}", ""]
     for t in inv["targets"]:
-        lines.append(f"target {t['name']} ({t['kind']}, {t['access']})")
-        lines.append(f"  reaches:      {t['reaches']}")
-        lines.append(f"  tools:        {', '.join(t['tools'])}")
-        for effect, verdict in t["effects"].items():
-            lines.append(f"  {effect + ':':<14}{verdict}")
+        pairs: list[tuple[str, str]] = [("reaches", t["reaches"]), ("tools", ", ".join(t["tools"]))]
+        pairs += list(t["effects"].items())
         lim = t["limits"]
-        lines.append(f"  limits:       rows_returned={lim['rows_returned']} rows_affected={lim['rows_affected']} "
-                     f"writes_per_session={lim['writes_per_session']}")
-        lines.append(f"  compensation: {t['compensation']}")
-        for key, value in t.get("details", {}).items():
-            lines.append(f"  {key + ':':<14}{value}")
-        if "audit" in t:
-            audit = t["audit"]
-            if audit.get("can_write") and t["access"] == "read-only":
-                lines.append("  WARNING:      its credentials can write although the target is read-only")
-            for finding in audit.get("findings", []):
-                lines.append(f"  audit:        {finding}")
+        pairs.append(("limits", f"rows_returned={lim['rows_returned']} rows_affected={lim['rows_affected']} "
+                                f"writes_per_session={lim['writes_per_session']}"))
+        pairs.append(("compensation", t["compensation"]))
+        pairs += [(k, str(v)) for k, v in t.get("details", {}).items()]
+        audit = t.get("audit", {})
+        if audit.get("can_write") and t["access"] == "read-only":
+            pairs.append(("WARNING", "its credentials can write although the target is read-only"))
+        pairs += [("audit", f) for f in audit.get("findings", [])]
+        pairs += [("PROBLEM", p) for p in t.get("problems", []) if p not in audit.get("findings", [])]
+        lines.append(f"target {t['name']} ({t['kind']}, {t['access']})")
+        lines += _pairs(pairs, width)
         lines.append("")
     lines.append(f"confirmations expire after {inv['confirm']['ttl_s']}s and are accepted "
                  f"{inv['confirm']['min_delay_s']}s after the preview at the earliest")
     return "\n".join(lines)
+
+
+def _pairs(pairs: list[tuple[str, str]], width: int | None) -> list[str]:
+    label = max(len(k) for k, _ in pairs) + 2  # "key:" then at least one space
+    out = []
+    for key, value in pairs:
+        head = f"  {key + ':':<{label}}"
+        room = (width - len(head)) if width else 0
+        chunks = textwrap.wrap(value, room, break_long_words=False, break_on_hyphens=False) if room > 20 else [value]
+        out.append((head + (chunks[0] if chunks else "")).rstrip())
+        out += [" " * len(head) + c for c in chunks[1:]]
+    return out
 
 
 def render_md(inv: dict[str, Any]) -> str:
@@ -141,6 +153,8 @@ def inventory_schema() -> dict[str, Any]:
             "compensation": {"type": "string"},
             "details": {"type": "object", "additionalProperties": {"type": "string"}},
             "audit": {"type": "object", "properties": {"can_write": {"type": ["boolean", "null"]}, "findings": strs}},
+            "problems": {**strs, "description": "why the target cannot be used as configured (missing file, "
+                                                "no connection); `safe-mcp check` exits 1 when any is listed"},
         },
     }
     return {

@@ -29,14 +29,18 @@ def test_demo_runs_to_the_end(tmp_path: Path) -> None:
     assert again.returncode == 0, "the demo can be run twice"
 
 
-def test_check_prints_the_blast_radius() -> None:
-    r = run("check", "--config", str(ROOT / "config" / "demo.toml"))
+def test_check_prints_the_blast_radius(tmp_path: Path) -> None:
+    from safe_mcp.demo import create_shop
+
+    create_shop(tmp_path / "shop.db")
+    cfg = write_config(tmp_path, (ROOT / "config" / "demo.toml").read_text())
+    r = run("check", "--config", str(cfg))
     assert r.returncode == 0, r.stderr
     assert "target shop (sqlite, read-only)" in r.stdout
     assert "target shop_admin (sqlite, read-write)" in r.stdout
     assert "destructive:  needs agent confirmation" in r.stdout
     assert "forbidden:    refused" in r.stdout
-    j = json.loads(run("check", "--format", "json", "--config", str(ROOT / "config" / "demo.toml")).stdout)
+    j = json.loads(run("check", "--format", "json", "--config", str(cfg)).stdout)
     assert {t["name"] for t in j["targets"]} == {"shop", "shop_admin"}
 
 

@@ -78,7 +78,7 @@ def test_cli_reports_config_errors_with_exit_2_and_no_traceback(tmp_path: Path) 
 
 def test_config_path_comes_from_environment(tmp_path: Path) -> None:
     path = write_config(tmp_path, '[targets.db]\nkind = "sqlite"\npath = "x.db"\n', name="elsewhere.toml")
-    r = subprocess.run([sys.executable, "-m", "safe_mcp", "check"], capture_output=True, text=True, timeout=60,
+    r = subprocess.run([sys.executable, "-m", "safe_mcp", "check", "--offline"], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "SAFE_MCP_CONFIG": str(path)}, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "target db (sqlite, read-only)" in r.stdout
