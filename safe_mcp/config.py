@@ -272,7 +272,8 @@ def parse_config(raw: dict[str, Any], *, source: str, base_dir: str) -> Config:
         adapter_cls = load_adapter(tc.kind, source=source, key=f"targets.{name}.kind")
         _check_secret_refs(source, name, rest, adapter_cls)
         try:
-            settings = adapter_cls.settings_model.model_validate(rest)
+            # Strict like the core keys ("500" is not 500); through JSON so TOML lists still fill tuple fields.
+            settings = adapter_cls.settings_model.model_validate_json(json.dumps(rest, default=str), strict=True)
         except ValidationError as exc:
             raise _config_error(source, exc, prefix=("targets", name), model=adapter_cls.settings_model) from None
         merged = root.limits.model_dump()
