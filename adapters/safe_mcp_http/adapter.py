@@ -319,7 +319,8 @@ class HttpAdapter(Adapter):
             "reaches": f"{settings.base_url}; operations: {'; '.join(ops) or 'none declared'}{imported}",
             "compensation": ("undo sends " + "; ".join(undo)) if undo else "none: every change is irreversible",
             "hosts": ", ".join(settings.allowed_hosts) if settings.allowed_hosts else "base_url's host only",
-            "secret headers": ", ".join(sorted(settings.headers)) or "none",
+            "headers": (", ".join(sorted(settings.headers)) + " (secret references; values never shown)")
+            if settings.headers else "none",
         }
 
     # -------------------------------------------------------------- secrets

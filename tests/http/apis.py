@@ -117,6 +117,7 @@ class Payments(Api):
     slow_first: bool = False
     delay: float = 0.0
     echo_secret_in_errors: bool = False
+    elsewhere: str = "http://localhost:9/"
 
     def __post_init__(self) -> None:
         Api.__init__(self)
@@ -184,10 +185,11 @@ class Payments(Api):
             if path == "/v1/big":
                 return 200, {"blob": "x" * 200_000}, {}
             if path == "/v1/elsewhere":
-                return 302, None, {"Location": str(headers.get("x-elsewhere", "http://localhost:9/"))}
+                return 302, None, {"Location": self.elsewhere}
             if path == "/v1/moved":
                 return 302, None, {"Location": "/v1/charges/ch_1"}
-        return 404, {"error": "not found"}, {}
+        detail = f" (you sent {headers.get('authorization')})" if self.echo_secret_in_errors else ""
+        return 404, {"error": f"no such charge{detail}"}, {}
 
     def posts(self, path_re: str) -> list[Seen]:
         return self.requests("POST", path_re)
