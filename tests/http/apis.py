@@ -211,6 +211,8 @@ class Hosting(Api):
         if denied:
             return denied
         with self.lock:
+            if method == "GET" and path == "/openapi.json":
+                return 200, OPENAPI, {}
             if method == "GET" and path == "/v1/volumes":
                 return 200, list(self.volumes.values()), {}
             m = re.fullmatch(r"/v1/volumes/([^/]+)", path)
@@ -233,3 +235,23 @@ class Hosting(Api):
                 self.volumes[vid] = {"id": vid, "name": str((body or {}).get("name")), "backups": []}
                 return 201, dict(self.volumes[vid]), {}
         return 404, {"error": "not found"}, {}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "hosting", "version": "1"},
+    "paths": {
+        "/v1/volumes": {
+            "get": {"operationId": "listVolumes", "parameters": [{"name": "limit", "in": "query"}]},
+            "post": {"operationId": "createVolume", "requestBody": {"content": {"application/json": {}}}},
+        },
+        "/v1/volumes/{id}": {
+            "parameters": [{"name": "id", "in": "path", "required": True}],
+            "get": {"operationId": "getVolume"},
+            "delete": {"operationId": "deleteVolume"},
+            "patch": {"operationId": "renameVolume", "requestBody": {"content": {"application/json": {}}}},
+        },
+        "/v1/volumes/{id}/backups/{backup}": {"delete": {"operationId": "deleteBackup"}},
+        "/v1/no-id": {"post": {"summary": "no operationId: not callable"}},
+    },
+}
