@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = ["HttpAdapter"]
 
 _ARGS = frozenset({"operation", "params", "body", "idempotency_key", "dry_run"})
 _EXCERPT = 300
+_KEY = re.compile(r"[\x20-\x7e]{1,200}")
 
 
 class HttpAdapter(Adapter):
@@ -95,6 +97,9 @@ class HttpAdapter(Adapter):
         if not isinstance(name, str) or name not in ops:
             raise AdapterError(f"target {self.name!r} has no operation {name!r}; it can call: "
                                f"{', '.join(sorted(ops)) or 'nothing'} (only declared operations run)")
+        key = call.args.get("idempotency_key")
+        if key is not None and (not isinstance(key, str) or not _KEY.fullmatch(key)):
+            raise AdapterError("idempotency_key must be 1 to 200 printable ASCII characters (it is sent as a header)")
         params = call.args.get("params") or {}
         if not isinstance(params, dict):
             raise AdapterError("params must be an object: values for the path placeholders and the query string")
@@ -192,7 +197,8 @@ class HttpAdapter(Adapter):
         except Unanswered as exc:
             raise TargetUnavailable(self._text(str(exc)), _retry_remedy(op, key)) from None
         self._raise_for_status(resp, f"{op.name} ({op.method} {path})", op, key)
-        compensation = self._compensation(op, params, body, resp, key) if op.compensate is not None else None
+        # Scrubbed like the result: the record is stored, and a secret must never reach the state store.
+        compensation = self._scrub(self._compensation(op, params, body, resp, key)) if op.compensate else None
         result: dict[str, Any] = {"status": resp.status, "body": self._scrub(resp.body)}
         if resp.truncated:
             result["truncated"] = True
@@ -293,9 +299,9 @@ class HttpAdapter(Adapter):
     def reconcile(self, intent_id: str, call: Call) -> Reconciled:
         """Never re-sent to find out: only the API can say, looked up by the key the request carried."""
         name = call.args.get("operation")
-        op = (self._ops or {}).get(str(name))
+        # Idempotency headers are only ever declared in the config, so no document needs loading here.
+        header = next((o.idempotency_header for o in self.s.operations if o.name == name), None)
         key = call.args.get("idempotency_key") or intent_id
-        header = op.idempotency_header if op else None
         how = f" with {header}: {key}" if header else f" (it carried no idempotency key; intent {intent_id})"
         return Reconciled(state="unknown", detail=f"ask {self.s.base_url} whether operation {name!r} ran{how}")
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -139,6 +141,9 @@ class HttpSettings(AdapterSettings):
 
     @model_validator(mode="after")
     def _operations(self) -> HttpSettings:
+        host = (urlsplit(self.base_url).hostname or "").lower()
+        if self.allowed_hosts is not None and not any(fnmatch.fnmatchcase(host, p.lower()) for p in self.allowed_hosts):
+            raise ValueError(f"base_url's host {host!r} is not in allowed_hosts")
         seen: set[str] = set()
         for op in self.operations:
             if op.name in seen:
