@@ -204,8 +204,10 @@ class HttpAdapter(Adapter):
             result["truncated"] = True
         if extra:
             result["idempotency_key"] = key
-        return Outcome(result=result, affected=1, compensation=compensation,
-                       summary=f"{op.name}: {op.method} {path} answered {resp.status}")
+        summary = f"{op.name}: {op.method} {path} answered {resp.status}"
+        if compensation and compensation.get("error"):
+            summary += f" (undo will refuse: {compensation['error']})"
+        return Outcome(result=result, affected=1, compensation=compensation, summary=summary)
 
     def _read(self, op: Op, path: str, url: str, budget: Budget) -> Outcome:
         resp = self.sender.send(op.method, url, max_bytes=min(budget.bytes_returned, self.s.max_response_bytes),

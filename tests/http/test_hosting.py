@@ -156,3 +156,15 @@ async def test_a_read_only_target_refuses_writes_before_sending(tmp_path: Path, 
         assert "read-only" in text
         assert (await call(c, "http_call", target="hosting", operation="list_volumes"))["status"] == "ok"
     assert hosting.requests("POST") == []
+
+
+async def test_a_compensation_the_response_cannot_fill_is_refused_at_undo_and_said_at_once(tmp_path: Path,
+                                                                                        hosting: Hosting) -> None:
+    text = hosting_target(hosting.url).replace("{result.id}", "{result.uuid}")
+    cfg = write_config(tmp_path, text)
+    async with gated(cfg) as c:
+        made = await call(c, "http_call", target="hosting", operation="create_volume", body={"name": "scratch"})
+        assert "undo will refuse" in made["message"] and "uuid" in made["message"]
+        refusal = await refused(c, "undo", receipt_id=made["receipt_id"])
+        assert "by hand" in refusal
+    assert hosting.requests("DELETE") == [] and made["result"]["body"]["id"] in hosting.volumes

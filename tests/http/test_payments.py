@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from apis import Payments
 from http_support import billing, gated
-from support import call, refused, write_config
+from support import call, connect, refused, write_config
 
 from safe_mcp.demo import create_shop
 
@@ -33,6 +33,9 @@ async def test_a_refund_posts_once_carrying_its_key_and_undo_cancels_it_once(tmp
         assert len(posts) == 1
         # No key from the agent: the intent receipt's id is the key, and the result says which.
         assert posts[0].headers["idempotency-key"] == done["result"]["idempotency_key"]
+        receipts = (await call(c, "receipts", limit=50))["receipts"]
+        intents = [r["id"] for r in receipts if r["outcome"] == "intent" and r["tool"] == "http_call"]
+        assert intents == [posts[0].headers["idempotency-key"]], "the intent receipt's id is the key"
         assert payments.charges["ch_1"]["amount_refunded"] == 1500
 
         undone = await call(c, "undo", receipt_id=done["receipt_id"])
@@ -174,3 +177,15 @@ async def test_a_failing_compensation_stops_the_saga_and_reports(tmp_path: Path,
     db.close()
     assert payments.posts(r"/cancel$") == []
 
+
+
+async def test_refund_and_undo_over_stdio(tmp_path: Path, payments: Payments) -> None:
+    """The same flow through a real `safe-mcp serve` process and an MCP client over stdio."""
+    cfg = write_config(tmp_path, billing(payments.url))
+    async with connect(cfg, "stdio") as c:
+        done = await call(c, "http_call", target="billing", **REFUND, idempotency_key="order-7")
+        again = await call(c, "http_call", target="billing", **REFUND, idempotency_key="order-7")
+        assert again["status"] == "duplicate"
+        await call(c, "undo", receipt_id=done["receipt_id"])
+    assert [p.headers["idempotency-key"] for p in payments.posts("")] == ["order-7", "order-7-undo"]
+    assert payments.refunds["re_1"]["status"] == "canceled"
