@@ -80,13 +80,32 @@ def from_openapi(doc: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
                 placeholders(path)
             except TemplateError as exc:
                 raise ValueError(f"{op_id}: {exc}") from None
-            params = [p for p in [*shared, *(spec.get("parameters") or [])] if isinstance(p, Mapping)]
+            params = [_deref(doc, p) for p in [*shared, *(spec.get("parameters") or [])]]
             out[op_id] = {
                 "method": method.upper(), "path": path,
                 "query": tuple(str(p.get("name")) for p in params if p.get("in") == "query"),
                 "takes_body": "requestBody" in spec,
             }
     return out
+
+
+def _deref(doc: Mapping[str, Any], node: Any) -> Mapping[str, Any]:
+    """A parameter, following a local `$ref` (e.g. "#/components/parameters/Limit"); {} when it cannot be
+    followed, so that parameter is simply not accepted."""
+    for _ in range(8):
+        if not isinstance(node, Mapping):
+            return {}
+        ref = node.get("$ref")
+        if not isinstance(ref, str):
+            return node
+        if not ref.startswith("#/"):
+            return {}
+        target: Any = doc
+        for part in ref[2:].split("/"):
+            part = part.replace("~1", "/").replace("~0", "~")
+            target = target.get(part) if isinstance(target, Mapping) else None
+        node = target
+    return {}
 
 
 def table(declared: tuple[Operation, ...], imported: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Op]:

@@ -242,7 +242,7 @@ OPENAPI: dict[str, Any] = {
     "info": {"title": "hosting", "version": "1"},
     "paths": {
         "/v1/volumes": {
-            "get": {"operationId": "listVolumes", "parameters": [{"name": "limit", "in": "query"}]},
+            "get": {"operationId": "listVolumes", "parameters": [{"$ref": "#/components/parameters/Limit"}]},
             "post": {"operationId": "createVolume", "requestBody": {"content": {"application/json": {}}}},
         },
         "/v1/volumes/{id}": {
@@ -254,4 +254,5 @@ OPENAPI: dict[str, Any] = {
         "/v1/volumes/{id}/backups/{backup}": {"delete": {"operationId": "deleteBackup"}},
         "/v1/no-id": {"post": {"summary": "no operationId: not callable"}},
     },
+    "components": {"parameters": {"Limit": {"name": "limit", "in": "query"}}},
 }
