@@ -61,7 +61,7 @@ class HttpAdapter(Adapter):
                 try:
                     value = resolve_ref(ref, source="config", key=f"targets.{self.name}.headers.{header}")
                 except ConfigError as exc:
-                    self._unavailable = f"{exc.problem} (fix: {exc.fix})" if exc.fix else exc.problem
+                    self._unavailable = f"{exc.key}: {exc.problem}" + (f" (fix: {exc.fix})" if exc.fix else "")
                     continue
             out[header] = value
         return out

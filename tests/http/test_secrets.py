@@ -13,6 +13,8 @@ from apis import TOKEN, Payments
 from http_support import billing, gated
 from support import call, refused, write_config
 
+from safe_mcp.errors import ConfigError
+
 pytestmark = pytest.mark.anyio
 
 BARE = TOKEN.partition(" ")[2]
@@ -72,7 +74,11 @@ async def test_a_missing_secret_is_reported_by_name_and_nothing_is_sent(tmp_path
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BILLING_TOKEN")
     cfg = write_config(tmp_path, billing(payments.url))
-    async with gated(cfg) as c:
-        text = await refused(c, "http_call", target="billing", operation="echo")
-    assert "BILLING_TOKEN" in text and "unavailable" in text
+    try:
+        async with gated(cfg) as c:
+            text = await refused(c, "http_call", target="billing", operation="echo")
+        assert "unavailable" in text
+    except ConfigError as exc:  # once the core resolves tables of references at start
+        text = str(exc)
+    assert "BILLING_TOKEN" in text and "targets.billing.headers.Authorization" in text
     assert payments.seen == []
