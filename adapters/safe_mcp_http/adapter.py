@@ -17,16 +17,16 @@ from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classificat
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, ConfigError, Drifted, TargetUnavailable, TooManyRows
 from safe_mcp.secrets import resolve_ref
+from safe_mcp_http import undo
 from safe_mcp_http.client import Response, Sender, Unanswered
 from safe_mcp_http.openapi import load_document
 from safe_mcp_http.operations import Op, effect_of, table
 from safe_mcp_http.settings import HttpSettings, RequestSpec
-from safe_mcp_http.templates import TemplateError, dotted, fill_body, placeholders, render_path
+from safe_mcp_http.templates import TemplateError, dotted, placeholders, render_path
 
 __all__ = ["HttpAdapter"]
 
 _ARGS = frozenset({"operation", "params", "body", "idempotency_key", "dry_run"})
-_EXCERPT = 300
 _KEY = re.compile(r"[\x20-\x7e]{1,200}")
 
 
@@ -162,7 +162,7 @@ class HttpAdapter(Adapter):
         resp = self.sender.send(spec.method, self.sender.url(ppath), max_bytes=budget.bytes_returned, resend=True)
         if not resp.ok:
             raise AdapterError(self._text(f"the preview {spec.method} {ppath} answered {resp.status}: "
-                                          f"{_excerpt(resp.body)}"))
+                                          f"{undo.excerpt(resp.body)}"))
         shown = self._scrub(resp.body)
         affected = 1
         if spec.count:
@@ -198,7 +198,8 @@ class HttpAdapter(Adapter):
             raise TargetUnavailable(self._text(str(exc)), _retry_remedy(op, key)) from None
         self._raise_for_status(resp, f"{op.name} ({op.method} {path})", op, key)
         # Scrubbed like the result: the record is stored, and a secret must never reach the state store.
-        compensation = self._scrub(self._compensation(op, params, body, resp, key)) if op.compensate else None
+        compensation = self._scrub(undo.record(self.sender, self._text, op, params, body, resp.body, key)) \
+            if op.compensate else None
         result: dict[str, Any] = {"status": resp.status, "body": self._scrub(resp.body)}
         if resp.truncated:
             result["truncated"] = True
@@ -222,81 +223,14 @@ class HttpAdapter(Adapter):
     def _raise_for_status(self, resp: Response, what: str, op: Op, key: str) -> None:
         if resp.ok:
             return
-        text = self._text(f"{what} answered {resp.status}: {_excerpt(resp.body)}")
+        text = self._text(f"{what} answered {resp.status}: {undo.excerpt(resp.body)}")
         if resp.status >= 500 and op.effect is not Effect.READ:
             raise TargetUnavailable(text, _retry_remedy(op, key))
         raise AdapterError(text)
 
-    def _compensation(self, op: Op, params: dict[str, Any], body: Any, resp: Response, key: str) -> dict[str, Any]:
-        """How to undo this call, templated now from the response (never later from a changed config)."""
-        spec = op.compensate
-        assert spec is not None
-        sources = {"body": body, "result": resp.body}
-        record: dict[str, Any] = {"operation": op.name, "method": spec.method, "affected": 1,
-                                  "idempotency_header": spec.idempotency_header or op.idempotency_header,
-                                  "key": f"{key}-undo" if key else ""}
-        try:
-            record["path"], _ = render_path(spec.path, params, sources)
-            record["body"] = fill_body(spec.body, params, sources) if spec.body is not None else None
-        except TemplateError as exc:
-            record["error"] = f"the compensate template could not be filled from the response: {exc}"
-            return record
-        if op.guard is not None:
-            record["guard"] = self._guard_now(op.guard, params, sources)
-        return record
-
-    def _guard_now(self, spec: RequestSpec, params: dict[str, Any], sources: dict[str, Any]) -> dict[str, Any]:
-        assert spec.field is not None
-        guard: dict[str, Any] = {"field": spec.field, "method": spec.method}
-        try:
-            guard["path"], _ = render_path(spec.path, params, sources)
-            resp = self.sender.send(spec.method, self.sender.url(guard["path"]), resend=True)
-            if not resp.ok:
-                raise AdapterError(f"it answered {resp.status}")
-            guard["value"] = dotted(resp.body, spec.field)
-        except (TemplateError, AdapterError) as exc:
-            guard["error"] = self._text(f"the guard could not be read right after the write: {exc}")
-        return guard
-
     def compensate(self, compensation: Mapping[str, Any], budget: Budget) -> Outcome:
-        what = f"undo of {compensation.get('operation')}"
-        if compensation.get("error"):
-            raise AdapterError(f"cannot run the {what}: {compensation['error']}; undo it on the API by hand")
-        guard = compensation.get("guard")
-        if guard:
-            self._check_guard(guard, what)
-        method, path = str(compensation["method"]), str(compensation["path"])
-        header, key = compensation.get("idempotency_header"), str(compensation.get("key") or budget.intent_id or "")
-        extra = {str(header): key} if header and key else {}
-        try:
-            resp = self.sender.send(method, self.sender.url(path), body=compensation.get("body"), extra=extra,
-                                    resend=bool(extra))
-        except Unanswered as exc:
-            raise TargetUnavailable(self._text(f"{what}: {exc}"),
-                                    "run undo again: it sends the same idempotency key, so it runs at most once"
-                                    if extra else "check on the API whether the undo ran before running it again") from None
-        if not resp.ok:
-            raise AdapterError(self._text(f"{what} ({method} {path}) answered {resp.status}: {_excerpt(resp.body)}"))
-        return Outcome(result={"status": resp.status, "body": self._scrub(resp.body)}, affected=1,
-                       summary=f"{what}: {method} {path} answered {resp.status}")
-
-    def _check_guard(self, guard: Mapping[str, Any], what: str) -> None:
-        if guard.get("error"):
-            raise AdapterError(f"conflict: {guard['error']}, so the {what} cannot tell whether the resource moved on; "
-                               "undo it on the API by hand")
-        path, field = str(guard["path"]), str(guard["field"])
-        resp = self.sender.send(str(guard.get("method", "GET")), self.sender.url(path), resend=True)
-        if not resp.ok:
-            raise AdapterError(self._text(f"conflict: {path} answered {resp.status} ({_excerpt(resp.body)}); the "
-                                          f"resource changed since the write, so the {what} refuses"))
-        try:
-            now = dotted(resp.body, field)
-        except TemplateError:
-            now = None
-        if now != guard.get("value"):
-            raise AdapterError(self._text(f"conflict: {path} {field} is now {now!r} but the write left "
-                                          f"{guard.get('value')!r}; the resource changed since, so the {what} refuses "
-                                          "rather than undo newer work"))
+        done = undo.run(self.sender, self._text, compensation, budget)
+        return done.model_copy(update={"result": self._scrub(done.result)})
 
     def reconcile(self, intent_id: str, call: Call) -> Reconciled:
         """Never re-sent to find out: only the API can say, looked up by the key the request carried."""
@@ -367,8 +301,3 @@ def _retry_remedy(op: Op, key: str) -> str:
                 "runs it at most once")
     return ("check on the API whether it ran before trying again: this operation has no idempotency_header, so a "
             "retry may run it twice")
-
-
-def _excerpt(body: Any) -> str:
-    text = body if isinstance(body, str) else json.dumps(body, default=str)
-    return text[:_EXCERPT] + ("..." if len(text) > _EXCERPT else "")
