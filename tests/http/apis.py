@@ -213,6 +213,8 @@ class Hosting(Api):
         with self.lock:
             if method == "GET" and path == "/openapi.json":
                 return 200, OPENAPI, {}
+            if method == "GET" and path == "/v1/stats":
+                return 200, {"volumes": len(self.volumes)}, {}
             if method == "GET" and path == "/v1/volumes":
                 return 200, list(self.volumes.values()), {}
             m = re.fullmatch(r"/v1/volumes/([^/]+)", path)

@@ -72,3 +72,24 @@ def test_reconcile_is_unknown_and_names_the_key_to_look_up(tmp_path: Path) -> No
     assert verdict.state == "unknown" and "Idempotency-Key: order-9" in verdict.detail and "refund" in verdict.detail
     verdict = adapter.reconcile("rcpt_intent", Call(target="billing", tool="http_call", args={"operation": "refund"}))
     assert "Idempotency-Key: rcpt_intent" in verdict.detail
+
+
+async def test_a_preview_count_over_rows_affected_sends_nothing(tmp_path: Path, hosting: Hosting) -> None:
+    text = hosting_target(hosting.url) + """
+        [[targets.hosting.operations]]
+        name = "reshard"
+        method = "POST"
+        path = "/v1/volumes"
+        preview = { method = "GET", path = "/v1/stats", count = "volumes" }
+        compensate = { method = "DELETE", path = "/v1/volumes/{result.id}" }
+
+        [limits]
+        rows_affected = 1
+        """
+    cfg = write_config(tmp_path, text)
+    async with gated(cfg) as c:
+        dry = await call(c, "http_call", target="hosting", operation="reshard", body={"name": "x"}, dry_run=True)
+        assert dry["affected"] == 2
+        text = await refused(c, "http_call", target="hosting", operation="reshard", body={"name": "x"})
+        assert "over the limit of 1" in text
+    assert hosting.requests("POST") == []
