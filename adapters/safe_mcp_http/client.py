@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -129,6 +130,9 @@ class Sender:
         raise AssertionError("unreachable")
 
     def _once(self, method: str, url: str, headers: dict[str, str], content: bytes | None, cap: int) -> Response:
+        import httpx
+
+        deadline = time.monotonic() + self._timeout[0]
         for _ in range(_MAX_REDIRECTS + 1):
             with self._http().stream(method, url, headers=headers, content=content) as r:
                 if r.is_redirect:
@@ -145,6 +149,9 @@ class Sender:
                     continue
                 raw, truncated = bytearray(), False
                 for chunk in r.iter_bytes():
+                    # httpx's read timeout is per chunk; a server trickling bytes must not hold a call forever.
+                    if time.monotonic() > deadline:
+                        raise httpx.ReadTimeout("the whole response took longer than timeout_s")
                     raw += chunk
                     if len(raw) > cap:
                         del raw[cap:]

@@ -126,6 +126,8 @@ class HttpSettings(AdapterSettings):
     retries: int = Field(2, ge=0, le=10, description="resends after a timeout or lost connection, only of requests "
                                                      "that carry an idempotency header (the same key each time)")
     verify_tls: bool = Field(True, description="check the server's certificate (https)")
+    insecure_http: bool = Field(False, description="allow headers over plain http:// to a host other than loopback "
+                                                   "(they would cross the network in clear text)")
 
     @field_validator("headers")
     @classmethod
@@ -142,6 +144,10 @@ class HttpSettings(AdapterSettings):
     @model_validator(mode="after")
     def _operations(self) -> HttpSettings:
         host = (urlsplit(self.base_url).hostname or "").lower()
+        loopback = host in {"localhost", "::1"} or host.startswith("127.")
+        if self.headers and self.base_url.startswith("http://") and not loopback and not self.insecure_http:
+            raise ValueError("the headers would cross the network in clear text over http://; use https://, or set "
+                             "insecure_http = true if this network is trusted")
         if self.allowed_hosts is not None and not any(fnmatch.fnmatchcase(host, p.lower()) for p in self.allowed_hosts):
             raise ValueError(f"base_url's host {host!r} is not in allowed_hosts")
         seen: set[str] = set()

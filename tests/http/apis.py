@@ -74,7 +74,12 @@ class Api:
                         self.send_header(k, v)
                     self.end_headers()
                     if self.command != "HEAD":
-                        self.wfile.write(data)
+                        step = 64 if getattr(api, "trickle", False) else len(data) or 1
+                        for i in range(0, len(data), step):
+                            self.wfile.write(data[i:i + step])
+                            if step == 64:
+                                self.wfile.flush()
+                                time.sleep(0.2)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up waiting (a timeout test)
 
@@ -118,6 +123,7 @@ class Payments(Api):
     delay: float = 0.0
     echo_secret_in_errors: bool = False
     elsewhere: str = "http://localhost:9/"
+    trickle: bool = False
 
     def __post_init__(self) -> None:
         Api.__init__(self)

@@ -103,3 +103,13 @@ def test_the_issue_example_is_valid(tmp_path: Path) -> None:
     described = config.targets["billing"].adapter_cls.describe(config.targets["billing"].settings)
     assert "refund (POST /v1/refunds): write" in described["reaches"]
     assert "delete_volume (DELETE /v1/volumes/{id}): irreversible" in described["reaches"]
+
+
+def test_credentials_never_travel_in_clear_text_beyond_loopback(tmp_path: Path) -> None:
+    plain = TARGET.format(base="http://billing.internal", extra='headers = { Authorization = "env:X" }') + op()
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, plain)
+    assert "clear text" in str(err.value)
+    load(tmp_path, plain.replace('access = "read-write"', 'access = "read-write"\ninsecure_http = true'))
+    load(tmp_path, plain.replace("http://billing.internal", "http://127.0.0.1:8080"))
+    load(tmp_path, plain.replace("http://billing.internal", "https://billing.internal"))

@@ -93,3 +93,14 @@ async def test_a_preview_count_over_rows_affected_sends_nothing(tmp_path: Path, 
         text = await refused(c, "http_call", target="hosting", operation="reshard", body={"name": "x"})
         assert "over the limit of 1" in text
     assert hosting.requests("POST") == []
+
+
+async def test_a_trickling_response_is_cut_at_the_timeout(tmp_path: Path, payments: Payments) -> None:
+    import time
+
+    payments.trickle = True
+    cfg = write_config(tmp_path, billing(payments.url, timeout=1))
+    started = time.monotonic()
+    async with gated(cfg) as c:
+        text = await refused(c, "http_call", target="billing", operation="big")
+    assert "no answer" in text and time.monotonic() - started < 8
