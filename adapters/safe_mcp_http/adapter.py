@@ -47,8 +47,10 @@ class HttpAdapter(Adapter):
         self._ops: dict[str, Op] | None = None
         self._unavailable = ""
         headers = self._resolve_headers()
-        self._hidden = sorted({p for v in headers.values() for p in (v, v.partition(" ")[2]) if len(p) >= 6},
-                              key=len, reverse=True)
+        # The whole value, and the token after a scheme ("Bearer ..."), which an API may echo on its own.
+        hidden = {v for v in headers.values() if len(v) >= 4} | {
+            v.partition(" ")[2] for v in headers.values() if len(v.partition(" ")[2]) >= 6}
+        self._hidden = sorted(hidden, key=len, reverse=True)
         self.sender = Sender(self.s.base_url, headers, timeout_s=self.s.timeout_s,
                              connect_timeout_s=self.s.connect_timeout_s, max_bytes=self.s.max_response_bytes,
                              retries=self.s.retries, verify=self.s.verify_tls)
@@ -234,6 +236,10 @@ class HttpAdapter(Adapter):
 
     def reconcile(self, intent_id: str, call: Call) -> Reconciled:
         """Never re-sent to find out: only the API can say, looked up by the key the request carried."""
+        if call.tool == "undo":
+            return Reconciled(state="unknown", detail=(
+                f"ask {self.s.base_url} whether the undo of receipt {call.args.get('receipt_id')} ran; undo sends the "
+                "same idempotency key each time, so running it again after `--not-executed` runs it at most once"))
         name = call.args.get("operation")
         # Idempotency headers are only ever declared in the config, so no document needs loading here.
         header = next((o.idempotency_header for o in self.s.operations if o.name == name), None)

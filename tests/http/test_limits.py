@@ -72,6 +72,8 @@ def test_reconcile_is_unknown_and_names_the_key_to_look_up(tmp_path: Path) -> No
     assert verdict.state == "unknown" and "Idempotency-Key: order-9" in verdict.detail and "refund" in verdict.detail
     verdict = adapter.reconcile("rcpt_intent", Call(target="billing", tool="http_call", args={"operation": "refund"}))
     assert "Idempotency-Key: rcpt_intent" in verdict.detail
+    verdict = adapter.reconcile("rcpt_undo", Call(target="billing", tool="undo", args={"receipt_id": "rcpt_1"}))
+    assert verdict.state == "unknown" and "rcpt_1" in verdict.detail
 
 
 async def test_a_preview_count_over_rows_affected_sends_nothing(tmp_path: Path, hosting: Hosting) -> None:
