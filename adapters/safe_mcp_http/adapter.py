@@ -238,8 +238,8 @@ class HttpAdapter(Adapter):
         """Never re-sent to find out: only the API can say, looked up by the key the request carried."""
         if call.tool == "undo":
             return Reconciled(state="unknown", detail=(
-                f"ask {self.s.base_url} whether the undo of receipt {call.args.get('receipt_id')} ran; undo sends the "
-                "same idempotency key each time, so running it again after `--not-executed` runs it at most once"))
+                f"ask {self.s.base_url} whether the undo of receipt {call.args.get('receipt_id')} ran; where the "
+                "operation declares an idempotency_header, undo sends the same key each time, so the API runs it once"))
         name = call.args.get("operation")
         # Idempotency headers are only ever declared in the config, so no document needs loading here.
         header = next((o.idempotency_header for o in self.s.operations if o.name == name), None)
