@@ -5,6 +5,7 @@ A real `safe-mcp serve` over stdio, driven with raw JSON-RPC so the test control
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -68,10 +69,8 @@ class Stdio:
     def _pipes(self) -> None:
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None and not pipe.closed:
-                try:
+                with contextlib.suppress(BrokenPipeError):
                     pipe.close()
-                except BrokenPipeError:
-                    pass
 
 
 REFUND = {"name": "http_call", "arguments": {"target": "billing", "operation": "refund",
