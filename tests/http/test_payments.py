@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import sys
@@ -141,7 +142,7 @@ async def test_undo_run_restores_sqlite_rows_and_the_refund_newest_first(tmp_pat
                           capture_output=True, text=True, timeout=120)
     assert undo.returncode == 0, undo.stdout + undo.stderr
     assert "undone: 2; not undone: 0" in undo.stdout
-    order = [ln.split()[2].split(":")[0] for ln in undo.stdout.splitlines() if ln.startswith("rcpt")]
+    order = [m.group(1) for m in re.finditer(r"^rcpt_\S+\s.*?\b(\w+):(?:http_call|sql_execute)\b", undo.stdout, re.M)]
     assert order == ["billing", "shop"], f"newest first: {undo.stdout}"
     assert payments.refunds["re_1"]["status"] == "canceled" and payments.charges["ch_1"]["amount_refunded"] == 0
     db = sqlite3.connect(tmp_path / "shop.db")
