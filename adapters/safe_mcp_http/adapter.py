@@ -36,7 +36,15 @@ class HttpAdapter(Adapter):
     tools = frozenset({"http_call"})
     # `headers` is a table of references, which the core resolves only for top-level keys today:
     # the adapter resolves them itself (`_resolve_headers`) and scrubs every value it returns.
+    # `secret_refs` names them for a core that asks (then they are resolved at start and scrubbed everywhere).
     secret_keys = frozenset()
+
+    @classmethod
+    def secret_refs(cls, settings: AdapterSettings) -> dict[str, str]:
+        """Every secret reference of `settings` by dotted key ("headers.Authorization"), the key under which
+        the resolved value is looked up in `secrets`."""
+        assert isinstance(settings, HttpSettings)
+        return {f"headers.{name}": ref for name, ref in sorted(settings.headers.items())}
 
     def __init__(self, name: str, settings: AdapterSettings, secrets: Mapping[str, str], *,
                  base_dir: str, state_dir: str) -> None:

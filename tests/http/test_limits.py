@@ -106,3 +106,12 @@ async def test_a_trickling_response_is_cut_at_the_timeout(tmp_path: Path, paymen
     async with gated(cfg) as c:
         text = await refused(c, "http_call", target="billing", operation="big")
     assert "no answer" in text and time.monotonic() - started < 8
+
+
+def test_the_header_references_are_named_for_the_core_and_their_values_used(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, billing("http://127.0.0.1:9")))
+    target = config.targets["billing"]
+    assert target.adapter_cls.secret_refs(target.settings) == {"headers.Authorization": "env:BILLING_TOKEN"}
+    adapter = target.adapter_cls("billing", target.settings, {"headers.Authorization": "Bearer from-the-core-0123"},
+                                 base_dir=str(tmp_path), state_dir=str(tmp_path))
+    assert adapter.sender._headers == {"Authorization": "Bearer from-the-core-0123"}
