@@ -57,6 +57,9 @@ class MinConfirm(_Strict):
 class Forbid(_Strict):
     sql: list[str] = Field(default_factory=list, description="SQL functions refused anywhere in a statement")
     aws: list[str] = Field(default_factory=list, description='"service:Operation" globs, e.g. "ec2:TerminateInstances"')
+    http: list[str] = Field(default_factory=list, description='"target:operation" globs for http targets, e.g. '
+                                                              '"hosting:delete_backup*"; the target may also be named '
+                                                              "by its host, the operation by its path template")
 
 
 class Allow(_Strict):
@@ -296,8 +299,9 @@ def reaches(settings: BaseModel) -> dict[str, list[str]]:
         out["hosts"] += _dsn_hosts(dsn)
     if (host := text("host")) is not None:
         out["hosts"].append(host)
-    if (endpoint := text("endpoint_url")) is not None:
-        out["hosts"].append(urlsplit(endpoint).hostname or "")
+    for url_field in ("endpoint_url", "base_url"):
+        if (endpoint := text(url_field)) is not None:
+            out["hosts"].append(urlsplit(endpoint).hostname or "")
     if (account := text("account")) is not None:
         out["aws_accounts"].append(account)
     if (region := text("region")) is not None:
@@ -312,7 +316,7 @@ def _check_reach(src: str, pol: str, policy: OrgPolicy, t: Target) -> None:
     fields = set(type(t.settings).model_fields)
     where = f"targets.{t.name}"
     got = reaches(t.settings)
-    checks = [("hosts", "host", {"dsn", "host", "endpoint_url"}), ("aws_accounts", "account", {"account"}),
+    checks = [("hosts", "host", {"dsn", "host", "endpoint_url", "base_url"}), ("aws_accounts", "account", {"account"}),
               ("regions", "region", {"region"}), ("recipients", "allow_recipients", {"allow_recipients"})]
     for allow_key, cfg_key, field_names in checks:
         allowed: list[str] | None = getattr(policy.allow, allow_key)
@@ -373,10 +377,26 @@ def org_forbid(config: Config, call: Call, classification: Classification) -> Cl
             if fnmatch.fnmatchcase(name, f"{svc.lower()}:{_norm_op(op) or '*'}"):
                 why = f"the org policy forbids {pattern}"
                 break
+    if forbid.get("http") and call.tool == "http_call":
+        why = _http_forbidden(call, classification, forbid["http"])
     if not why:
         return classification
     return classification.model_copy(update={
         "effect": Effect.FORBIDDEN, "reason": f"{why} ({config.org_policy.get('source', 'org policy')})"})
+
+
+def _http_forbidden(call: Call, classification: Classification, patterns: list[str]) -> str:
+    """Matched on the target's name or host, and the operation's name or path template, so that renaming
+    a target or an operation in the user config does not slip past the org policy."""
+    d = classification.detail
+    who = {call.target.lower(), str(d.get("host", "")).lower()} - {""}
+    what = {str(call.args.get("operation", "")).lower(), str(d.get("operation", "")).lower(),
+            str(d.get("path_template", "")).lower(), str(d.get("path", "")).lower()} - {""}
+    for pattern in patterns:
+        left, _, right = pattern.lower().partition(":")
+        if any(fnmatch.fnmatchcase(w, left) for w in who) and any(fnmatch.fnmatchcase(x, right or "*") for x in what):
+            return f"the org policy forbids {pattern}"
+    return ""
 
 
 def check_listener(config: Config, host: str, loopback: bool) -> list[str]:

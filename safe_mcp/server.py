@@ -266,6 +266,26 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
             """Messages held, sent and failed on a mail target, with when each leaves."""
             return _action(await through_gate(gate_call(ctx, "email_outbox", target)))
 
+    if runtime.serves("http_call"):
+
+        @server.tool(title="Call a declared HTTP API operation", annotations=write_tool)
+        async def http_call(
+            target: str, operation: str, ctx: Context,
+            params: Annotated[dict[str, str | int | float | bool] | None, Field(
+                description="values for the operation's {placeholders} (each one path segment) and its query string"
+            )] = None,
+            body: Annotated[dict[str, Any] | list[Any] | None, Field(description="the JSON request body")] = None,
+            idempotency_key: IdemKey = None, dry_run: DryRun = False, run_id: RunId = None,
+        ) -> ActionResult:
+            """Call one operation the target declares (the targets tool lists them with their effects).
+
+            There is no free-form URL. Reads run at once; writes carry an idempotency key to the API and
+            are recorded for undo when the operation declares one; the rest need confirmation.
+            """
+            return _action(await through_gate(gate_call(
+                ctx, "http_call", target, operation=operation, params=params, body=body,
+                idempotency_key=idempotency_key, dry_run=dry_run, run_id=run_id)))
+
     @server.tool(title="Confirm a pending action", annotations=ToolAnnotations(
         read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False))
     async def confirm(
