@@ -149,6 +149,14 @@ class Adapter(ABC):
     secret_keys: ClassVar[frozenset[str]] = frozenset()
     """Settings keys that hold secret references (`keyring:NAME`, `env:VAR`)."""
 
+    @classmethod
+    def secret_refs(cls, settings: AdapterSettings) -> dict[str, str]:
+        """Every secret reference of `settings`, by the key its resolved value is found under in
+        `secrets` (a dotted key for nested ones, e.g. "headers.Authorization"). The runtime resolves
+        them all at start, so a missing secret fails then and every value is scrubbed everywhere."""
+        refs = {key: getattr(settings, key, None) for key in sorted(cls.secret_keys)}
+        return {key: ref for key, ref in refs.items() if isinstance(ref, str) and ref}
+
     def __init__(
         self, name: str, settings: AdapterSettings, secrets: Mapping[str, str], *, base_dir: str, state_dir: str
     ) -> None:

@@ -110,10 +110,7 @@ def secrets_check(config: Config) -> int:
     bad = 0
     seen = 0
     for name, target in config.targets.items():
-        for key in sorted(target.adapter_cls.secret_keys):
-            ref = getattr(target.settings, key, None)
-            if not ref:
-                continue
+        for key, ref in target.adapter_cls.secret_refs(target.settings).items():
             seen += 1
             try:
                 resolve_ref(ref, source=config.source, key=f"targets.{name}.{key}")

@@ -26,11 +26,11 @@ def inventory(config: Config) -> dict[str, Any]:
                 else "refused"
             )
         described = t.adapter_cls.describe(t.settings)
-        refs = {k: str(getattr(t.settings, k)) for k in sorted(t.adapter_cls.secret_keys) if getattr(t.settings, k, None)}
+        refs = t.adapter_cls.secret_refs(t.settings)
         targets.append({
             "name": t.name, "kind": t.kind, "access": t.access.value,
             "reaches": described.get("reaches", ""),
-            "credentials": sorted(t.adapter_cls.secret_keys & set(t.settings.model_fields_set)),
+            "credentials": sorted(refs),
             "credential_refs": refs,
             "reaches_detail": reaches(t.settings),
             "forbidden": _forbidden(config, t),

@@ -60,10 +60,8 @@ class Runtime:
         self.session = session or new_id("sess")
         secrets: dict[str, dict[str, str]] = {}
         for name, target in config.targets.items():
-            for key in target.adapter_cls.secret_keys:
-                ref = getattr(target.settings, key, None)
-                if ref:
-                    secrets.setdefault(name, {})[key] = resolve_ref(ref, source=config.source, key=f"targets.{name}.{key}")
+            for key, ref in target.adapter_cls.secret_refs(target.settings).items():
+                secrets.setdefault(name, {})[key] = resolve_ref(ref, source=config.source, key=f"targets.{name}.{key}")
         self.scrub = Scrubber(v for d in secrets.values() for v in d.values())
         self.store = open_state(config)
         self.gate = Gate(config, self.store, self.scrub, secrets)

@@ -186,3 +186,34 @@ async def refused(client: Client, tool: str, **args: Any) -> str:
     assert r.is_error, f"expected a refusal, got {r.structured_content}"
     text: str = r.content[0].text
     return text
+
+
+def ledger_rows(config_path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Rows of one read on the state store of a config, wherever it lives (SQLite file or PostgreSQL)."""
+    from safe_mcp.config import load_config
+    from safe_mcp.runtime import open_state
+
+    store = open_state(load_config(config_path))
+    try:
+        return store.query(sql, tuple(params))
+    finally:
+        store.close()
+
+
+def tamper_pending(config_path: Path, action_id: str | None = None, **changes: object) -> None:
+    """Someone with write access to the state store edits a pending action's call behind safe-mcp's back."""
+    import json
+
+    from safe_mcp.config import load_config
+    from safe_mcp.runtime import open_state
+
+    store = open_state(load_config(config_path))
+    try:
+        rows = store.query("SELECT id, call FROM pending")
+        with store.transaction() as tx:
+            for aid, call in rows:
+                if action_id is None or aid == action_id:
+                    tx.execute("UPDATE pending SET call = ? WHERE id = ?",
+                               (json.dumps({**json.loads(str(call)), **changes}), aid))
+    finally:
+        store.close()

@@ -88,7 +88,7 @@ def columns(tmp_path: Path) -> list[str]:
 def receipts(tmp_path: Path, tool: str) -> list[dict[str, object]]:
     import json
 
-    from conftest import ledger_rows
+    from support import ledger_rows
 
     bodies = [json.loads(str(b)) for (b,) in ledger_rows(tmp_path / "safe-mcp.toml", "SELECT body FROM receipts ORDER BY seq")]
     return [b for b in bodies if b["tool"] == tool]

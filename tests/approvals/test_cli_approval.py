@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 from approval_helpers import IRREVERSIBLE, Approver, cli, columns, make, receipts
-from conftest import ledger_rows, tamper_pending
-from support import call, connect, refused
+from support import call, connect, ledger_rows, refused, tamper_pending
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BREACH_ON_PURPOSE
 from support import write_config
 
 import safe_mcp.registry
@@ -23,6 +22,9 @@ from safe_mcp.effects import Effect
 from safe_mcp.errors import Drifted, Refused
 from safe_mcp.gate import Caller
 from safe_mcp.runtime import Runtime
+
+# A target of this name breaches the contract on purpose; the suite-wide breach check (conftest) spares it.
+BREACH_ON_PURPOSE = "breach_probe"
 
 
 class LinesSettings(AdapterSettings):

@@ -33,7 +33,7 @@ class ProbeAdapter(Adapter):
 
     kind = "probe"
     settings_model = ProbeSettings
-    tools = frozenset({"sql_query", "sql_execute", "sql_schema", "aws_call", "email_send", "email_outbox"})
+    tools = frozenset({"sql_query", "sql_execute", "sql_schema", "aws_call", "email_send", "email_outbox", "http_call"})
 
     def _seen(self, method: str, tool: str) -> None:
         SEEN.append((method, tool, inside_gate()))
@@ -61,6 +61,7 @@ ARGS: dict[str, dict[str, Any]] = {
     "sql_query": {"sql": "x"}, "sql_execute": {"sql": "x"}, "sql_schema": {},
     "aws_call": {"service": "s3", "operation": "PutObject"},
     "email_send": {"to": ["a@example.com"], "subject": "s", "body": "b"}, "email_outbox": {},
+    "http_call": {"operation": "x"},
 }
 
 
