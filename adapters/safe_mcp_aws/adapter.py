@@ -11,19 +11,23 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview
+from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview, Reconciled
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Escalated, TooManyRows
 from safe_mcp_aws.classify import classify_operation
 from safe_mcp_aws.results import trim
 from safe_mcp_aws.scope import out_of_scope, s3_keys_named
 from safe_mcp_aws.settings import AwsSettings
+from safe_mcp_aws.undo_table import CREATES
 
 __all__ = ["AwsAdapter"]
 
 Client = Any
 _SAMPLE = 20
 _INSTANCE_OPS = frozenset({"StopInstances", "StartInstances", "TerminateInstances", "RebootInstances"})
+_S3_OVERWRITES = frozenset({"PutObject", "CopyObject", "CompleteMultipartUpload"})
+_S3_OBJECT_OPS = _S3_OVERWRITES | {"DeleteObject", "DeleteObjects"}
+_DDB_ITEM_OPS = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"})
 
 
 class AwsAdapter(Adapter):
@@ -119,8 +123,9 @@ class AwsAdapter(Adapter):
         if self.s.services is not None and service not in self.s.services:
             return _out(f"service {service!r} is not in this target's services ({', '.join(self.s.services) or 'none'})")
         op = self._operation(service, operation)
+        service = str(op.service_model.service_name)  # an alias of a service is decided as the service itself
         _validate(service, op, params)
-        effect, why = classify_operation(service, op, params)
+        effect, why, compensable = classify_operation(service, op, params, self.s.account)
         detail = {"service": service, "operation": op.name, "key": f"{service}:{op.name}"}
         if effect is Effect.FORBIDDEN:
             return Classification(effect=effect, reason=why, summary=f"{service}.{op.name}", detail=detail)
@@ -130,7 +135,8 @@ class AwsAdapter(Adapter):
         mismatch = self._account_mismatch()
         if mismatch:
             return Classification(effect=Effect.FORBIDDEN, reason=mismatch, summary=f"{service}.{op.name}")
-        return Classification(effect=effect, reason=why, summary=f"{service}.{op.name}", detail=detail)
+        return Classification(effect=effect, reason=why, summary=f"{service}.{op.name}", detail=detail,
+                              compensable=compensable)
 
     def _account_mismatch(self) -> str:
         with self._lock:
@@ -147,8 +153,8 @@ class AwsAdapter(Adapter):
     def preview(self, call: Call, classification: Classification, budget: Budget) -> Preview:
         if classification.effect is Effect.READ:
             return Preview(effect=Effect.READ, affected=0, notes=["reads change nothing"])
-        service, _, params = _args(call)
-        op = classification.detail.get("operation", "")
+        _, _, params = _args(call)
+        service, op = classification.detail.get("service", ""), classification.detail.get("operation", "")
         try:
             return self._measure(service, op, params, classification, budget)
         except _boto_errors() as exc:
@@ -160,7 +166,7 @@ class AwsAdapter(Adapter):
 
         effect, notes, sample = cls.effect, [], []
         affected: int | None = None
-        if service == "s3" and op in {"DeleteObject", "DeleteObjects", "PutObject", "CopyObject"}:
+        if service == "s3" and op in _S3_OBJECT_OPS:
             s3 = self._client("s3")
             bucket, keys = params["Bucket"], s3_keys_named(op, params)
             affected = len(keys)
@@ -171,7 +177,7 @@ class AwsAdapter(Adapter):
                 state = comp.s3_state(s3, bucket, key)
                 sample.append({"bucket": bucket, "key": key, "exists": state is not None,
                                "size": state["size"] if state else None})
-                if op in {"PutObject", "CopyObject"} and state is not None:
+                if op in _S3_OVERWRITES and state is not None:
                     effect = Effect.DESTRUCTIVE
                     notes.append(f"it overwrites s3://{bucket}/{key} ({state['size']} bytes)")
             total = sum(x["size"] or 0 for x in sample)
@@ -197,6 +203,23 @@ class AwsAdapter(Adapter):
             record = comp.ec2_sg_record(self._client("ec2"), op, params)
             affected = record["affected"]
             sample = [{"rules_now": record["before"][:_SAMPLE]}]
+        elif service == "dynamodb" and op in _DDB_ITEM_OPS:
+            items = self._ddb_before(op, params, budget)
+            affected = len(items)
+            sample = [{"table": i["table"], "key": i["key"], "action": i["action"], "exists": i["before"] is not None}
+                      for i in items[:_SAMPLE]]
+            replaced = [i for i in items if i["before"] is not None and i["action"] != "delete"]
+            if replaced or any(i["action"] == "delete" for i in items):
+                effect = Effect.DESTRUCTIVE
+            if replaced:
+                notes.append(f"it changes or replaces {len(replaced)} existing items; their before-images are kept")
+        elif f"{service}:{op}" in CREATES:
+            from safe_mcp_aws import creates
+
+            there = creates.existed(self._client, f"{service}:{op}", params, self.s.region, self.s.account)
+            affected = 0 if there else 1
+            notes.append("it exists already: the call creates nothing and undo deletes nothing" if there
+                         else f"undo runs {CREATES[f'{service}:{op}'].inverse} while it is still empty")
         else:
             notes.append(f"safe-mcp cannot measure {service}.{op} in advance; it does what the operation does")
         dry = self._ec2_dry_run(service, op, params)
@@ -233,8 +256,8 @@ class AwsAdapter(Adapter):
                                "(a human must turn protection off outside safe-mcp)")
 
     def execute(self, call: Call, classification: Classification, budget: Budget) -> Outcome:
-        service, _, params = _args(call)
-        op = classification.detail.get("operation", "")
+        _, _, params = _args(call)
+        service, op = classification.detail.get("service", ""), classification.detail.get("operation", "")
         try:
             if classification.effect is Effect.READ:
                 return self._read(service, op, params, call.args.get("max_items"), budget)
@@ -254,7 +277,7 @@ class AwsAdapter(Adapter):
             truncated = "NextToken" in result
         else:
             result = getattr(client, method)(**params)
-        out = trim(result, self.s.max_body_bytes)
+        out = trim(self._redact(service, op, result), self.s.max_body_bytes)
         if service == "s3" and op == "ListBuckets" and self.s.buckets is not None:
             out["Buckets"] = [b for b in out.get("Buckets", [])
                               if any(fnmatch.fnmatchcase(b.get("Name", ""), p) for p in self.s.buckets)]
@@ -272,13 +295,14 @@ class AwsAdapter(Adapter):
         key = f"{service}:{op}"
         record: dict[str, Any] | None = None
         affected = 1
-        if key in {"s3:DeleteObject", "s3:DeleteObjects", "s3:PutObject", "s3:CopyObject"}:
+        created: bool | None = None
+        if service == "s3" and op in _S3_OBJECT_OPS:
             s3 = self._client("s3")
             bucket, keys = params["Bucket"], s3_keys_named(op, params)
             affected = len(keys)
             if affected > budget.rows_affected:
                 raise TooManyRows(affected, budget.rows_affected)
-            if op in {"PutObject", "CopyObject"} and budget.allowed_effect.rank < Effect.DESTRUCTIVE.rank:
+            if op in _S3_OVERWRITES and budget.allowed_effect.rank < Effect.DESTRUCTIVE.rank:
                 state = comp.s3_state(s3, bucket, keys[0])
                 if state is not None:
                     why = f"it overwrites s3://{bucket}/{keys[0]} ({state['size']} bytes)"
@@ -306,6 +330,17 @@ class AwsAdapter(Adapter):
                 and params.get("IpPermissions"):
             record = comp.ec2_sg_record(self._client("ec2"), op, params)
             affected = record["affected"]
+        elif service == "dynamodb" and op in _DDB_ITEM_OPS:
+            items = self._ddb_before(op, params, budget)
+            existing = [i for i in items if i["before"] is not None and i["action"] != "delete"]
+            if existing and budget.allowed_effect.rank < Effect.DESTRUCTIVE.rank:
+                why = f"it changes or replaces {len(existing)} existing items (first: {existing[0]['key']})"
+                raise Escalated(Effect.DESTRUCTIVE, why, self._measure(service, op, params, cls, budget))
+            record = {"op": "ddb_items", "items": items, "affected": len(items)}
+        elif key in CREATES:
+            from safe_mcp_aws import creates
+
+            created = not creates.existed(self._client, key, params, self.s.region, self.s.account)
         try:
             response = getattr(self._client(service), xform_name(op))(**params)
         except _boto_errors():
@@ -314,14 +349,41 @@ class AwsAdapter(Adapter):
             raise
         if record and record.get("op") == "s3_restore":
             self._settle_s3(op, response, record)
-        result = trim(response, self.s.max_body_bytes)
+        elif record and record.get("op") == "ddb_items":
+            from safe_mcp_aws import dynamo
+
+            record["items"] = dynamo.after(self._client("dynamodb"), record["items"])
+            affected = record["affected"] = len(record["items"])
+        elif created is not None:
+            from safe_mcp_aws import creates
+
+            record = creates.record(key, params, response, existed_before=not created)
+            affected = int(record["affected"])
+        if cls.compensable and record is None:
+            record = {"op": "none", "affected": 0, "note": "the call changed nothing that needs undoing"}
+        result = trim(self._redact(service, op, response), self.s.max_body_bytes)
         return Outcome(result=self._scrub(result), affected=affected, compensation=record,
                        summary=f"{service}.{op}")
+
+    def _ddb_before(self, op: str, params: Mapping[str, Any], budget: Budget) -> list[dict[str, Any]]:
+        from safe_mcp_aws import dynamo
+
+        ddb = self._client("dynamodb")
+        named = dynamo.items_named(ddb, op, params)
+        if len(named) > budget.rows_affected:
+            raise TooManyRows(len(named), budget.rows_affected)
+        return dynamo.before(ddb, named)
+
+    def _redact(self, service: str, op: str, response: Any) -> Any:
+        """Members botocore marks sensitive never reach the agent, a receipt or the state store."""
+        from safe_mcp_aws.sensitive import redact
+
+        return redact(response, self._operation(service, op).output_shape)
 
     def _settle_s3(self, op: str, response: Mapping[str, Any], record: dict[str, Any]) -> None:
         """Fill in what each key holds after the call, so undo can tell when it moved on."""
         items: list[dict[str, Any]] = record["items"]
-        if op == "PutObject":
+        if op in {"PutObject", "CompleteMultipartUpload"}:
             items[0]["after_etag"] = response.get("ETag")
         elif op == "CopyObject":
             items[0]["after_etag"] = (response.get("CopyObjectResult") or {}).get("ETag")
@@ -347,6 +409,18 @@ class AwsAdapter(Adapter):
         except _boto_errors() as exc:
             raise self._error(exc, "undo") from None
         return Outcome(affected=n, summary=summary, result={"restored": n})
+
+    def reconcile(self, intent_id: str, call: Call) -> Reconciled:
+        """AWS keeps no journal of safe-mcp's intents: say exactly what a human should look at."""
+        try:
+            service, operation, params = _args(call)
+        except AdapterError:
+            return super().reconcile(intent_id, call)
+        where = _identifiers(params)
+        return Reconciled(state="unknown", detail=self._scrub_text(
+            f"AWS cannot say whether {service}.{operation} of intent {intent_id} ran: check account {self.s.account}, "
+            f"region {self.s.region}" + (f", {where}" if where else "") + " by hand (e.g. with the matching "
+            "Describe/Get/Head call), then settle it with safe-mcp reconcile"))
 
     @classmethod
     def describe(cls, settings: AdapterSettings) -> dict[str, str]:
@@ -414,6 +488,23 @@ class AwsAdapter(Adapter):
         else:
             text = f"{where} failed: {type(exc).__name__}"
         return AdapterError(self._scrub_text(text))
+
+
+_ID_KEYS = ("Bucket", "Key", "Name", "Id", "Ids", "Arn", "Url", "TableName", "QueueUrl")
+
+
+def _identifiers(params: Mapping[str, Any]) -> str:
+    """The names and ids a request points at (bucket/key, instance ids, table and item key...)."""
+    found = []
+    for k, v in params.items():
+        if k.endswith(_ID_KEYS) and isinstance(v, (str, list)):
+            found.append(f"{k}={v if isinstance(v, str) else ', '.join(map(str, v[:10]))}")
+        elif k in {"Key", "Item"} and isinstance(v, Mapping):
+            found.append(f"{k}={ {a: b for a, b in list(v.items())[:5]} }")
+    if isinstance(params.get("Delete"), Mapping):
+        keys = [o.get("Key") for o in params["Delete"].get("Objects", []) if isinstance(o, Mapping)]
+        found.append(f"keys={', '.join(map(str, keys[:10]))}" + (" ..." if len(keys) > 10 else ""))
+    return "; ".join(found)
 
 
 def _boto_errors() -> tuple[type[Exception], ...]:
