@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import hashlib
+import json
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview, Reconciled
 from safe_mcp.effects import Effect
-from safe_mcp.errors import AdapterError, Escalated, TooManyRows
+from safe_mcp.errors import AdapterError, Drifted, Escalated, TargetUnavailable, TooManyRows
 from safe_mcp_aws.classify import classify_operation
 from safe_mcp_aws.results import trim
 from safe_mcp_aws.scope import out_of_scope, s3_keys_named
@@ -166,6 +168,7 @@ class AwsAdapter(Adapter):
 
         effect, notes, sample = cls.effect, [], []
         affected: int | None = None
+        seen: list[Any] = []  # exactly what would change, as it is now: the preview's fingerprint
         if service == "s3" and op in _S3_OBJECT_OPS:
             s3 = self._client("s3")
             bucket, keys = params["Bucket"], s3_keys_named(op, params)
@@ -173,10 +176,12 @@ class AwsAdapter(Adapter):
             if affected > budget.rows_affected:
                 raise TooManyRows(affected, budget.rows_affected)
             versioned = comp.s3_versioned(s3, bucket)
-            for key in keys[:_SAMPLE]:
+            for n, key in enumerate(keys):
                 state = comp.s3_state(s3, bucket, key)
-                sample.append({"bucket": bucket, "key": key, "exists": state is not None,
-                               "size": state["size"] if state else None})
+                seen.append([bucket, key, state and state["etag"], state and state["version_id"]])
+                if n < _SAMPLE:
+                    sample.append({"bucket": bucket, "key": key, "exists": state is not None,
+                                   "size": state["size"] if state else None})
                 if op in _S3_OVERWRITES and state is not None:
                     effect = Effect.DESTRUCTIVE
                     notes.append(f"it overwrites s3://{bucket}/{key} ({state['size']} bytes)")
@@ -191,21 +196,25 @@ class AwsAdapter(Adapter):
             if affected > budget.rows_affected:
                 raise TooManyRows(affected, budget.rows_affected)
             states = comp.ec2_instance_states(self._client("ec2"), ids)
+            seen.append(states)
             sample = [{"instance": i, "state": states.get(i, "not found")} for i in ids[:_SAMPLE]]
             if op == "TerminateInstances":
                 self._refuse_protected(ids)
         elif service == "ec2" and op in {"CreateTags", "DeleteTags"}:
             record = comp.ec2_tags_record(self._client("ec2"), op, params)
             affected = record["affected"]
+            seen.append(record)
             sample = [*({"set_back_to": r} for r in record["restore"]), *({"new": r} for r in record["remove"])][:_SAMPLE]
         elif service == "ec2" and op.startswith(("AuthorizeSecurityGroup", "RevokeSecurityGroup")) and \
                 params.get("IpPermissions"):
             record = comp.ec2_sg_record(self._client("ec2"), op, params)
             affected = record["affected"]
+            seen.append(record["before"])
             sample = [{"rules_now": record["before"][:_SAMPLE]}]
         elif service == "dynamodb" and op in _DDB_ITEM_OPS:
             items = self._ddb_before(op, params, budget)
             affected = len(items)
+            seen.extend([i["table"], i["key"], i["before"]] for i in items)
             sample = [{"table": i["table"], "key": i["key"], "action": i["action"], "exists": i["before"] is not None}
                       for i in items[:_SAMPLE]]
             replaced = [i for i in items if i["before"] is not None and i["action"] != "delete"]
@@ -218,6 +227,7 @@ class AwsAdapter(Adapter):
 
             there = creates.existed(self._client, f"{service}:{op}", params, self.s.region, self.s.account)
             affected = 0 if there else 1
+            seen.append(there)
             notes.append("it exists already: the call creates nothing and undo deletes nothing" if there
                          else f"undo runs {CREATES[f'{service}:{op}'].inverse} while it is still empty")
         else:
@@ -225,7 +235,10 @@ class AwsAdapter(Adapter):
         dry = self._ec2_dry_run(service, op, params)
         if dry:
             notes.append(dry)
-        return Preview(effect=effect, affected=affected, sample=self._scrub(sample), notes=notes)
+        fingerprint = hashlib.sha256(json.dumps(seen, sort_keys=True, default=str).encode()).hexdigest() \
+            if seen else None
+        return Preview(effect=effect, affected=affected, sample=self._scrub(sample), notes=notes,
+                       fingerprint=fingerprint)
 
     def _ec2_dry_run(self, service: str, op: str, params: dict[str, Any]) -> str:
         """Ask EC2 itself whether the call would succeed, where the operation has DryRun."""
@@ -293,6 +306,7 @@ class AwsAdapter(Adapter):
         from safe_mcp_aws import compensate as comp
 
         key = f"{service}:{op}"
+        self._check_drift(service, op, params, cls, budget)
         record: dict[str, Any] | None = None
         affected = 1
         created: bool | None = None
@@ -364,6 +378,17 @@ class AwsAdapter(Adapter):
         result = trim(self._redact(service, op, response), self.s.max_body_bytes)
         return Outcome(result=self._scrub(result), affected=affected, compensation=record,
                        summary=f"{service}.{op}")
+
+    def _check_drift(self, service: str, op: str, params: dict[str, Any], cls: Classification,
+                     budget: Budget) -> None:
+        """At confirm: the target must still be as the preview showed, or nothing is sent."""
+        expect = budget.expect
+        if expect is None or expect.fingerprint is None:
+            return
+        now = self._measure(service, op, params, cls, budget)
+        if now.fingerprint != expect.fingerprint:
+            raise Drifted(now.effect, f"{service}.{op}: what it would change moved on since the preview "
+                                      f"({now.affected} items now, {expect.affected} then); nothing was sent", now)
 
     def _ddb_before(self, op: str, params: Mapping[str, Any], budget: Budget) -> list[dict[str, Any]]:
         from safe_mcp_aws import dynamo
@@ -477,12 +502,15 @@ class AwsAdapter(Adapter):
             err = exc.response.get("Error", {})
             text = f"{where} failed: {err.get('Code', 'error')}: {err.get('Message', '')}".rstrip(": ")
         elif isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
-            text = (f"no AWS credentials for target {self.name!r}: set profile, or access_key_id/secret_access_key "
-                    "references, or the AWS_* environment variables")
+            return TargetUnavailable(f"no AWS credentials for target {self.name!r}",
+                                     "set profile, or access_key_id/secret_access_key references, or the AWS_* "
+                                     "environment variables")
         elif isinstance(exc, bx.ProfileNotFound):
-            text = f"AWS profile {self.s.profile!r} is not configured on this machine"
+            return TargetUnavailable(f"AWS profile {self.s.profile!r} is not configured on this machine",
+                                     "add the profile to ~/.aws/config or change the target's profile")
         elif isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError)):
-            text = f"{where}: cannot reach AWS ({type(exc).__name__}); check the network or endpoint_url"
+            return TargetUnavailable(self._scrub_text(f"{where}: cannot reach AWS ({type(exc).__name__})"),
+                                     "check the network or the target's endpoint_url; nothing is known to have run")
         elif isinstance(exc, bx.BotoCoreError):
             text = f"{where} failed: {exc}"
         else:
@@ -542,6 +570,10 @@ def _validate(service: str, op: Any, params: dict[str, Any]) -> None:
     shaped = dict(params)
     if service == "s3" and isinstance(shaped.get("CopySource"), Mapping):
         src = shaped["CopySource"]  # boto3 accepts a dict and turns it into the wire string
+        unknown = sorted(set(src) - {"Bucket", "Key", "VersionId"})
+        if unknown:  # boto3 would drop them silently (a misspelled VersionId copies the latest version)
+            raise AdapterError(f"invalid params for {service}.{op.name}: CopySource has unknown keys "
+                               f"{', '.join(unknown)}; it takes Bucket, Key and VersionId")
         shaped["CopySource"] = f"{src.get('Bucket', '')}/{src.get('Key', '')}"
     report = ParamValidator().validate(shaped, op.input_shape)
     if report.has_errors():
