@@ -73,6 +73,7 @@ FORBIDDEN_OPS: dict[str, str] = {
     "ecr:GetAuthorizationToken": "it returns registry credentials",
     "ecr-public:GetAuthorizationToken": "it returns registry credentials",
     "ec2:CreateKeyPair": "it returns the new key pair's private key",
+    "ssm:StartSession": "it returns a session token that opens a shell on the host",
     # Secrets stores: a read would put a secret into the agent's context, where injected text can ask
     # it to post the value anywhere. Secrets reach code through config references, not through the agent.
     "secretsmanager:GetSecretValue": "it returns a secret's value",
@@ -112,7 +113,7 @@ _ISSUING = frozenset({"Get", "Create", "Generate", "Request", "Regenerate", "Res
                       "Download", "Retrieve", "Issue", "Assume"})
 _CREDENTIAL_NOUNS = frozenset({"Token", "Credentials", "Credential", "Password", "PasswordData", "SecretValue"})
 _ACCOUNT_IN_ARN = re.compile(r"arn:aws[\w-]*:[\w-]*:[\w-]*:(\d{12}):")
-_ACCOUNT_KEY = re.compile(r"account|^userids?$|^valuestoadd$|^principal|^sourceowner|^owner", re.I)
+_ACCOUNT_KEY = re.compile(r"account|owner|^userids?$|^valuestoadd$|principal", re.I)
 _STATEMENT_OPS = frozenset({"dynamodb:ExecuteStatement", "dynamodb:BatchExecuteStatement", "dynamodb:ExecuteTransaction"})
 _SELECT = re.compile(r"\s*select\s", re.I)
 
@@ -233,13 +234,11 @@ def _forbidden_by_params(key: str, p: Mapping[str, Any]) -> str:
     """Calls that are ordinary except for the parameters that remove a protection."""
     if key == "s3:PutBucketVersioning":
         conf = p.get("VersioningConfiguration") or {}
-        if conf.get("Status") != "Enabled" or conf.get("MFADelete") == "Disabled":
+        if conf.get("Status") != "Enabled" or str(conf.get("MFADelete", "")).lower() == "disabled":
             return f"{key}: suspending versioning (or MFA delete) removes the protection of old versions"
-    if key in {"s3:PutBucketLifecycleConfiguration", "s3:PutBucketLifecycle"}:
-        conf = p.get("LifecycleConfiguration") or {}
-        for rule in conf.get("Rules", []) or []:
-            if isinstance(rule, Mapping) and any(k in rule for k in ("Expiration", "NoncurrentVersionExpiration")):
-                return f"{key}: a lifecycle rule that expires objects deletes data"
+    # any service's lifecycle rule (S3, S3 on Outposts, ECR's JSON policy text) that expires things deletes them
+    if "Lifecycle" in key and any("expir" in text.lower() for text in (*_keys(p), *_strings(p))):
+        return f"{key}: a lifecycle rule that expires objects deletes data"
     if key == "s3:DeleteObject" and p.get("VersionId"):
         return f"{key} with VersionId deletes an object version permanently"
     if key == "s3:DeleteObjects":
@@ -276,9 +275,53 @@ def _forbidden_by_params(key: str, p: Mapping[str, Any]) -> str:
     if key in {"dynamodb:UpdateTable", "dynamodb:DeleteTable"} and "DeletionProtectionEnabled" in p \
             and _false(p.get("DeletionProtectionEnabled")):
         return f"{key}: removing deletion protection"
+    switched = _protection_off(key, p)
+    if switched:
+        return switched
     if key == "dynamodb:UpdateTimeToLive" and _true((p.get("TimeToLiveSpecification") or {}).get("Enabled")):
         return f"{key}: a TTL rule expires (deletes) every item whose attribute is past, with no copy kept"
     return ""
+
+
+# Protections, by parameter name, in any service's request and at any depth: the same switch has the
+# same name in RDS, DocumentDB, Neptune, DynamoDB, CloudFormation, ELB, Redshift and more.
+_MUST_STAY_ON = frozenset({"DeletionProtection", "DeletionProtectionEnabled", "TerminationProtection",
+                           "EnableTerminationProtection", "DisableApiTermination", "DisableApiStop",
+                           "PointInTimeRecoveryEnabled", "EnableDeletionProtection", "MFADelete"})
+_MUST_STAY_ABOVE_ZERO = frozenset({"BackupRetentionPeriod", "AutomatedSnapshotRetentionPeriod",
+                                   "SnapshotRetentionLimit", "ManualSnapshotRetentionPeriod"})
+
+
+def _protection_off(key: str, p: Mapping[str, Any]) -> str:
+    if verb_of(key.split(":", 1)[1]) == "Create":  # a new resource has nothing to lose yet
+        return ""
+    for name, value in _pairs(p):
+        if name in _MUST_STAY_ON and _false(value):
+            return f"{key}: {name}={value!r} switches a protection off"
+        if name in _MUST_STAY_ABOVE_ZERO and _false(value):
+            return f"{key}: {name}=0 turns automated backups off and deletes them"
+    # attribute lists: {"Key": "deletion_protection.enabled", "Value": "false"} (ELB and others)
+    for _, value in _pairs([p]):
+        if isinstance(value, Mapping) and "protection" in str(value.get("Key", "")).lower() \
+                and _false(value.get("Value")):
+            return f"{key}: {value['Key']}={value['Value']!r} switches a protection off"
+    return ""
+
+
+def _pairs(value: Any) -> Iterator[tuple[str, Any]]:
+    """Every (name, value) in a request at any depth; a list's items come as ("", item)."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield str(k), v
+            yield from _pairs(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield "", v
+            yield from _pairs(v)
+
+
+def _keys(value: Any) -> Iterator[str]:
+    return (k for k, _ in _pairs(value) if k)
 
 
 def _strings(value: Any) -> Iterator[str]:
