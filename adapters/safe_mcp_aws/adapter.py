@@ -368,6 +368,11 @@ class AwsAdapter(Adapter):
 
             record["items"] = dynamo.after(self._client("dynamodb"), record["items"])
             affected = record["affected"] = len(record["items"])
+        elif key == "sqs:ReceiveMessage":
+            got = response.get("Messages", [])
+            record = {"op": "sqs_visible", "queue_url": params["QueueUrl"], "affected": len(got),
+                      "messages": [{"message_id": m.get("MessageId"), "handle": m.get("ReceiptHandle")} for m in got]}
+            affected = len(got)
         elif created is not None:
             from safe_mcp_aws import creates
 

@@ -58,7 +58,6 @@ CONTROL_PLANE: dict[str, re.Pattern[str]] = {
 EXPLICIT: dict[str, Verdict] = {
     "ec2:TerminateInstances": Verdict(Effect.IRREVERSIBLE, "terminating an instance destroys it and its instance storage"),
     "s3:SelectObjectContent": Verdict(Effect.READ, "S3 Select reads an object"),
-    "sqs:ReceiveMessage": Verdict(Effect.IRREVERSIBLE, "receiving hides messages from other consumers"),
     "stepfunctions:GetActivityTask": Verdict(Effect.IRREVERSIBLE, "it claims a task for this caller"),
 }
 

@@ -205,6 +205,25 @@ def apply(clients: Clients, comp: Mapping[str, Any]) -> tuple[int, str]:
     return handler(clients, comp)
 
 
+def _sqs_visible(clients: Clients, comp: Mapping[str, Any]) -> tuple[int, str]:
+    """Received messages become visible again. SQS cannot test a receipt handle without using it, so a
+    message deleted or received by someone else since is named in the summary (it stays as it is); when
+    none can be put back, undo refuses."""
+    sqs = clients("sqs")
+    messages = list(comp.get("messages", []))
+    if not messages:
+        return 0, "no message was received"
+    entries = [{"Id": str(i), "ReceiptHandle": m["handle"], "VisibilityTimeout": 0} for i, m in enumerate(messages)]
+    failed = sqs.change_message_visibility_batch(QueueUrl=comp["queue_url"], Entries=entries).get("Failed", [])
+    gone = [str(messages[int(f["Id"])]["message_id"]) for f in failed]
+    if len(gone) == len(messages):
+        raise AdapterError(f"messages {', '.join(gone)} were deleted or received again since this call; there is "
+                           "nothing left to put back")
+    done = len(messages) - len(gone)
+    tail = f"; {', '.join(gone)} were deleted or received again since and stay as they are" if gone else ""
+    return done, f"{done} messages visible in the queue again{tail}"
+
+
 def _ddb_undo(clients: Clients, comp: Mapping[str, Any]) -> tuple[int, str]:
     from safe_mcp_aws import dynamo
 
@@ -221,6 +240,7 @@ def _created_undo(clients: Clients, comp: Mapping[str, Any]) -> tuple[int, str]:
 HANDLERS: dict[str, Callable[[Clients, Mapping[str, Any]], tuple[int, str]]] = {
     "s3_restore": _s3_undo, "ec2_start": _ec2_undo_instances, "ec2_stop": _ec2_undo_instances,
     "ec2_tags": _ec2_undo_tags, "ec2_sg": _ec2_undo_sg, "ddb_items": _ddb_undo, "created": _created_undo,
+    "sqs_visible": _sqs_visible,
     "none": lambda _clients, comp: (0, str(comp.get("note", "nothing needed undoing"))),
 }
 """Every compensation kind undo_table.COVERED names, and the function that runs it."""

@@ -95,6 +95,8 @@ COVERED: dict[str, Cover] = {
     "dynamodb:UpdateItem": Cover(Effect.WRITE, "ddb_items", _none),
     "dynamodb:DeleteItem": Cover(Effect.DESTRUCTIVE, "ddb_items", _none),
     "dynamodb:BatchWriteItem": Cover(Effect.WRITE, "ddb_items", _none),
+    # receiving hides messages from other consumers for a while; undo makes them visible again
+    "sqs:ReceiveMessage": Cover(Effect.WRITE, "sqs_visible", _none),
     # Creates undone by their delete, while the new resource is still as the call left it (empty).
     "s3:CreateBucket": Cover(Effect.WRITE, "created", _bucket_create),
     "s3:CreateMultipartUpload": Cover(Effect.WRITE, "created", _s3_exposure),

@@ -111,7 +111,7 @@ def test_every_operation_of_every_service_has_an_effect(models: Any) -> None:
     ("swf", "PollForActivityTask", {}, Effect.IRREVERSIBLE),
     ("cognito-idp", "VerifySoftwareToken", {}, Effect.IRREVERSIBLE),
     ("lambda", "GetFunction", {}, Effect.READ),
-    ("sqs", "ReceiveMessage", {}, Effect.IRREVERSIBLE),
+    ("sqs", "ReceiveMessage", {}, Effect.WRITE),
     ("sqs", "PurgeQueue", {}, Effect.IRREVERSIBLE),
     ("iam", "ListUsers", {}, Effect.READ),
     ("cognito-idp", "AdminDeleteUser", {}, Effect.IRREVERSIBLE),

@@ -197,3 +197,29 @@ async def test_creates_are_undone_by_their_delete(tmp_path: Path, moto_endpoint:
         assert done["status"] == "ok"
         await call(client, "undo", receipt_id=done["receipt_id"])
         assert sqs.get_queue_url(QueueName=names["old"])["QueueUrl"] == old_url
+
+
+async def test_received_messages_are_put_back_by_undo(tmp_path: Path, moto_endpoint: str,
+                                                      boto: Callable[[str], Any]) -> None:
+    sqs = boto("sqs")
+    url = sqs.create_queue(QueueName=unique("work"))["QueueUrl"]
+    for i in range(2):
+        sqs.send_message(QueueUrl=url, MessageBody=f"job {i}")
+
+    def visible() -> int:
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+        return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+
+    async with connect(aws_config(tmp_path, moto_endpoint)) as client:
+        got = await aws(client, "sqs", "ReceiveMessage", QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=600)
+        assert got["status"] == "ok" and got["effect"] == "write" and got["affected"] == 2
+        assert visible() == 0
+        await call(client, "undo", receipt_id=got["receipt_id"])
+        assert visible() == 2
+        # a received message the agent then deleted cannot come back: undo says so, and refuses when none can
+        got = await aws(client, "sqs", "ReceiveMessage", QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=600)
+        for m in got["result"]["Messages"]:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+        text = await refused(client, "undo", receipt_id=got["receipt_id"])
+        assert "nothing left to put back" in text
+        assert visible() == 0
