@@ -17,6 +17,7 @@ from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classificat
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Drifted, Escalated, TargetUnavailable, TooManyRows
 from safe_mcp_aws.classify import classify_operation
+from safe_mcp_aws.request import identifiers, parse, refused_out_of_scope, validate
 from safe_mcp_aws.results import trim
 from safe_mcp_aws.scope import out_of_scope, s3_keys_named
 from safe_mcp_aws.settings import AwsSettings
@@ -121,19 +122,20 @@ class AwsAdapter(Adapter):
     # -------------------------------------------------------------- contract
 
     def classify(self, call: Call) -> Classification:
-        service, operation, params = _args(call)
+        service, operation, params = parse(call)
         if self.s.services is not None and service not in self.s.services:
-            return _out(f"service {service!r} is not in this target's services ({', '.join(self.s.services) or 'none'})")
+            allowed = ", ".join(self.s.services) or "none"
+            return refused_out_of_scope(f"service {service!r} is not in this target's services ({allowed})")
         op = self._operation(service, operation)
         service = str(op.service_model.service_name)  # an alias of a service is decided as the service itself
-        _validate(service, op, params)
+        validate(service, op, params)
         effect, why, compensable = classify_operation(service, op, params, self.s.account)
         detail = {"service": service, "operation": op.name, "key": f"{service}:{op.name}"}
         if effect is Effect.FORBIDDEN:
             return Classification(effect=effect, reason=why, summary=f"{service}.{op.name}", detail=detail)
         problem = out_of_scope(service, op.name, params, self.s, read=effect is Effect.READ)
         if problem:
-            return _out(problem)
+            return refused_out_of_scope(problem)
         mismatch = self._account_mismatch()
         if mismatch:
             return Classification(effect=Effect.FORBIDDEN, reason=mismatch, summary=f"{service}.{op.name}")
@@ -155,7 +157,7 @@ class AwsAdapter(Adapter):
     def preview(self, call: Call, classification: Classification, budget: Budget) -> Preview:
         if classification.effect is Effect.READ:
             return Preview(effect=Effect.READ, affected=0, notes=["reads change nothing"])
-        _, _, params = _args(call)
+        _, _, params = parse(call)
         service, op = classification.detail.get("service", ""), classification.detail.get("operation", "")
         try:
             return self._measure(service, op, params, classification, budget)
@@ -269,7 +271,7 @@ class AwsAdapter(Adapter):
                                "(a human must turn protection off outside safe-mcp)")
 
     def execute(self, call: Call, classification: Classification, budget: Budget) -> Outcome:
-        _, _, params = _args(call)
+        _, _, params = parse(call)
         service, op = classification.detail.get("service", ""), classification.detail.get("operation", "")
         try:
             if classification.effect is Effect.READ:
@@ -443,10 +445,10 @@ class AwsAdapter(Adapter):
     def reconcile(self, intent_id: str, call: Call) -> Reconciled:
         """AWS keeps no journal of safe-mcp's intents: say exactly what a human should look at."""
         try:
-            service, operation, params = _args(call)
+            service, operation, params = parse(call)
         except AdapterError:
             return super().reconcile(intent_id, call)
-        where = _identifiers(params)
+        where = identifiers(params)
         return Reconciled(state="unknown", detail=self._scrub_text(
             f"AWS cannot say whether {service}.{operation} of intent {intent_id} ran: check account {self.s.account}, "
             f"region {self.s.region}" + (f", {where}" if where else "") + " by hand (e.g. with the matching "
@@ -463,15 +465,20 @@ class AwsAdapter(Adapter):
             where += f", endpoint {s.endpoint_url}"
         return {
             "reaches": where,
-            "compensation": (f"S3 deletes and overwrites keep the object (its version, or a copy under "
-                             f"{s.quarantine_prefix}); EC2 stop/start, tags and security-group rules are set back; "
-                             "terminations and other deletes have none"),
+            "compensation": (f"S3 deletes and overwrites (put, copy, multipart) keep the object (its version, or a "
+                             f"copy under {s.quarantine_prefix}); DynamoDB item writes keep before-images; EC2 "
+                             "stop/start, tags and revoked security-group rules are set back; received SQS messages "
+                             "become visible again; new buckets, queues, topics, tables, security groups, log "
+                             "groups and multipart uploads are deleted while still empty. Every other change is "
+                             "irreversible (a human approves it)"),
             "services": ", ".join(s.services) if s.services is not None else "any service boto3 knows",
             "buckets": ", ".join(s.buckets) if s.buckets is not None else "any",
             "resources": ", ".join(s.resources) if s.resources is not None else "any",
-            "forbidden": ("deleting or changing backups and snapshots and their protection (versioning, object lock, "
-                          "expiring lifecycle rules, object versions), IAM, KMS key deletion, CloudTrail, "
-                          "Organizations, minting credentials"),
+            "forbidden": ("credentials handed over (members botocore marks sensitive are redacted everywhere else), "
+                          "deleting or changing backups and snapshots and their protection (versioning, object "
+                          "lock, expiring lifecycle or TTL rules, object versions, deletion/termination protection, "
+                          "backup retention, point-in-time recovery), bucket policy changes, any other account "
+                          "named in a change, IAM, KMS key deletion, CloudTrail, Organizations"),
         }
 
     def audit(self) -> dict[str, Any]:
@@ -523,65 +530,8 @@ class AwsAdapter(Adapter):
         return AdapterError(self._scrub_text(text))
 
 
-_ID_KEYS = ("Bucket", "Key", "Name", "Id", "Ids", "Arn", "Url", "TableName", "QueueUrl")
-
-
-def _identifiers(params: Mapping[str, Any]) -> str:
-    """The names and ids a request points at (bucket/key, instance ids, table and item key...)."""
-    found = []
-    for k, v in params.items():
-        if k.endswith(_ID_KEYS) and isinstance(v, (str, list)):
-            found.append(f"{k}={v if isinstance(v, str) else ', '.join(map(str, v[:10]))}")
-        elif k in {"Key", "Item"} and isinstance(v, Mapping):
-            found.append(f"{k}={ {a: b for a, b in list(v.items())[:5]} }")
-    if isinstance(params.get("Delete"), Mapping):
-        keys = [o.get("Key") for o in params["Delete"].get("Objects", []) if isinstance(o, Mapping)]
-        found.append(f"keys={', '.join(map(str, keys[:10]))}" + (" ..." if len(keys) > 10 else ""))
-    return "; ".join(found)
-
-
 def _boto_errors() -> tuple[type[Exception], ...]:
     """The errors botocore raises on purpose (imported lazily, like botocore itself)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     return (BotoCoreError, ClientError)
-
-
-def _out(problem: str) -> Classification:
-    return Classification(effect=Effect.FORBIDDEN, reason=f"out of scope: {problem}; nothing was sent")
-
-
-def _args(call: Call) -> tuple[str, str, dict[str, Any]]:
-    service, operation = call.args.get("service"), call.args.get("operation")
-    if not isinstance(service, str) or not service.strip():
-        raise AdapterError('service must be a boto3 service name, e.g. "s3"')
-    if not isinstance(operation, str) or not operation.strip():
-        raise AdapterError('operation must be an operation name, e.g. "ListObjectsV2" or "list_objects_v2"')
-    params = call.args.get("params") or {}
-    if not isinstance(params, dict):
-        raise AdapterError("params must be an object of the operation's parameters")
-    return service.strip().lower(), operation.strip(), dict(params)
-
-
-def _validate(service: str, op: Any, params: dict[str, Any]) -> None:
-    """botocore's own parameter validation, before anything is sent (its message is kept)."""
-    from botocore.exceptions import ParamValidationError
-    from botocore.validate import ParamValidator
-
-    if op.input_shape is None:
-        if params:
-            raise AdapterError(f"{service}.{op.name} takes no params")
-        return
-    shaped = dict(params)
-    if service == "s3" and isinstance(shaped.get("CopySource"), Mapping):
-        src = shaped["CopySource"]  # boto3 accepts a dict and turns it into the wire string
-        unknown = sorted(set(src) - {"Bucket", "Key", "VersionId"})
-        if unknown:  # boto3 would drop them silently (a misspelled VersionId copies the latest version)
-            raise AdapterError(f"invalid params for {service}.{op.name}: CopySource has unknown keys "
-                               f"{', '.join(unknown)}; it takes Bucket, Key and VersionId")
-        shaped["CopySource"] = f"{src.get('Bucket', '')}/{src.get('Key', '')}"
-    report = ParamValidator().validate(shaped, op.input_shape)
-    if report.has_errors():
-        raise AdapterError(f"invalid params for {service}.{op.name}: {ParamValidationError(report=report.generate_report())}")
-
-
