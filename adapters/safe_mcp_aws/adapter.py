@@ -380,8 +380,6 @@ class AwsAdapter(Adapter):
 
             record = creates.record(key, params, response, existed_before=not created)
             affected = int(record["affected"])
-        if cls.compensable and record is None:
-            record = {"op": "none", "affected": 0, "note": "the call changed nothing that needs undoing"}
         result = trim(self._redact(service, op, response), self.s.max_body_bytes)
         return Outcome(result=self._scrub(result), affected=affected, compensation=record,
                        summary=f"{service}.{op}")

@@ -241,7 +241,6 @@ HANDLERS: dict[str, Callable[[Clients, Mapping[str, Any]], tuple[int, str]]] = {
     "s3_restore": _s3_undo, "ec2_start": _ec2_undo_instances, "ec2_stop": _ec2_undo_instances,
     "ec2_tags": _ec2_undo_tags, "ec2_sg": _ec2_undo_sg, "ddb_items": _ddb_undo, "created": _created_undo,
     "sqs_visible": _sqs_visible,
-    "none": lambda _clients, comp: (0, str(comp.get("note", "nothing needed undoing"))),
 }
 """Every compensation kind undo_table.COVERED names, and the function that runs it."""
 
