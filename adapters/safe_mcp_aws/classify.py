@@ -113,6 +113,9 @@ _ISSUING = frozenset({"Get", "Create", "Generate", "Request", "Regenerate", "Res
 _CREDENTIAL_NOUNS = frozenset({"Token", "Credentials", "Credential", "Password", "PasswordData", "SecretValue"})
 _ACCOUNT_IN_ARN = re.compile(r"arn:aws[\w-]*:[\w-]*:[\w-]*:(\d{12}):")
 _ACCOUNT_KEY = re.compile(r"account|owner|^userids?$|^valuestoadd$|principal", re.I)
+_CHANGE_VERBS = frozenset({"Create", "Put", "Update", "Modify", "Start", "Stop", "Run", "Execute", "Send", "Invoke",
+                           "Set", "Add", "Attach", "Associate", "Enable", "Reset", "Rotate", "Restore", "Import",
+                           "Export", "Copy", "Replace", "Apply", "Grant", "Authorize", "Register", "Tag", "Untag"})
 _STATEMENT_OPS = frozenset({"dynamodb:ExecuteStatement", "dynamodb:BatchExecuteStatement", "dynamodb:ExecuteTransaction"})
 _SELECT = re.compile(r"\s*select\s", re.I)
 
@@ -172,7 +175,11 @@ def _reads(key: str, op: OperationModel, verb: str, params: Mapping[str, Any]) -
             return True
         if method in {"PUT", "DELETE", "PATCH"}:
             return False
-    return verb in READ_VERBS
+    if verb in READ_VERBS:
+        return True
+    # botocore's own `readonly` trait (Geocode, Autocomplete...): trusted unless the name says it changes something
+    trait = getattr(op, "_operation_model", {}).get("readonly") is True
+    return trait and verb not in _CHANGE_VERBS and verb not in DELETE_VERBS
 
 
 def _only_selects(key: str, p: Mapping[str, Any]) -> bool:

@@ -109,6 +109,9 @@ def test_every_operation_of_every_service_has_an_effect(models: Any) -> None:
     ("lambda", "AddPermission", {"Principal": "111122223333"}, Effect.FORBIDDEN),
     ("route53", "ChangeResourceRecordSets", {}, Effect.IRREVERSIBLE),
     ("swf", "PollForActivityTask", {}, Effect.IRREVERSIBLE),
+    # botocore's readonly trait makes a read, unless the name says it changes something
+    ("geo-places", "Geocode", {}, Effect.READ),
+    ("ivs", "StartViewerSessionRevocation", {}, Effect.IRREVERSIBLE),
     ("cognito-idp", "VerifySoftwareToken", {}, Effect.IRREVERSIBLE),
     ("lambda", "GetFunction", {}, Effect.READ),
     ("sqs", "ReceiveMessage", {}, Effect.WRITE),
