@@ -440,6 +440,18 @@ class AwsAdapter(Adapter):
             raise self._error(exc, "undo") from None
         return Outcome(affected=n, summary=summary, result={"restored": n})
 
+    def redacted_args(self, call: Call) -> dict[str, Any]:
+        """The call's arguments with every input member botocore marks sensitive (a new password, a
+        secret's value) replaced, for receipts and pending actions. The gate does not call this yet."""
+        try:
+            service, operation, params = parse(call)
+            model = self._operation(service, operation)
+        except AdapterError:
+            return dict(call.args)
+        from safe_mcp_aws.sensitive import redact
+
+        return {**call.args, "params": redact(params, model.input_shape)}
+
     def reconcile(self, intent_id: str, call: Call) -> Reconciled:
         """AWS keeps no journal of safe-mcp's intents: say exactly what a human should look at."""
         try:

@@ -75,3 +75,14 @@ def test_an_unreachable_endpoint_is_target_unavailable(tmp_path: Path) -> None:
         assert "endpoint_url" in caught.value.remedy
     finally:
         a.close()
+
+
+def test_sensitive_inputs_can_be_redacted_for_receipts(tmp_path: Path) -> None:
+    a = adapter(tmp_path, "http://127.0.0.1:9")
+    call = Call(target="cloud", tool="aws_call", args={"service": "rds", "operation": "ModifyDBInstance", "params": {
+        "DBInstanceIdentifier": "db1", "MasterUserPassword": "n3w-pa55word"}})
+    got = a.redacted_args(call)
+    assert got["params"]["DBInstanceIdentifier"] == "db1" and "n3w-pa55word" not in str(got)
+    call = Call(target="cloud", tool="aws_call", args={"service": "secretsmanager", "operation": "PutSecretValue",
+                                                       "params": {"SecretId": "s", "SecretString": "hunter2"}})
+    assert "hunter2" not in str(a.redacted_args(call))
