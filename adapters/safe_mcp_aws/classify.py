@@ -171,8 +171,9 @@ def _reads(key: str, op: OperationModel, verb: str, params: Mapping[str, Any]) -
         return _only_selects(key, params)
     method = str(op.http.get("method", "POST")).upper()
     if op.metadata.get("protocol") in {"rest-json", "rest-xml"}:
-        if method in {"GET", "HEAD"}:
-            return True
+        if method in {"GET", "HEAD"}:  # a GET named for a change (ConfirmTopicRuleDestination) is not trusted
+            return verb not in _CHANGE_VERBS - {"Export"} and verb not in DELETE_VERBS \
+                and verb not in {"Confirm", "Verify", "Assume"}
         if method in {"PUT", "DELETE", "PATCH"}:
             return False
     if verb in READ_VERBS:
@@ -215,6 +216,8 @@ def _forbidden(service: str, op: OperationModel, verb: str, params: Mapping[str,
         point = credential_point(op, verb)
         if point:
             return f"{key}: {point}; credentials never reach the agent"
+        if verb == "Assume":
+            return f"{key}: assuming a role mints credentials; credentials never reach the agent"
         words = split_words(name)
         if verb in _ISSUING and words and words[-1] in _CREDENTIAL_NOUNS:
             return f"{key}: it hands over a {words[-1].lower()}; credentials never reach the agent"

@@ -111,6 +111,10 @@ def test_every_operation_of_every_service_has_an_effect(models: Any) -> None:
     ("swf", "PollForActivityTask", {}, Effect.IRREVERSIBLE),
     # botocore's readonly trait makes a read, unless the name says it changes something
     ("geo-places", "Geocode", {}, Effect.READ),
+    # an HTTP GET named for a change is not trusted to be a read; assuming a role mints credentials
+    ("iot", "ConfirmTopicRuleDestination", {}, Effect.IRREVERSIBLE),
+    ("deadline", "AssumeQueueRoleForUser", {}, Effect.FORBIDDEN),
+    ("apigatewayv2", "ExportApi", {}, Effect.READ),
     ("ivs", "StartViewerSessionRevocation", {}, Effect.IRREVERSIBLE),
     ("cognito-idp", "VerifySoftwareToken", {}, Effect.IRREVERSIBLE),
     ("lambda", "GetFunction", {}, Effect.READ),
