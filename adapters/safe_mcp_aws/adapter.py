@@ -30,7 +30,7 @@ _SAMPLE = 20
 _INSTANCE_OPS = frozenset({"StopInstances", "StartInstances", "TerminateInstances", "RebootInstances"})
 _S3_OVERWRITES = frozenset({"PutObject", "CopyObject", "CompleteMultipartUpload"})
 _S3_OBJECT_OPS = _S3_OVERWRITES | {"DeleteObject", "DeleteObjects"}
-_DDB_ITEM_OPS = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"})
+_DDB_ITEM_OPS = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})
 
 
 class AwsAdapter(Adapter):

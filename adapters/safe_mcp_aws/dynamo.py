@@ -39,6 +39,16 @@ def items_named(ddb: Client, operation: str, params: Mapping[str, Any]) -> list[
                 elif "DeleteRequest" in req:
                     out.append((table, dict(req["DeleteRequest"].get("Key") or {}), "delete"))
         return out
+    if operation == "TransactWriteItems":  # ConditionCheck entries write nothing
+        for entry in params.get("TransactItems") or []:
+            for kind, action in (("Put", "put"), ("Update", "update"), ("Delete", "delete")):
+                if kind in entry:
+                    body = entry[kind]
+                    table = str(body.get("TableName"))
+                    key = {k: (body.get("Item") or {}).get(k) for k in _key_names(ddb, table, cache)} \
+                        if kind == "Put" else dict(body.get("Key") or {})
+                    out.append((table, key, action))
+        return out
     table = str(params.get("TableName"))
     if operation == "PutItem":
         item = params.get("Item") or {}

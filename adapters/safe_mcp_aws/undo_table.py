@@ -95,6 +95,7 @@ COVERED: dict[str, Cover] = {
     "dynamodb:UpdateItem": Cover(Effect.WRITE, "ddb_items", _none),
     "dynamodb:DeleteItem": Cover(Effect.DESTRUCTIVE, "ddb_items", _none),
     "dynamodb:BatchWriteItem": Cover(Effect.WRITE, "ddb_items", _none),
+    "dynamodb:TransactWriteItems": Cover(Effect.WRITE, "ddb_items", _none),
     # receiving hides messages from other consumers for a while; undo makes them visible again
     "sqs:ReceiveMessage": Cover(Effect.WRITE, "sqs_visible", _none),
     # Creates undone by their delete, while the new resource is still as the call left it (empty).
@@ -133,6 +134,10 @@ def cover(key: str, params: Mapping[str, Any]) -> tuple[Cover | None, str]:
     if key == "dynamodb:BatchWriteItem":
         requests = [r for rs in (params.get("RequestItems") or {}).values() for r in rs or []]
         if any(isinstance(r, Mapping) and "DeleteRequest" in r for r in requests):
+            return Cover(Effect.DESTRUCTIVE, found.kind, found.gap), ""
+    if key == "dynamodb:TransactWriteItems":
+        entries = params.get("TransactItems") or []
+        if any(isinstance(e, Mapping) and "Delete" in e for e in entries):
             return Cover(Effect.DESTRUCTIVE, found.kind, found.gap), ""
     return found, ""
 

@@ -146,6 +146,15 @@ def ddb_batch(boto: Any) -> Any:
                                  {"DeleteRequest": {"Key": {"pk": {"S": "a"}}}}]}}, _items(boto, t)
 
 
+def ddb_transact(boto: Any) -> Any:
+    t = _table(boto)
+    return {"TransactItems": [{"Put": {"TableName": t, "Item": {"pk": {"S": "d"}}}},
+                              {"Update": {"TableName": t, "Key": {"pk": {"S": "a"}}, "UpdateExpression": "SET v = :v",
+                                          "ExpressionAttributeValues": {":v": {"N": "3"}}}},
+                              {"ConditionCheck": {"TableName": t, "Key": {"pk": {"S": "zz"}},
+                                                  "ConditionExpression": "attribute_not_exists(pk)"}}]}, _items(boto, t)
+
+
 def sqs_receive(boto: Any) -> Any:
     sqs = boto("sqs")
     url = sqs.create_queue(QueueName=unique("cov"))["QueueUrl"]
@@ -220,7 +229,7 @@ CASES: dict[str, Arrange] = {
     "ec2:DeleteTags": ec2_untag, "ec2:RevokeSecurityGroupIngress": _revoke("ingress"),
     "ec2:RevokeSecurityGroupEgress": _revoke("egress"),
     "dynamodb:PutItem": ddb_put, "dynamodb:UpdateItem": ddb_update, "dynamodb:DeleteItem": ddb_delete,
-    "dynamodb:BatchWriteItem": ddb_batch, "sqs:ReceiveMessage": sqs_receive,
+    "dynamodb:BatchWriteItem": ddb_batch, "dynamodb:TransactWriteItems": ddb_transact, "sqs:ReceiveMessage": sqs_receive,
     "s3:CreateBucket": s3_create_bucket, "s3:CreateMultipartUpload": s3_create_upload, "sqs:CreateQueue": sqs_create,
     "sns:CreateTopic": sns_create, "dynamodb:CreateTable": ddb_create, "ec2:CreateSecurityGroup": sg_create,
     "logs:CreateLogGroup": logs_group, "logs:CreateLogStream": logs_stream,
