@@ -1,9 +1,11 @@
-"""Before-state for the operations whose undo is recorded, and the undo itself.
+"""Before-state for the operations whose undo is recorded, and the undo itself (`HANDLERS`).
 
-S3 objects: before a delete or overwrite the current object is kept, either as the version id
-it has (versioned buckets) or as a copy under the quarantine prefix; undo puts it back, but
-only while the key still holds what this call left there. EC2: stop/start are each other's
-undo; tags and security-group rules record what they were and are set back.
+S3 objects: before a delete or overwrite (put, copy, multipart completion) the current object is kept,
+either as the version id it has (versioned buckets) or as a copy under the quarantine prefix; undo
+puts it back, but only while the key still holds what this call left there. EC2: stop/start are each
+other's undo; tags and security-group rules record what they were and are set back, tags only while
+they still hold what the call wrote. DynamoDB items (dynamo.py), creates (creates.py) and received
+SQS messages have handlers of their own.
 """
 
 from __future__ import annotations
