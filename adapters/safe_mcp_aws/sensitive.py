@@ -23,7 +23,7 @@ _NOT_CREDENTIAL = re.compile(r"(arn|id|ids|name|names|url|uri|type|date|time|sta
                              r"^next_?token|^pagination_?token|tosample)$", re.I)
 # Verbs of operations that exist to read something: their sensitive members are redacted, unless the
 # operation's own name says the credential is what it reads (GetPasswordData, GetSecretValue).
-_READ_VERBS = frozenset({"Get", "Describe", "List", "Search", "Batch", "Lookup", "Query", "Scan"})
+_READ_VERBS = frozenset({"Get", "Describe", "List", "Search", "Lookup", "Query", "Scan"})
 _CREDENTIAL_WORDS = re.compile(r"Password|Secret|Credential|Token|Auth|Login|Session|Key(?!s?(Id|Arn|Name))|"
                                r"Plaintext|Passphrase")
 
