@@ -7,23 +7,30 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import hashlib
+import json
 import threading
 from collections.abc import Mapping
 from typing import Any
 
-from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview
+from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview, Reconciled
 from safe_mcp.effects import Effect
-from safe_mcp.errors import AdapterError, Escalated, TooManyRows
+from safe_mcp.errors import AdapterError, Drifted, Escalated, TargetUnavailable, TooManyRows
 from safe_mcp_aws.classify import classify_operation
+from safe_mcp_aws.request import identifiers, parse, refused_out_of_scope, validate
 from safe_mcp_aws.results import trim
 from safe_mcp_aws.scope import out_of_scope, s3_keys_named
 from safe_mcp_aws.settings import AwsSettings
+from safe_mcp_aws.undo_table import CREATES
 
 __all__ = ["AwsAdapter"]
 
 Client = Any
 _SAMPLE = 20
 _INSTANCE_OPS = frozenset({"StopInstances", "StartInstances", "TerminateInstances", "RebootInstances"})
+_S3_OVERWRITES = frozenset({"PutObject", "CopyObject", "CompleteMultipartUpload"})
+_S3_OBJECT_OPS = _S3_OVERWRITES | {"DeleteObject", "DeleteObjects"}
+_DDB_ITEM_OPS = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})
 
 
 class AwsAdapter(Adapter):
@@ -115,22 +122,25 @@ class AwsAdapter(Adapter):
     # -------------------------------------------------------------- contract
 
     def classify(self, call: Call) -> Classification:
-        service, operation, params = _args(call)
+        service, operation, params = parse(call)
         if self.s.services is not None and service not in self.s.services:
-            return _out(f"service {service!r} is not in this target's services ({', '.join(self.s.services) or 'none'})")
+            allowed = ", ".join(self.s.services) or "none"
+            return refused_out_of_scope(f"service {service!r} is not in this target's services ({allowed})")
         op = self._operation(service, operation)
-        _validate(service, op, params)
-        effect, why = classify_operation(service, op, params)
+        service = str(op.service_model.service_name)  # an alias of a service is decided as the service itself
+        validate(service, op, params)
+        effect, why, compensable = classify_operation(service, op, params, self.s.account)
         detail = {"service": service, "operation": op.name, "key": f"{service}:{op.name}"}
         if effect is Effect.FORBIDDEN:
             return Classification(effect=effect, reason=why, summary=f"{service}.{op.name}", detail=detail)
         problem = out_of_scope(service, op.name, params, self.s, read=effect is Effect.READ)
         if problem:
-            return _out(problem)
+            return refused_out_of_scope(problem)
         mismatch = self._account_mismatch()
         if mismatch:
             return Classification(effect=Effect.FORBIDDEN, reason=mismatch, summary=f"{service}.{op.name}")
-        return Classification(effect=effect, reason=why, summary=f"{service}.{op.name}", detail=detail)
+        return Classification(effect=effect, reason=why, summary=f"{service}.{op.name}", detail=detail,
+                              compensable=compensable)
 
     def _account_mismatch(self) -> str:
         with self._lock:
@@ -147,8 +157,8 @@ class AwsAdapter(Adapter):
     def preview(self, call: Call, classification: Classification, budget: Budget) -> Preview:
         if classification.effect is Effect.READ:
             return Preview(effect=Effect.READ, affected=0, notes=["reads change nothing"])
-        service, _, params = _args(call)
-        op = classification.detail.get("operation", "")
+        _, _, params = parse(call)
+        service, op = classification.detail.get("service", ""), classification.detail.get("operation", "")
         try:
             return self._measure(service, op, params, classification, budget)
         except _boto_errors() as exc:
@@ -160,18 +170,21 @@ class AwsAdapter(Adapter):
 
         effect, notes, sample = cls.effect, [], []
         affected: int | None = None
-        if service == "s3" and op in {"DeleteObject", "DeleteObjects", "PutObject", "CopyObject"}:
+        seen: list[Any] = []  # exactly what would change, as it is now: the preview's fingerprint
+        if service == "s3" and op in _S3_OBJECT_OPS:
             s3 = self._client("s3")
             bucket, keys = params["Bucket"], s3_keys_named(op, params)
             affected = len(keys)
             if affected > budget.rows_affected:
                 raise TooManyRows(affected, budget.rows_affected)
             versioned = comp.s3_versioned(s3, bucket)
-            for key in keys[:_SAMPLE]:
+            for n, key in enumerate(keys):
                 state = comp.s3_state(s3, bucket, key)
-                sample.append({"bucket": bucket, "key": key, "exists": state is not None,
-                               "size": state["size"] if state else None})
-                if op in {"PutObject", "CopyObject"} and state is not None:
+                seen.append([bucket, key, state and state["etag"], state and state["version_id"]])
+                if n < _SAMPLE:
+                    sample.append({"bucket": bucket, "key": key, "exists": state is not None,
+                                   "size": state["size"] if state else None})
+                if op in _S3_OVERWRITES and state is not None:
                     effect = Effect.DESTRUCTIVE
                     notes.append(f"it overwrites s3://{bucket}/{key} ({state['size']} bytes)")
             total = sum(x["size"] or 0 for x in sample)
@@ -185,24 +198,49 @@ class AwsAdapter(Adapter):
             if affected > budget.rows_affected:
                 raise TooManyRows(affected, budget.rows_affected)
             states = comp.ec2_instance_states(self._client("ec2"), ids)
+            seen.append(states)
             sample = [{"instance": i, "state": states.get(i, "not found")} for i in ids[:_SAMPLE]]
             if op == "TerminateInstances":
                 self._refuse_protected(ids)
         elif service == "ec2" and op in {"CreateTags", "DeleteTags"}:
             record = comp.ec2_tags_record(self._client("ec2"), op, params)
             affected = record["affected"]
+            seen.append(record)
             sample = [*({"set_back_to": r} for r in record["restore"]), *({"new": r} for r in record["remove"])][:_SAMPLE]
         elif service == "ec2" and op.startswith(("AuthorizeSecurityGroup", "RevokeSecurityGroup")) and \
                 params.get("IpPermissions"):
             record = comp.ec2_sg_record(self._client("ec2"), op, params)
             affected = record["affected"]
+            seen.append(record["before"])
             sample = [{"rules_now": record["before"][:_SAMPLE]}]
+        elif service == "dynamodb" and op in _DDB_ITEM_OPS:
+            items = self._ddb_before(op, params, budget)
+            affected = len(items)
+            seen.extend([i["table"], i["key"], i["before"]] for i in items)
+            sample = [{"table": i["table"], "key": i["key"], "action": i["action"], "exists": i["before"] is not None}
+                      for i in items[:_SAMPLE]]
+            replaced = [i for i in items if i["before"] is not None and i["action"] != "delete"]
+            if replaced or any(i["action"] == "delete" for i in items):
+                effect = Effect.DESTRUCTIVE
+            if replaced:
+                notes.append(f"it changes or replaces {len(replaced)} existing items; their before-images are kept")
+        elif f"{service}:{op}" in CREATES:
+            from safe_mcp_aws import creates
+
+            there = creates.existed(self._client, f"{service}:{op}", params, self.s.region, self.s.account)
+            affected = 0 if there else 1
+            seen.append(there)
+            notes.append("it exists already: the call creates nothing and undo deletes nothing" if there
+                         else f"undo runs {CREATES[f'{service}:{op}'].inverse} while it is still empty")
         else:
             notes.append(f"safe-mcp cannot measure {service}.{op} in advance; it does what the operation does")
         dry = self._ec2_dry_run(service, op, params)
         if dry:
             notes.append(dry)
-        return Preview(effect=effect, affected=affected, sample=self._scrub(sample), notes=notes)
+        fingerprint = hashlib.sha256(json.dumps(seen, sort_keys=True, default=str).encode()).hexdigest() \
+            if seen else None
+        return Preview(effect=effect, affected=affected, sample=self._scrub(sample), notes=notes,
+                       fingerprint=fingerprint)
 
     def _ec2_dry_run(self, service: str, op: str, params: dict[str, Any]) -> str:
         """Ask EC2 itself whether the call would succeed, where the operation has DryRun."""
@@ -233,8 +271,8 @@ class AwsAdapter(Adapter):
                                "(a human must turn protection off outside safe-mcp)")
 
     def execute(self, call: Call, classification: Classification, budget: Budget) -> Outcome:
-        service, _, params = _args(call)
-        op = classification.detail.get("operation", "")
+        _, _, params = parse(call)
+        service, op = classification.detail.get("service", ""), classification.detail.get("operation", "")
         try:
             if classification.effect is Effect.READ:
                 return self._read(service, op, params, call.args.get("max_items"), budget)
@@ -254,7 +292,7 @@ class AwsAdapter(Adapter):
             truncated = "NextToken" in result
         else:
             result = getattr(client, method)(**params)
-        out = trim(result, self.s.max_body_bytes)
+        out = trim(self._redact(service, op, result), self.s.max_body_bytes)
         if service == "s3" and op == "ListBuckets" and self.s.buckets is not None:
             out["Buckets"] = [b for b in out.get("Buckets", [])
                               if any(fnmatch.fnmatchcase(b.get("Name", ""), p) for p in self.s.buckets)]
@@ -270,15 +308,17 @@ class AwsAdapter(Adapter):
         from safe_mcp_aws import compensate as comp
 
         key = f"{service}:{op}"
+        self._check_drift(service, op, params, cls, budget)
         record: dict[str, Any] | None = None
         affected = 1
-        if key in {"s3:DeleteObject", "s3:DeleteObjects", "s3:PutObject", "s3:CopyObject"}:
+        created: bool | None = None
+        if service == "s3" and op in _S3_OBJECT_OPS:
             s3 = self._client("s3")
             bucket, keys = params["Bucket"], s3_keys_named(op, params)
             affected = len(keys)
             if affected > budget.rows_affected:
                 raise TooManyRows(affected, budget.rows_affected)
-            if op in {"PutObject", "CopyObject"} and budget.allowed_effect.rank < Effect.DESTRUCTIVE.rank:
+            if op in _S3_OVERWRITES and budget.allowed_effect.rank < Effect.DESTRUCTIVE.rank:
                 state = comp.s3_state(s3, bucket, keys[0])
                 if state is not None:
                     why = f"it overwrites s3://{bucket}/{keys[0]} ({state['size']} bytes)"
@@ -306,6 +346,17 @@ class AwsAdapter(Adapter):
                 and params.get("IpPermissions"):
             record = comp.ec2_sg_record(self._client("ec2"), op, params)
             affected = record["affected"]
+        elif service == "dynamodb" and op in _DDB_ITEM_OPS:
+            items = self._ddb_before(op, params, budget)
+            existing = [i for i in items if i["before"] is not None and i["action"] != "delete"]
+            if existing and budget.allowed_effect.rank < Effect.DESTRUCTIVE.rank:
+                why = f"it changes or replaces {len(existing)} existing items (first: {existing[0]['key']})"
+                raise Escalated(Effect.DESTRUCTIVE, why, self._measure(service, op, params, cls, budget))
+            record = {"op": "ddb_items", "items": items, "affected": len(items)}
+        elif key in CREATES:
+            from safe_mcp_aws import creates
+
+            created = not creates.existed(self._client, key, params, self.s.region, self.s.account)
         try:
             response = getattr(self._client(service), xform_name(op))(**params)
         except _boto_errors():
@@ -314,14 +365,55 @@ class AwsAdapter(Adapter):
             raise
         if record and record.get("op") == "s3_restore":
             self._settle_s3(op, response, record)
-        result = trim(response, self.s.max_body_bytes)
+        elif record and record.get("op") == "ddb_items":
+            from safe_mcp_aws import dynamo
+
+            record["items"] = dynamo.after(self._client("dynamodb"), record["items"])
+            affected = record["affected"] = len(record["items"])
+        elif key == "sqs:ReceiveMessage":
+            got = response.get("Messages", [])
+            record = {"op": "sqs_visible", "queue_url": params["QueueUrl"], "affected": len(got),
+                      "messages": [{"message_id": m.get("MessageId"), "handle": m.get("ReceiptHandle")} for m in got]}
+            affected = len(got)
+        elif created is not None:
+            from safe_mcp_aws import creates
+
+            record = creates.record(key, params, response, existed_before=not created)
+            affected = int(record["affected"])
+        result = trim(self._redact(service, op, response), self.s.max_body_bytes)
         return Outcome(result=self._scrub(result), affected=affected, compensation=record,
                        summary=f"{service}.{op}")
+
+    def _check_drift(self, service: str, op: str, params: dict[str, Any], cls: Classification,
+                     budget: Budget) -> None:
+        """At confirm: the target must still be as the preview showed, or nothing is sent."""
+        expect = budget.expect
+        if expect is None or expect.fingerprint is None:
+            return
+        now = self._measure(service, op, params, cls, budget)
+        if now.fingerprint != expect.fingerprint:
+            raise Drifted(now.effect, f"{service}.{op}: what it would change moved on since the preview "
+                                      f"({now.affected} items now, {expect.affected} then); nothing was sent", now)
+
+    def _ddb_before(self, op: str, params: Mapping[str, Any], budget: Budget) -> list[dict[str, Any]]:
+        from safe_mcp_aws import dynamo
+
+        ddb = self._client("dynamodb")
+        named = dynamo.items_named(ddb, op, params)
+        if len(named) > budget.rows_affected:
+            raise TooManyRows(len(named), budget.rows_affected)
+        return dynamo.before(ddb, named)
+
+    def _redact(self, service: str, op: str, response: Any) -> Any:
+        """Members botocore marks sensitive never reach the agent, a receipt or the state store."""
+        from safe_mcp_aws.sensitive import redact
+
+        return redact(response, self._operation(service, op).output_shape)
 
     def _settle_s3(self, op: str, response: Mapping[str, Any], record: dict[str, Any]) -> None:
         """Fill in what each key holds after the call, so undo can tell when it moved on."""
         items: list[dict[str, Any]] = record["items"]
-        if op == "PutObject":
+        if op in {"PutObject", "CompleteMultipartUpload"}:
             items[0]["after_etag"] = response.get("ETag")
         elif op == "CopyObject":
             items[0]["after_etag"] = (response.get("CopyObjectResult") or {}).get("ETag")
@@ -348,6 +440,30 @@ class AwsAdapter(Adapter):
             raise self._error(exc, "undo") from None
         return Outcome(affected=n, summary=summary, result={"restored": n})
 
+    def redacted_args(self, call: Call) -> dict[str, Any]:
+        """The call's arguments with every input member botocore marks sensitive (a new password, a
+        secret's value) replaced, for receipts and pending actions. The gate does not call this yet."""
+        try:
+            service, operation, params = parse(call)
+            model = self._operation(service, operation)
+        except AdapterError:
+            return dict(call.args)
+        from safe_mcp_aws.sensitive import redact
+
+        return {**call.args, "params": redact(params, model.input_shape)}
+
+    def reconcile(self, intent_id: str, call: Call) -> Reconciled:
+        """AWS keeps no journal of safe-mcp's intents: say exactly what a human should look at."""
+        try:
+            service, operation, params = parse(call)
+        except AdapterError:
+            return super().reconcile(intent_id, call)
+        where = identifiers(params)
+        return Reconciled(state="unknown", detail=self._scrub_text(
+            f"AWS cannot say whether {service}.{operation} of intent {intent_id} ran: check account {self.s.account}, "
+            f"region {self.s.region}" + (f", {where}" if where else "") + " by hand (e.g. with the matching "
+            "Describe/Get/Head call), then settle it with safe-mcp reconcile"))
+
     @classmethod
     def describe(cls, settings: AdapterSettings) -> dict[str, str]:
         assert isinstance(settings, AwsSettings)
@@ -359,15 +475,20 @@ class AwsAdapter(Adapter):
             where += f", endpoint {s.endpoint_url}"
         return {
             "reaches": where,
-            "compensation": (f"S3 deletes and overwrites keep the object (its version, or a copy under "
-                             f"{s.quarantine_prefix}); EC2 stop/start, tags and security-group rules are set back; "
-                             "terminations and other deletes have none"),
+            "compensation": (f"S3 deletes and overwrites (put, copy, multipart) keep the object (its version, or a "
+                             f"copy under {s.quarantine_prefix}); DynamoDB item writes keep before-images; EC2 "
+                             "stop/start, tags and revoked security-group rules are set back; received SQS messages "
+                             "become visible again; new buckets, queues, topics, tables, security groups, log "
+                             "groups and multipart uploads are deleted while still empty. Every other change is "
+                             "irreversible (a human approves it)"),
             "services": ", ".join(s.services) if s.services is not None else "any service boto3 knows",
             "buckets": ", ".join(s.buckets) if s.buckets is not None else "any",
             "resources": ", ".join(s.resources) if s.resources is not None else "any",
-            "forbidden": ("deleting or changing backups and snapshots and their protection (versioning, object lock, "
-                          "expiring lifecycle rules, object versions), IAM, KMS key deletion, CloudTrail, "
-                          "Organizations, minting credentials"),
+            "forbidden": ("credentials handed over (members botocore marks sensitive are redacted everywhere else), "
+                          "deleting or changing backups and snapshots and their protection (versioning, object "
+                          "lock, expiring lifecycle or TTL rules, object versions, deletion/termination protection, "
+                          "backup retention, point-in-time recovery), bucket policy changes, any other account "
+                          "named in a change, IAM, KMS key deletion, CloudTrail, Organizations"),
         }
 
     def audit(self) -> dict[str, Any]:
@@ -403,12 +524,15 @@ class AwsAdapter(Adapter):
             err = exc.response.get("Error", {})
             text = f"{where} failed: {err.get('Code', 'error')}: {err.get('Message', '')}".rstrip(": ")
         elif isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
-            text = (f"no AWS credentials for target {self.name!r}: set profile, or access_key_id/secret_access_key "
-                    "references, or the AWS_* environment variables")
+            return TargetUnavailable(f"no AWS credentials for target {self.name!r}",
+                                     "set profile, or access_key_id/secret_access_key references, or the AWS_* "
+                                     "environment variables")
         elif isinstance(exc, bx.ProfileNotFound):
-            text = f"AWS profile {self.s.profile!r} is not configured on this machine"
+            return TargetUnavailable(f"AWS profile {self.s.profile!r} is not configured on this machine",
+                                     "add the profile to ~/.aws/config or change the target's profile")
         elif isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError)):
-            text = f"{where}: cannot reach AWS ({type(exc).__name__}); check the network or endpoint_url"
+            return TargetUnavailable(self._scrub_text(f"{where}: cannot reach AWS ({type(exc).__name__})"),
+                                     "check the network or the target's endpoint_url; nothing is known to have run")
         elif isinstance(exc, bx.BotoCoreError):
             text = f"{where} failed: {exc}"
         else:
@@ -421,39 +545,3 @@ def _boto_errors() -> tuple[type[Exception], ...]:
     from botocore.exceptions import BotoCoreError, ClientError
 
     return (BotoCoreError, ClientError)
-
-
-def _out(problem: str) -> Classification:
-    return Classification(effect=Effect.FORBIDDEN, reason=f"out of scope: {problem}; nothing was sent")
-
-
-def _args(call: Call) -> tuple[str, str, dict[str, Any]]:
-    service, operation = call.args.get("service"), call.args.get("operation")
-    if not isinstance(service, str) or not service.strip():
-        raise AdapterError('service must be a boto3 service name, e.g. "s3"')
-    if not isinstance(operation, str) or not operation.strip():
-        raise AdapterError('operation must be an operation name, e.g. "ListObjectsV2" or "list_objects_v2"')
-    params = call.args.get("params") or {}
-    if not isinstance(params, dict):
-        raise AdapterError("params must be an object of the operation's parameters")
-    return service.strip().lower(), operation.strip(), dict(params)
-
-
-def _validate(service: str, op: Any, params: dict[str, Any]) -> None:
-    """botocore's own parameter validation, before anything is sent (its message is kept)."""
-    from botocore.exceptions import ParamValidationError
-    from botocore.validate import ParamValidator
-
-    if op.input_shape is None:
-        if params:
-            raise AdapterError(f"{service}.{op.name} takes no params")
-        return
-    shaped = dict(params)
-    if service == "s3" and isinstance(shaped.get("CopySource"), Mapping):
-        src = shaped["CopySource"]  # boto3 accepts a dict and turns it into the wire string
-        shaped["CopySource"] = f"{src.get('Bucket', '')}/{src.get('Key', '')}"
-    report = ParamValidator().validate(shaped, op.input_shape)
-    if report.has_errors():
-        raise AdapterError(f"invalid params for {service}.{op.name}: {ParamValidationError(report=report.generate_report())}")
-
-

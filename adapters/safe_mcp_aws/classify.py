@@ -1,71 +1,64 @@
-"""Effects of AWS operations, decided from the botocore service model (no I/O, no credentials).
+"""Effects of AWS operations, decided from the botocore service model and the request (no I/O, no credentials).
 
-The general rule reads the operation's name (its leading verb) and, for REST protocols, its HTTP
-method; the tables below hold the exceptions that matter: backups and their protection, identity,
-key deletion, audit trails, credentials. A verb this module does not know is `irreversible`.
+The rule: a call that changes state is `irreversible` unless this adapter records its undo for
+exactly this request (undo_table.py); then it is `write` or `destructive` and `compensable`. Reads are
+recognised from the model (HTTP GET/HEAD, or a reading verb on an operation that is not an HTTP
+PUT/DELETE/PATCH) and from the request (a PartiQL SELECT). Forbidden are credentials handed over
+(members botocore marks sensitive), backups and their protection, identity, audit, and data or
+access leaving the account. Name patterns only ever tighten a decision, never loosen it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from safe_mcp.effects import Effect
+from safe_mcp_aws.sensitive import credential_point
+from safe_mcp_aws.undo_table import cover
 
 if TYPE_CHECKING:
     from botocore.model import OperationModel
 
-__all__ = ["COMPENSATED", "classify_operation", "split_words"]
+__all__ = ["CONTROL_PLANE", "Verdict", "classify_operation", "control_plane", "split_words", "verb_of"]
+
+
+class Verdict(NamedTuple):
+    effect: Effect
+    reason: str
+    compensable: bool = False
+
 
 READ_VERBS = frozenset({
     "Describe", "List", "Get", "Head", "Search", "Lookup", "Query", "Scan", "Select", "Check", "Validate",
-    "Estimate", "Preview", "Simulate", "Filter", "View", "Read", "Detect", "Verify", "Discover", "Contains",
+    "Estimate", "Preview", "Simulate", "Filter", "View", "Read", "Detect", "Contains",
     "Can", "Is", "Count", "Decode", "Evaluate", "Calculate", "Analyze",
-    "Download", "Poll", "Retrieve", "Fetch", "Show", "Compare",
-})
-WRITE_VERBS = frozenset({
-    "Create", "Put", "Update", "Modify", "Start", "Run", "Stop", "Reboot", "Tag", "Untag", "Attach", "Associate",
-    "Enable", "Add", "Set", "Register", "Send", "Publish", "Invoke", "Copy", "Import", "Export", "Upload",
-    "Restore", "Reset", "Replace", "Accept", "Cancel", "Change", "Authorize", "Allocate", "Assign",
-    "Request", "Apply", "Rotate", "Execute", "Complete", "Confirm", "Initiate", "Provision", "Write", "Increase",
-    "Decrease", "Move", "Promote", "Resume", "Pause", "Retry", "Respond", "Submit", "Subscribe", "Unsubscribe",
-    "Grant", "Generate", "Encrypt", "Decrypt", "Re", "Deploy", "Rebuild", "Renew", "Receive", "Signal",
-    "Notify", "Activate", "Link", "Merge", "Ingest", "Label", "Claim", "Archive", "Enter", "Exit", "Rename",
-    "Recover", "Refresh", "Configure", "Upgrade", "Restart", "Approve", "Acknowledge", "Record",
-    "Invite", "Clone", "Build", "Index", "Sync", "Synthesize", "Translate", "Transcribe", "Train", "Unmonitor", "Monitor",
-})
-DESTRUCTIVE_VERBS = frozenset({
-    "Detach", "Disassociate", "Deregister", "Revoke", "Remove", "Disable", "Release", "Abort", "Unassign",
-    "Unlink", "Deactivate", "Unregister", "Unshare", "Reject", "Overwrite", "Disconnect", "Dissociate",
-    "Suspend",
-})
-IRREVERSIBLE_VERBS = frozenset({"Delete", "Terminate", "Purge", "Destroy", "Drop", "Erase", "Wipe", "Empty", "Truncate"})
+    "Download", "Retrieve", "Fetch", "Show", "Compare",
+})  # not Poll or Verify: polling claims work items, verifying registers factors and identities
+DELETE_VERBS = frozenset({"Delete", "Terminate", "Purge", "Destroy", "Drop", "Erase", "Wipe", "Empty", "Truncate",
+                          "Remove", "Deregister", "Revoke", "Disable", "Detach", "Disassociate", "Release"})
 
-# Operations whose undo this adapter records (see compensate.py): their effect drops to what
-# the compensation makes it.
-COMPENSATED: dict[str, Effect] = {
-    "s3:PutObject": Effect.WRITE,  # an overwrite escalates to destructive at execution
-    "s3:CopyObject": Effect.WRITE,
-    "s3:DeleteObject": Effect.DESTRUCTIVE,
-    "s3:DeleteObjects": Effect.DESTRUCTIVE,
-    "ec2:StopInstances": Effect.WRITE,
-    "ec2:StartInstances": Effect.WRITE,
-    "ec2:CreateTags": Effect.WRITE,
-    "ec2:DeleteTags": Effect.DESTRUCTIVE,
-    "ec2:AuthorizeSecurityGroupIngress": Effect.WRITE,
-    "ec2:AuthorizeSecurityGroupEgress": Effect.WRITE,
-    "ec2:RevokeSecurityGroupIngress": Effect.DESTRUCTIVE,
-    "ec2:RevokeSecurityGroupEgress": Effect.DESTRUCTIVE,
+# What a change touches, read from the operation's name: used to explain, and (tests) to make sure
+# no control-plane change is ever given a recorded undo that would make it a plain write.
+CONTROL_PLANE: dict[str, re.Pattern[str]] = {
+    "access and policy": re.compile(r"Polic(y|ies)|Acl|Permission|PublicAccess|Grant|Principal|Trust"),
+    "data leaving the account": re.compile(r"Replication|Share|Sharing|Export|Transfer"),
+    "a protection": re.compile(r"Versioning|Lifecycle|TimeToLive|ContinuousBackups|Protection|Retention|"
+                               r"Encryption|Logging|Lock"),
+    "passwords or credentials": re.compile(r"Password|Credential|AccessKey|LoginProfile|Secret|Certificate"),
+    "network exposure": re.compile(r"^Authorize|Ingress|Egress|PublicAccessBlock|Peering|Firewall|"
+                                   r"NetworkAcl|InternetGateway|Listener"),
+    "running code": re.compile(r"Command|Invoke|FunctionCode|^CreateFunction|ExecuteCommand|RunTask|"
+                               r"StartSession|Automation|Script|UserData"),
+    "DNS": re.compile(r"ResourceRecordSets|HostedZone|RecordSet|Dns"),
 }
 
 # Explicit effects that the general rule would get wrong.
-EXPLICIT: dict[str, tuple[Effect, str]] = {
-    "ec2:TerminateInstances": (Effect.IRREVERSIBLE, "terminating an instance destroys it and its instance storage"),
-    "s3:SelectObjectContent": (Effect.READ, "S3 Select reads an object"),
-    "s3:WriteGetObjectResponse": (Effect.WRITE, "answers an Object Lambda request"),
-    "sqs:ReceiveMessage": (Effect.WRITE, "receiving hides messages from other consumers"),
-    "ec2:GetPasswordData": (Effect.FORBIDDEN, "it returns an instance's administrator password"),
+EXPLICIT: dict[str, Verdict] = {
+    "ec2:TerminateInstances": Verdict(Effect.IRREVERSIBLE, "terminating an instance destroys it and its instance storage"),
+    "s3:SelectObjectContent": Verdict(Effect.READ, "S3 Select reads an object"),
+    "stepfunctions:GetActivityTask": Verdict(Effect.IRREVERSIBLE, "it claims a task for this caller"),
 }
 
 # Never through safe-mcp: backups and their protection, identity, keys, audit, credentials.
@@ -77,6 +70,9 @@ FORBIDDEN_OPS: dict[str, str] = {
        for op in ("AssumeRole", "AssumeRoleWithSAML", "AssumeRoleWithWebIdentity", "AssumeRoot",
                   "GetSessionToken", "GetFederationToken")},
     "ecr:GetAuthorizationToken": "it returns registry credentials",
+    "ecr-public:GetAuthorizationToken": "it returns registry credentials",
+    "ec2:CreateKeyPair": "it returns the new key pair's private key",
+    "ssm:StartSession": "it returns a session token that opens a shell on the host",
     # Secrets stores: a read would put a secret into the agent's context, where injected text can ask
     # it to post the value anywhere. Secrets reach code through config references, not through the agent.
     "secretsmanager:GetSecretValue": "it returns a secret's value",
@@ -88,6 +84,8 @@ FORBIDDEN_OPS: dict[str, str] = {
     "s3:PutObjectRetention": "object lock retention protects data from deletion",
     "s3:PutObjectLegalHold": "legal holds protect data from deletion",
     "s3:DeleteBucketPolicy": "bucket policies often hold deny rules that protect data",
+    # the same effect through the other door: an overwrite can drop every deny rule a delete would
+    "s3:PutBucketPolicy": "it replaces the bucket policy, deny rules included (deleting it is forbidden too)",
     "rds:DeleteDBInstanceAutomatedBackup": "it deletes automated backups",
     "rds:DeleteDBClusterAutomatedBackup": "it deletes automated backups",
     "dynamodb:DeleteBackup": "it deletes a backup",
@@ -110,6 +108,16 @@ _BACKUP_VERBS = frozenset({"Delete", "Modify", "Update", "Put", "Remove", "Disab
                            "Unlock", "Reset", "Deregister"})
 _PREFIXES = frozenset({"Batch", "Admin"})  # BatchDeleteX, AdminDeleteUser: the verb is the next word
 _WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z]|\d|$)|[A-Z]?[a-z]+|\d+")
+_ISSUING = frozenset({"Get", "Create", "Generate", "Request", "Regenerate", "Reset", "Rotate", "Export",
+                      "Download", "Retrieve", "Issue", "Assume"})
+_CREDENTIAL_NOUNS = frozenset({"Token", "Credentials", "Credential", "Password", "PasswordData", "SecretValue"})
+_ACCOUNT_IN_ARN = re.compile(r"arn:aws[\w-]*:[\w-]*:[\w-]*:(\d{12}):")
+_ACCOUNT_KEY = re.compile(r"account|owner|^userids?$|^valuestoadd$|principal", re.I)
+_CHANGE_VERBS = frozenset({"Create", "Put", "Update", "Modify", "Start", "Stop", "Run", "Execute", "Send", "Invoke",
+                           "Set", "Add", "Attach", "Associate", "Enable", "Reset", "Rotate", "Restore", "Import",
+                           "Export", "Copy", "Replace", "Apply", "Grant", "Authorize", "Register", "Tag", "Untag"})
+_STATEMENT_OPS = frozenset({"dynamodb:ExecuteStatement", "dynamodb:BatchExecuteStatement", "dynamodb:ExecuteTransaction"})
+_SELECT = re.compile(r"\s*select\s", re.I)
 
 
 def split_words(name: str) -> list[str]:
@@ -117,78 +125,129 @@ def split_words(name: str) -> list[str]:
     return _WORD.findall(name)
 
 
-def classify_operation(service: str, op: OperationModel, params: Mapping[str, Any]) -> tuple[Effect, str]:
-    """The effect of calling `op` of `service` with `params`, and why."""
+def verb_of(name: str) -> str:
+    """The leading verb of an operation name, past a Batch/Admin prefix."""
+    words = split_words(name)
+    if words[:1] and words[0] in _PREFIXES and len(words) > 1:
+        return words[1]
+    return words[0] if words else ""
+
+
+def control_plane(name: str) -> list[str]:
+    """The control-plane categories an operation's name falls into (explanations and tests only)."""
+    return [label for label, pattern in CONTROL_PLANE.items() if pattern.search(name)]
+
+
+def classify_operation(service: str, op: OperationModel, params: Mapping[str, Any],
+                       account: str | None = None) -> Verdict:
+    """The effect of calling `op` of `service` with `params`, why, and whether undo will be recorded.
+
+    `account` is the target's own account: any other account named in a changing request is refused.
+    """
     name = op.name
     key = f"{service}:{name}"
-    forbidden = _forbidden(service, name, params)
+    verb = verb_of(name)
+    forbidden = _forbidden(service, op, verb, params)
     if forbidden:
-        return Effect.FORBIDDEN, forbidden
+        return Verdict(Effect.FORBIDDEN, forbidden)
     if key in EXPLICIT:
         return EXPLICIT[key]
-    if service in FORBIDDEN_WRITES_IN or key in COMPENSATED:
-        general, why = _general(op)
-        if service in FORBIDDEN_WRITES_IN and general is not Effect.READ:
-            return Effect.FORBIDDEN, f"{key}: {FORBIDDEN_WRITES_IN[service]}"
-        if key in COMPENSATED:
-            effect = COMPENSATED[key]
-            if key.startswith("ec2:RevokeSecurityGroup") and not params.get("IpPermissions"):
-                return Effect.IRREVERSIBLE, f"{key} by rule id: the revoked rules are not recorded for undo"
-            return effect, f"{key} ({effect.value}, undo is recorded)"
-        return general, why
-    return _general(op)
+    if _reads(key, op, verb, params):
+        return Verdict(Effect.READ, f"{name} reads")
+    if service in FORBIDDEN_WRITES_IN:
+        return Verdict(Effect.FORBIDDEN, f"{key}: {FORBIDDEN_WRITES_IN[service]}")
+    foreign = sorted(a for a in _accounts(params) if a != account) if account else []
+    if foreign:
+        return Verdict(Effect.FORBIDDEN, f"{key} names account {', '.join(foreign)}: data or access would leave "
+                                         f"account {account}")
+    found, gap = cover(key, params)
+    if found is not None:
+        return Verdict(found.effect, f"{key} ({found.effect.value}, undo is recorded)", True)
+    return Verdict(Effect.IRREVERSIBLE, _why_irreversible(key, name, verb, gap))
 
 
-def _general(op: OperationModel) -> tuple[Effect, str]:
-    words = split_words(op.name)
-    verb = words[0] if words else ""
-    if verb in _PREFIXES and len(words) > 1:
-        verb = words[1]
+def _reads(key: str, op: OperationModel, verb: str, params: Mapping[str, Any]) -> bool:
+    if key in _STATEMENT_OPS:
+        return _only_selects(key, params)
     method = str(op.http.get("method", "POST")).upper()
-    rest = op.metadata.get("protocol") in {"rest-json", "rest-xml"}
-    if verb in IRREVERSIBLE_VERBS:
-        return Effect.IRREVERSIBLE, f"{op.name} deletes or ends something and safe-mcp keeps no copy"
-    if verb in DESTRUCTIVE_VERBS:
-        return Effect.DESTRUCTIVE, f"{op.name} removes or detaches something"
+    if op.metadata.get("protocol") in {"rest-json", "rest-xml"}:
+        if method in {"GET", "HEAD"}:  # a GET named for a change (ConfirmTopicRuleDestination) is not trusted
+            return verb not in _CHANGE_VERBS - {"Export"} and verb not in DELETE_VERBS \
+                and verb not in {"Confirm", "Verify", "Assume"}
+        if method in {"PUT", "DELETE", "PATCH"}:
+            return False
     if verb in READ_VERBS:
-        if rest and method in {"PUT", "DELETE", "PATCH"}:
-            return Effect.WRITE, f"{op.name} is named like a read but is an HTTP {method}"
-        return Effect.READ, f"{op.name} reads"
-    if verb in WRITE_VERBS:
-        if rest and method == "DELETE":
-            return Effect.IRREVERSIBLE, f"{op.name} is an HTTP DELETE"
-        return Effect.WRITE, f"{op.name} changes state"
-    if rest and method in {"GET", "HEAD"}:
-        return Effect.READ, f"{op.name} is an HTTP {method}"
-    if rest and method == "DELETE":
-        return Effect.IRREVERSIBLE, f"{op.name} is an HTTP DELETE"
-    return Effect.IRREVERSIBLE, f"{op.name}: safe-mcp does not know what this verb does, so it takes the strictest class"
+        return True
+    # botocore's own `readonly` trait (Geocode, Autocomplete...): trusted unless the name says it changes something
+    trait = getattr(op, "_operation_model", {}).get("readonly") is True
+    return trait and verb not in _CHANGE_VERBS and verb not in DELETE_VERBS
 
 
-def _forbidden(service: str, name: str, params: Mapping[str, Any]) -> str:
+def _only_selects(key: str, p: Mapping[str, Any]) -> bool:
+    """PartiQL: a read when every statement is one SELECT (an UPDATE or DELETE changes items without undo)."""
+    if key == "dynamodb:ExecuteStatement":
+        statements = [p.get("Statement")]
+    else:
+        listed = p.get("Statements") or p.get("TransactStatements") or []
+        statements = [s.get("Statement") for s in listed if isinstance(s, Mapping)] if isinstance(listed, list) else []
+    return bool(statements) and all(isinstance(s, str) and _SELECT.match(s) and ";" not in s for s in statements)
+
+
+def _why_irreversible(key: str, name: str, verb: str, gap: str) -> str:
+    areas = control_plane(name)
+    what = f"{key} changes {' and '.join(areas)}" if areas else f"{key} changes state"
+    if verb in DELETE_VERBS:
+        what = f"{key} deletes, ends or removes something"
+    if key in _STATEMENT_OPS:
+        what = f"{key} runs a PartiQL statement that is not a SELECT"
+    if gap:
+        return f"{what}; undo is not recorded for this request: {gap}"
+    return f"{what} and safe-mcp records no undo for it, so it is irreversible"
+
+
+def _forbidden(service: str, op: OperationModel, verb: str, params: Mapping[str, Any]) -> str:
+    name = op.name
     key = f"{service}:{name}"
     if service in FORBIDDEN_SERVICES:
         return f"{key}: {FORBIDDEN_SERVICES[service]}"
     if key in FORBIDDEN_OPS:
         return f"{key}: {FORBIDDEN_OPS[key]}"
-    words = split_words(name)
-    verb = words[1] if words[:1] and words[0] in _PREFIXES and len(words) > 1 else (words[0] if words else "")
+    if verb not in {"Delete", "Terminate"}:
+        point = credential_point(op, verb)
+        if point:
+            return f"{key}: {point}; credentials never reach the agent"
+        if verb == "Assume":
+            return f"{key}: assuming a role mints credentials; credentials never reach the agent"
+        words = split_words(name)
+        if verb in _ISSUING and words and words[-1] in _CREDENTIAL_NOUNS:
+            return f"{key}: it hands over a {words[-1].lower()}; credentials never reach the agent"
     if verb in _BACKUP_VERBS and _BACKUP_NOUN.search(name):
         return f"{key}: it deletes or changes a backup, snapshot or its protection"
     return _forbidden_by_params(key, params)
+
+
+def _false(value: Any) -> bool:
+    """False, however it is spelled: False, "false", "False", 0, "0"."""
+    if isinstance(value, Mapping):
+        value = value.get("Value")
+    return value is False or (isinstance(value, (str, int)) and str(value).strip().lower() in {"false", "0"})
+
+
+def _true(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        value = value.get("Value")
+    return value is True or (isinstance(value, (str, int)) and str(value).strip().lower() in {"true", "1"})
 
 
 def _forbidden_by_params(key: str, p: Mapping[str, Any]) -> str:
     """Calls that are ordinary except for the parameters that remove a protection."""
     if key == "s3:PutBucketVersioning":
         conf = p.get("VersioningConfiguration") or {}
-        if conf.get("Status") != "Enabled" or conf.get("MFADelete") == "Disabled":
+        if conf.get("Status") != "Enabled" or str(conf.get("MFADelete", "")).lower() == "disabled":
             return f"{key}: suspending versioning (or MFA delete) removes the protection of old versions"
-    if key in {"s3:PutBucketLifecycleConfiguration", "s3:PutBucketLifecycle"}:
-        conf = p.get("LifecycleConfiguration") or {}
-        for rule in conf.get("Rules", []) or []:
-            if any(k in rule for k in ("Expiration", "NoncurrentVersionExpiration")):
-                return f"{key}: a lifecycle rule that expires objects deletes data"
+    # any service's lifecycle rule (S3, S3 on Outposts, ECR's JSON policy text) that expires things deletes them
+    if "Lifecycle" in key and any("expir" in text.lower() for text in (*_keys(p), *_strings(p))):
+        return f"{key}: a lifecycle rule that expires objects deletes data"
     if key == "s3:DeleteObject" and p.get("VersionId"):
         return f"{key} with VersionId deletes an object version permanently"
     if key == "s3:DeleteObjects":
@@ -200,25 +259,103 @@ def _forbidden_by_params(key: str, p: Mapping[str, Any]) -> str:
     if key in {"ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "ssm:GetParameterHistory"} \
             and p.get("WithDecryption"):
         return f"{key} with WithDecryption returns SecureString secrets in clear text"
-    if key == "ec2:ModifyInstanceAttribute":
-        flag = p.get("DisableApiTermination")
-        value = flag.get("Value") if isinstance(flag, Mapping) else flag
-        if value is False:
-            return f"{key}: removing termination protection"
+    # two spellings: DisableApiTermination={"Value": False}, or Attribute="disableApiTermination", Value="false"
+    if key == "ec2:ModifyInstanceAttribute" and (
+            _false(p.get("DisableApiTermination")) or _false(p.get("DisableApiStop"))
+            or (str(p.get("Attribute", "")).lower() in {"disableapitermination", "disableapistop"}
+                and _false(p.get("Value")))):
+        return f"{key}: removing termination or stop protection"
+    if key in {"ec2:ModifyImageAttribute", "ec2:ModifyFpgaImageAttribute"} and "all" in _strings(p):
+        return f"{key}: sharing an image with everyone"
     if key in {"rds:ModifyDBInstance", "rds:ModifyDBCluster"}:
-        if p.get("BackupRetentionPeriod") == 0:
+        if "BackupRetentionPeriod" in p and _false(p.get("BackupRetentionPeriod")):
             return f"{key} with BackupRetentionPeriod=0 turns automated backups off and deletes them"
-        if p.get("DeletionProtection") is False:
+        if "DeletionProtection" in p and _false(p.get("DeletionProtection")):
             return f"{key}: removing deletion protection"
     if key in {"rds:DeleteDBInstance", "rds:DeleteDBCluster"} and (
-            p.get("SkipFinalSnapshot") or p.get("DeleteAutomatedBackups", key == "rds:DeleteDBInstance")):
+            _true(p.get("SkipFinalSnapshot")) or p.get("DeleteAutomatedBackups", key == "rds:DeleteDBInstance")):
         return f"{key} without a final snapshot, or deleting its automated backups, leaves no backup"
-    if key == "redshift:DeleteCluster" and p.get("SkipFinalClusterSnapshot"):
+    if key == "redshift:DeleteCluster" and _true(p.get("SkipFinalClusterSnapshot")):
         return f"{key} with SkipFinalClusterSnapshot leaves no backup"
     if key == "dynamodb:UpdateContinuousBackups":
         spec = p.get("PointInTimeRecoverySpecification") or {}
-        if spec.get("PointInTimeRecoveryEnabled") is False:
+        if _false(spec.get("PointInTimeRecoveryEnabled")):
             return f"{key}: turning point-in-time recovery off"
-    if key == "dynamodb:DeleteTable" and (p.get("DeletionProtectionEnabled") is False):
+    if key in {"dynamodb:UpdateTable", "dynamodb:DeleteTable"} and "DeletionProtectionEnabled" in p \
+            and _false(p.get("DeletionProtectionEnabled")):
         return f"{key}: removing deletion protection"
+    switched = _protection_off(key, p)
+    if switched:
+        return switched
+    if key == "dynamodb:UpdateTimeToLive" and _true((p.get("TimeToLiveSpecification") or {}).get("Enabled")):
+        return f"{key}: a TTL rule expires (deletes) every item whose attribute is past, with no copy kept"
     return ""
+
+
+# Protections, by parameter name, in any service's request and at any depth: the same switch has the
+# same name in RDS, DocumentDB, Neptune, DynamoDB, CloudFormation, ELB, Redshift and more.
+_MUST_STAY_ON = frozenset({"DeletionProtection", "DeletionProtectionEnabled", "TerminationProtection",
+                           "EnableTerminationProtection", "DisableApiTermination", "DisableApiStop",
+                           "PointInTimeRecoveryEnabled", "EnableDeletionProtection", "MFADelete"})
+_MUST_STAY_ABOVE_ZERO = frozenset({"BackupRetentionPeriod", "AutomatedSnapshotRetentionPeriod",
+                                   "SnapshotRetentionLimit", "ManualSnapshotRetentionPeriod"})
+
+
+def _protection_off(key: str, p: Mapping[str, Any]) -> str:
+    if verb_of(key.split(":", 1)[1]) == "Create":  # a new resource has nothing to lose yet
+        return ""
+    for name, value in _pairs(p):
+        if name in _MUST_STAY_ON and _false(value):
+            return f"{key}: {name}={value!r} switches a protection off"
+        if name in _MUST_STAY_ABOVE_ZERO and _false(value):
+            return f"{key}: {name}=0 turns automated backups off and deletes them"
+    # attribute lists: {"Key": "deletion_protection.enabled", "Value": "false"} (ELB and others)
+    for _, value in _pairs([p]):
+        if isinstance(value, Mapping) and "protection" in str(value.get("Key", "")).lower() \
+                and _false(value.get("Value")):
+            return f"{key}: {value['Key']}={value['Value']!r} switches a protection off"
+    return ""
+
+
+def _pairs(value: Any) -> Iterator[tuple[str, Any]]:
+    """Every (name, value) in a request at any depth; a list's items come as ("", item)."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield str(k), v
+            yield from _pairs(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield "", v
+            yield from _pairs(v)
+
+
+def _keys(value: Any) -> Iterator[str]:
+    return (k for k, _ in _pairs(value) if k)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def _accounts(value: Any, key: str = "") -> Iterator[str]:
+    """12-digit account ids a request names: in ARNs anywhere (policy documents included), and as the
+    value of account-like parameters (AccountId, UserIds, ValuesToAdd, Principal...)."""
+    if isinstance(value, str):
+        yield from _ACCOUNT_IN_ARN.findall(value)
+        if _ACCOUNT_KEY.search(key) and re.fullmatch(r"\d{12}", value.strip()):
+            yield value.strip()
+        if value.lstrip().startswith("{"):  # a JSON document (policy): "AWS": "111122223333"
+            yield from re.findall(r'"AWS"\s*:\s*"(\d{12})"', value)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _accounts(v, str(k))
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _accounts(v, key)

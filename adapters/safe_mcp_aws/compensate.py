@@ -1,9 +1,11 @@
-"""Before-state for the operations whose undo is recorded, and the undo itself.
+"""Before-state for the operations whose undo is recorded, and the undo itself (`HANDLERS`).
 
-S3 objects: before a delete or overwrite the current object is kept, either as the version id
-it has (versioned buckets) or as a copy under the quarantine prefix; undo puts it back, but
-only while the key still holds what this call left there. EC2: stop/start are each other's
-undo; tags and security-group rules record what they were and are set back.
+S3 objects: before a delete or overwrite (put, copy, multipart completion) the current object is kept,
+either as the version id it has (versioned buckets) or as a copy under the quarantine prefix; undo
+puts it back, but only while the key still holds what this call left there. EC2: stop/start are each
+other's undo; tags and security-group rules record what they were and are set back, tags only while
+they still hold what the call wrote. DynamoDB items (dynamo.py), creates (creates.py) and received
+SQS messages have handlers of their own.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from botocore.exceptions import ClientError
 from safe_mcp.errors import AdapterError
 from safe_mcp.receipts import new_id
 
-__all__ = ["apply", "ec2_instance_states", "ec2_sg_record", "ec2_tags_record", "s3_keep", "s3_state"]
+__all__ = ["HANDLERS", "apply", "ec2_instance_states", "ec2_sg_record", "ec2_tags_record", "s3_keep", "s3_state"]
 
 Client = Any
 Clients = Callable[[str], Client]
@@ -119,7 +121,13 @@ def ec2_tags_record(ec2: Client, operation: str, params: Mapping[str, Any]) -> d
         keys = None if not tags else {t["Key"] for t in tags}
         restore = [{"resource": rid, "key": k, "value": v} for (rid, k), v in sorted(before.items())
                    if rid in resources and (keys is None or k in keys)]
-    return {"op": "ec2_tags", "restore": restore, "remove": remove, "affected": len(restore) + len(remove)}
+    # what the call leaves, so that undo can tell whether someone changed these tags since
+    if operation == "CreateTags":
+        expect = [{"resource": rid, "key": t["Key"], "value": t.get("Value", "")} for rid in resources for t in tags or []]
+    else:
+        expect = [{"resource": r["resource"], "key": r["key"], "value": None} for r in restore]
+    return {"op": "ec2_tags", "restore": restore, "remove": remove, "expect": expect,
+            "affected": len(restore) + len(remove)}
 
 
 def ec2_sg_record(ec2: Client, operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -159,6 +167,18 @@ def _ec2_undo_instances(clients: Clients, comp: Mapping[str, Any]) -> tuple[int,
 
 def _ec2_undo_tags(clients: Clients, comp: Mapping[str, Any]) -> tuple[int, str]:
     ec2 = clients("ec2")
+    expect = list(comp.get("expect", []))
+    resources = sorted({e["resource"] for e in expect})
+    now: dict[tuple[str, str], str] = {}
+    if resources:
+        for page in ec2.get_paginator("describe_tags").paginate(
+                Filters=[{"Name": "resource-id", "Values": resources}]):
+            for tag in page.get("Tags", []):
+                now[(tag["ResourceId"], tag["Key"])] = tag.get("Value", "")
+    moved = [f"{e['resource']} tag {e['key']}" for e in expect if now.get((e["resource"], e["key"])) != e["value"]]
+    if moved:
+        raise AdapterError(f"{', '.join(moved)} changed after this call; undo would overwrite newer tags "
+                           "(nothing was undone)")
     for item in comp.get("restore", []):
         ec2.create_tags(Resources=[item["resource"]], Tags=[{"Key": item["key"], "Value": item["value"]}])
     for item in comp.get("remove", []):
@@ -181,12 +201,50 @@ def apply(clients: Clients, comp: Mapping[str, Any]) -> tuple[int, str]:
         AdapterError: the state moved on, or AWS refused (nothing more was changed than reported).
         ClientError: AWS refused; the caller translates it.
     """
-    handlers = {"s3_restore": _s3_undo, "ec2_start": _ec2_undo_instances, "ec2_stop": _ec2_undo_instances,
-                "ec2_tags": _ec2_undo_tags, "ec2_sg": _ec2_undo_sg}
-    handler = handlers.get(str(comp.get("op")))
+    handler = HANDLERS.get(str(comp.get("op")))
     if handler is None:
         raise AdapterError(f"unknown compensation {comp.get('op')!r}")
     return handler(clients, comp)
+
+
+def _sqs_visible(clients: Clients, comp: Mapping[str, Any]) -> tuple[int, str]:
+    """Received messages become visible again. SQS cannot test a receipt handle without using it, so a
+    message deleted or received by someone else since is named in the summary (it stays as it is); when
+    none can be put back, undo refuses."""
+    sqs = clients("sqs")
+    messages = list(comp.get("messages", []))
+    if not messages:
+        return 0, "no message was received"
+    entries = [{"Id": str(i), "ReceiptHandle": m["handle"], "VisibilityTimeout": 0} for i, m in enumerate(messages)]
+    failed = sqs.change_message_visibility_batch(QueueUrl=comp["queue_url"], Entries=entries).get("Failed", [])
+    gone = [str(messages[int(f["Id"])]["message_id"]) for f in failed]
+    if len(gone) == len(messages):
+        raise AdapterError(f"messages {', '.join(gone)} were deleted or received again since this call; there is "
+                           "nothing left to put back")
+    done = len(messages) - len(gone)
+    tail = f"; {', '.join(gone)} were deleted or received again since and stay as they are" if gone else ""
+    return done, f"{done} messages visible in the queue again{tail}"
+
+
+def _ddb_undo(clients: Clients, comp: Mapping[str, Any]) -> tuple[int, str]:
+    from safe_mcp_aws import dynamo
+
+    n = dynamo.undo(clients("dynamodb"), list(comp.get("items", [])))
+    return n, f"{n} DynamoDB items put back as they were"
+
+
+def _created_undo(clients: Clients, comp: Mapping[str, Any]) -> tuple[int, str]:
+    from safe_mcp_aws import creates
+
+    return creates.undo(clients, comp)
+
+
+HANDLERS: dict[str, Callable[[Clients, Mapping[str, Any]], tuple[int, str]]] = {
+    "s3_restore": _s3_undo, "ec2_start": _ec2_undo_instances, "ec2_stop": _ec2_undo_instances,
+    "ec2_tags": _ec2_undo_tags, "ec2_sg": _ec2_undo_sg, "ddb_items": _ddb_undo, "created": _created_undo,
+    "sqs_visible": _sqs_visible,
+}
+"""Every compensation kind undo_table.COVERED names, and the function that runs it."""
 
 
 def _snake(name: str) -> str:

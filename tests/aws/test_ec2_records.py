@@ -28,7 +28,8 @@ async def test_tags_and_security_group_rules_undo(tmp_path: Path, moto_endpoint:
     def ingress() -> list[Any]:
         return list(ec2.describe_security_groups(GroupIds=[group])["SecurityGroups"][0]["IpPermissions"])
 
-    async with connect(aws_config(tmp_path, moto_endpoint)) as client:
+    # the agent may confirm irreversible calls here, so that the security-group rule below can run
+    async with connect(aws_config(tmp_path, moto_endpoint, tail='irreversible = "agent"')) as client:
         done = await call(client, "aws_call", target="cloud", service="ec2", operation="CreateTags",
                           params={"Resources": [instance], "Tags": [{"Key": "env", "Value": "prod"},
                                                                     {"Key": "new", "Value": "1"}]})
@@ -45,8 +46,12 @@ async def test_tags_and_security_group_rules_undo(tmp_path: Path, moto_endpoint:
         await call(client, "undo", receipt_id=done["receipt_id"])
         assert tags() == {"env": "staging", "owner": "ops"}
 
-        done = await call(client, "aws_call", target="cloud", service="ec2", operation="AuthorizeSecurityGroupIngress",
-                          params={"GroupId": group, "IpPermissions": [rule]})
+        # adding a rule is network exposure: irreversible (a human approves), though its undo is still recorded
+        pending = await call(client, "aws_call", target="cloud", service="ec2",
+                             operation="AuthorizeSecurityGroupIngress", params={"GroupId": group, "IpPermissions": [rule]})
+        assert pending["status"] == "pending" and pending["effect"] == "irreversible"
+        assert ingress() == []
+        done = await call(client, "confirm", action_id=pending["pending"]["action_id"])
         assert len(ingress()) == 1
         await call(client, "undo", receipt_id=done["receipt_id"])
         assert ingress() == []
