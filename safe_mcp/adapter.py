@@ -197,6 +197,11 @@ class Adapter(ABC):
             AdapterError: the state has moved on so undo would destroy newer data, or it failed.
         """
 
+    def redacted_args(self, call: Call) -> dict[str, Any]:
+        """The call's arguments as receipts may record them: members that carry a secret the agent sent
+        (a new password, a secret's value) replaced. The default records them as they are."""
+        return dict(call.args)
+
     journals: ClassVar[bool] = False
     """True when `execute` and `compensate` record `budget.intent_id` inside the target, atomically with
     the write, so that `reconcile` can answer `executed` or `not_executed` instead of `unknown`."""

@@ -388,7 +388,7 @@ class Gate:
             rid = self.store.append_later(
                 session=caller.session, client=caller.client, run_id=caller.run_id or caller.session,
                 target=call.target, tool=call.tool, effect=effect.value,
-                args=self.scrub(dict(call.args)), decision="allow", reason=decision.reason, outcome="executed",
+                args=self.scrub(self._recorded_args(call)), decision="allow", reason=decision.reason, outcome="executed",
                 policy_digest=self.policy_digest, duration_ms=_ms(started))
             return GateResult(status="ok", receipt_id=rid, target=call.target, tool=call.tool, effect=effect.value,
                               result=self.scrub(outcome.result), message=outcome.summary or "read")
@@ -488,7 +488,7 @@ class Gate:
                    f"{_iso(action.not_before)} and {_iso(action.expires)}")
         view = PendingView(
             action_id=action_id, target=call.target, tool=call.tool, effect=preview.effect.value,
-            statement=self.scrub({k: v for k, v in call.args.items() if k not in _CONTROL_ARGS}),
+            statement=self.scrub({k: v for k, v in self._recorded_args(call).items() if k not in _CONTROL_ARGS}),
             preview=action.preview, confirm_by=confirm_by.value, how_to_confirm=how,
             not_before=_iso(action.not_before), expires=_iso(action.expires),
         )
@@ -824,7 +824,7 @@ class Gate:
     def _intent(self, call: Call, caller: Caller, effect: Effect, *, action_id: str | None = None,
                 key: str | None = None, undoes: str | None = None, compensation_id: str | None = None) -> Receipt:
         record = Intent(owner=instance_id(), target=call.target, tool=call.tool,
-                        args=_utf8_safe(self.scrub(dict(call.args))), effect=effect.value, session=caller.session,
+                        args=_utf8_safe(self.scrub(self._recorded_args(call))), effect=effect.value, session=caller.session,
                         client=caller.client, run_id=caller.run_id, action_id=action_id, idempotency_key=key,
                         undoes=undoes, compensation_id=compensation_id)
         try:
@@ -837,7 +837,7 @@ class Gate:
     def _append(self, call: Call, caller: Caller, effect: Effect, decision: str, reason: str, outcome: str,
                 *, tool: str | None = None, compensation: tuple[str, str, dict[str, Any]] | None = None,
                 **extra: Any) -> Receipt:
-        args = {k: v for k, v in call.args.items()}
+        args = self._recorded_args(call)
         return self.store.append(
             session=caller.session, client=caller.client, run_id=caller.run_id or caller.session,
             target=call.target, tool=tool or call.tool,
@@ -845,6 +845,11 @@ class Gate:
             reason=_utf8_safe(self.scrub(reason)), outcome=outcome, policy_digest=self.policy_digest,
             compensation=compensation, **extra,
         )
+
+    def _recorded_args(self, call: Call) -> dict[str, Any]:
+        """What receipts record of the call's arguments: secrets the agent sent are left out by the adapter."""
+        adapter = self._adapters.get(call.target)
+        return adapter.redacted_args(call) if adapter is not None else dict(call.args)
 
     def _refuse(self, call: Call, caller: Caller, effect: Effect, reason: str, remedy: str = "",
                 *, tool: str | None = None, **extra: Any) -> None:

@@ -442,7 +442,7 @@ class AwsAdapter(Adapter):
 
     def redacted_args(self, call: Call) -> dict[str, Any]:
         """The call's arguments with every input member botocore marks sensitive (a new password, a
-        secret's value) replaced, for receipts and pending actions. The gate does not call this yet."""
+        secret's value) replaced, for receipts and the preview shown to the agent."""
         try:
             service, operation, params = parse(call)
             model = self._operation(service, operation)

@@ -43,13 +43,13 @@ def test_serve_with_aws_target_defers_boto3_to_the_first_call(tmp_path: Path) ->
 def test_check_lists_services_buckets_and_effects(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = aws_config(tmp_path, "http://127.0.0.1:9",
                      extra='services = ["s3", "ec2", "logs"]\nbuckets = ["acme-staging-*"]')
-    assert main(["check", "--config", str(cfg)]) == 0
+    assert main(["check", "--config", str(cfg), "--offline"]) == 0
     text = capsys.readouterr().out
     assert "target cloud (aws, read-write)" in text
     assert "services:     s3, ec2, logs" in text and "buckets:      acme-staging-*" in text
     assert "AWS account 123456789012, region us-east-1" in text
     assert "forbidden:    refused" in text and "destructive:  needs agent confirmation" in text
-    assert main(["check", "--config", str(cfg), "--format", "json"]) == 0
+    assert main(["check", "--config", str(cfg), "--format", "json", "--offline"]) == 0
     inv = json.loads(capsys.readouterr().out)
     target = inv["targets"][0]
     assert target["details"]["services"] == "s3, ec2, logs" and target["credentials"] == [
