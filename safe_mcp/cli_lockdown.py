@@ -132,14 +132,26 @@ def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopba
     from safe_mcp.server import build_server
 
     install_log_scrubber(runtime.scrub)
+    settings = runtime.config.server
     if transport == "stdio":
-        build_server(runtime).run("stdio")
+        import anyio
+
+        from safe_mcp.transport_guard import guarded_stdio
+
+        stdio_server = build_server(runtime)
+
+        async def serve_stdio() -> None:
+            # Our own line reader, not the SDK's: it caps each request and answers every line (see transport_guard).
+            low = stdio_server._lowlevel_server
+            async with guarded_stdio(settings.max_request_bytes) as (read_stream, write_stream):
+                await low.run(read_stream, write_stream, low.create_initialization_options())
+
+        anyio.run(serve_stdio)
         return
     from mcp.server.transport_security import TransportSecuritySettings
 
     from safe_mcp.auth import TokenStore
 
-    settings = runtime.config.server
     tokens = TokenStore(runtime.store) if settings.auth == "token" else None
     path = "/sse" if transport == "sse" else "/mcp"
     shown = f"[{host}]" if ":" in host else host
@@ -158,10 +170,21 @@ def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopba
     for route in ApprovalPage(runtime.gate, page_hosts).routes():
         server.custom_route(route.path, methods=sorted(route.methods or {"GET"}))(route.endpoint)
     logging.getLogger("safe_mcp").info("serving %s on %s:%s (auth: %s)", transport, host, port, settings.auth)
+    import anyio
+    import uvicorn
+
+    from safe_mcp.transport_guard import BodyGuard, guard_endpoint
+
+    cap = settings.max_request_bytes
     if transport == "sse":
-        server.run("sse", host=host, port=port, transport_security=security)
+        app = server.sse_app(max_request_body_size=cap, transport_security=security, host=host)
     else:
-        server.run("streamable-http", host=host, port=port, transport_security=security)
+        app = server.streamable_http_app(max_request_body_size=cap, transport_security=security, host=host)
+        guard_endpoint(app, path)  # malformed envelopes and JSON the SDK's parser rejects (see transport_guard)
+    # The SDK's run(), with its app behind BodyGuard: no body over the cap is read whole, token or not.
+    uvicorn_server = uvicorn.Server(uvicorn.Config(BodyGuard(app, cap), host=host, port=port,
+                                                   log_level=server.settings.log_level.lower()))
+    anyio.run(uvicorn_server.serve)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

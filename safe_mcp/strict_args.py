@@ -58,6 +58,7 @@ def check_values(tool: str, arguments: Mapping[str, Any]) -> Violation | None:
     if not found:
         return None
     path, problem = next(iter(found.values()))
+    path = path if len(path) <= 80 else path[:60] + "..."
     recorded = {k: (f"<{found[k][1].split(',')[0]}>" if k in found else v) for k, v in arguments.items()
                 if not _bad_text(k)}
     return Violation(f"{tool} argument {path} {problem}; nothing ran", _REMEDY[problem.split(" ")[0]] + " and call again",
@@ -97,9 +98,9 @@ def check_types(tool: str, exc: ValidationError, schema: Mapping[str, Any], argu
                      dict(arguments))
 
 
-_SURROGATE = "holds a lone surrogate (an unpaired \\ud800-\\udfff escape), which is not text"
+_SURROGATE = "holds a lone surrogate (an unpaired \\ud800-\\udfff escape, or U+FFFF), which is not text"
 _REMEDY = {
-    "holds": "send text as valid Unicode (no unpaired \\ud800-\\udfff escapes)",
+    "holds": "send text as valid Unicode (no unpaired \\ud800-\\udfff escapes, no U+FFFF)",
     "is": "pass integers between -2^63 and 2^63-1 (send larger numbers as text) and finite numbers only",
     "nests": f"flatten the value to at most {MAX_DEPTH} levels",
 }
