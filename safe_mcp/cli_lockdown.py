@@ -136,12 +136,12 @@ def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopba
     if transport == "stdio":
         import anyio
 
-        from safe_mcp.transport_guard import guarded_stdio
+        from safe_mcp.stdio_guard import guarded_stdio
 
         stdio_server = build_server(runtime)
 
         async def serve_stdio() -> None:
-            # Our own line reader, not the SDK's: it caps each request and answers every line (see transport_guard).
+            # Our own line reader, not the SDK's: it caps each request and answers every line (see safe_mcp.wire).
             low = stdio_server._lowlevel_server
             async with guarded_stdio(settings.max_request_bytes) as (read_stream, write_stream):
                 await low.run(read_stream, write_stream, low.create_initialization_options())
@@ -173,14 +173,14 @@ def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopba
     import anyio
     import uvicorn
 
-    from safe_mcp.transport_guard import BodyGuard, guard_endpoint
+    from safe_mcp.http_guard import BodyGuard, guard_endpoint
 
     cap = settings.max_request_bytes
     if transport == "sse":
         app = server.sse_app(max_request_body_size=cap, transport_security=security, host=host)
     else:
         app = server.streamable_http_app(max_request_body_size=cap, transport_security=security, host=host)
-        guard_endpoint(app, path)  # malformed envelopes and JSON the SDK's parser rejects (see transport_guard)
+        guard_endpoint(app, path)  # malformed envelopes and JSON the SDK's parser rejects (see safe_mcp.wire)
     # The SDK's run(), with its app behind BodyGuard: no body over the cap is read whole, token or not.
     uvicorn_server = uvicorn.Server(uvicorn.Config(BodyGuard(app, cap), host=host, port=port,
                                                    log_level=server.settings.log_level.lower()))

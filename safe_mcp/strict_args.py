@@ -78,7 +78,8 @@ def check_names(tool: str, arguments: Mapping[str, Any], schema: Mapping[str, An
             hints.append(f"{name!r} is probably {close[0]!r}")
     words = ", ".join(repr(n) for n in unknown)
     reason = f"{tool} has no argument{'s' if len(unknown) > 1 else ''} {words}; nothing ran"
-    remedy = f"use only {', '.join(known) or 'no arguments'}" + (f" ({'; '.join(hints)})" if hints else "")
+    remedy = (f"use only {', '.join(known)}" if known else "pass no arguments") + (
+        f" ({'; '.join(hints)})" if hints else "")
     return Violation(reason, remedy + " and call again", dict(arguments))
 
 
