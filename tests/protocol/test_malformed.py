@@ -313,6 +313,48 @@ def test_stdio_answers_a_burst_of_bad_lines_in_order(raw: RawStdio) -> None:
     check_good(raw.recv())
 
 
+MODERN = "2026-07-28"
+MODERN_META = b'"_meta":' + json.dumps({
+    "io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"}}).encode() + b","
+
+
+def test_http_on_2026_07_28_refuses_the_same_with_receipts(shop: Path) -> None:
+    """The 2026-07-28 revision has no session and parses with Python's json: the same answers, per request."""
+    import re
+
+    import httpx2
+
+    with serving(shop, "http") as port, httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers={
+            "Authorization": f"Bearer {create_token(shop)}", "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json", "MCP-Protocol-Version": MODERN}) as http:
+
+        def post(body: bytes) -> dict[str, Any]:
+            method = re.search(rb'"method":"([^"]+)"', body)
+            name = re.search(rb'"name":"([^"]+)"', body)
+            body = body.replace(b'"params":{', b'"params":{' + MODERN_META, 1)
+            headers = {"Mcp-Method": method.group(1).decode() if method else "",
+                       **({"Mcp-Name": name.group(1).decode()} if name else {})}
+            r = http.post("/mcp", content=body, headers=headers)
+            text = r.text
+            if r.headers.get("content-type", "").startswith("text/event-stream"):
+                text = next(line[5:] for line in text.splitlines() if line.startswith("data:") and line[5:].strip())
+            answer: dict[str, Any] = json.loads(text)
+            return answer
+
+        before = prices(shop)
+        for label, body, words in REFUSALS:
+            answer = post(body)
+            assert "result" in answer, (label, answer)
+            check_refusal(shop, answer, words)
+            check_good(post(GOOD))
+        assert prices(shop) == before
+        for label, body, code in PROTOCOL_ERRORS[:7]:
+            answer = post(body)
+            assert answer["error"]["code"] == code, (label, answer)
+        check_good(post(GOOD))
+
+
 def rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
