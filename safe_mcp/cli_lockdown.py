@@ -178,6 +178,7 @@ def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopba
     cap = settings.max_request_bytes
     if transport == "sse":
         app = server.sse_app(max_request_body_size=cap, transport_security=security, host=host)
+        guard_endpoint(app, "/messages")  # where SSE clients POST; malformed envelopes etc. (see safe_mcp.wire)
     else:
         app = server.streamable_http_app(max_request_body_size=cap, transport_security=security, host=host)
         guard_endpoint(app, path)  # malformed envelopes and JSON the SDK's parser rejects (see safe_mcp.wire)

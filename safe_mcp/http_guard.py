@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from safe_mcp.wire import ParseError, envelope, load, oversize_error, tame
+from safe_mcp.wire import PARSE_ERROR, ParseError, envelope, error, load, oversize_error, tame
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -102,7 +102,8 @@ async def _answer(send: Send, status: int, payload: dict[str, Any]) -> None:
 
 def _inspect(body: bytes) -> tuple[bytes, dict[str, Any] | None]:
     """(the body to pass on, None) or (_, the error to answer). The body is unchanged when the SDK's parser
-    reads it; when only Python's does, it is the same JSON tamed; when neither does, the SDK answers -32700."""
+    reads it; when only Python's does, it is the same JSON tamed; when neither does, -32700 (the SDK's SSE
+    transport would answer a plain-text 400 and its stream nothing)."""
     import pydantic_core
 
     try:
@@ -111,8 +112,10 @@ def _inspect(body: bytes) -> tuple[bytes, dict[str, Any] | None]:
     except ValueError:
         try:
             obj = load(body.decode("utf-8"))
-        except (UnicodeDecodeError, ParseError):
-            return body, None
+        except UnicodeDecodeError:
+            return body, error(PARSE_ERROR, "Parse error: not UTF-8")
+        except ParseError as exc:
+            return body, error(PARSE_ERROR, f"Parse error: {exc}")
         rewrite = True
     _message, problem = envelope(obj)
     if problem is not None:

@@ -393,3 +393,45 @@ def test_http_memory_stays_bounded_under_50_mb_bodies(shop: Path) -> None:
             log.seek(0)
             errors = log.read().decode(errors="replace")
     assert "Traceback" not in errors, errors[-3000:]
+
+
+def test_sse_answers_malformed_bodies_and_refuses_with_receipts(shop: Path) -> None:
+    """The legacy SSE transport: answers come on the event stream, envelope errors on the POST itself."""
+    import httpx2
+
+    with serving(shop, "sse") as port, httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers={
+            "Authorization": f"Bearer {create_token(shop)}"}) as http, http.stream("GET", "/sse") as events:
+        lines = events.iter_lines()
+
+        def next_data() -> str:
+            for line in lines:
+                if line.startswith("data:"):
+                    return line[5:].strip()
+            raise AssertionError("the event stream ended")
+
+        endpoint = next_data()
+        post_headers = {"Content-Type": "application/json"}
+
+        def rpc(body: bytes) -> dict[str, Any]:
+            r = http.post(endpoint, content=body, headers=post_headers)
+            if r.status_code != 202:
+                answer: dict[str, Any] = r.json()
+                return answer
+            answer = json.loads(next_data())
+            return answer
+
+        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+        assert rpc(json.dumps(init).encode())["result"]["protocolVersion"] == PROTOCOL
+        assert http.post(endpoint, content=b'{"jsonrpc":"2.0","method":"notifications/initialized"}',
+                         headers=post_headers).status_code == 202
+        for label, body, code in PROTOCOL_ERRORS:
+            answer = rpc(body)
+            assert answer["error"]["code"] == code, (label, answer)
+        before = prices(shop)
+        for label, body, words in REFUSALS:
+            answer = rpc(body)
+            assert "result" in answer, (label, answer)
+            check_refusal(shop, answer, words)
+            check_good(rpc(GOOD))
+        assert prices(shop) == before
