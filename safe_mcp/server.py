@@ -184,7 +184,7 @@ class StrictServer(MCPServer[Runtime]):
             await self._refuse(context, name, arguments, Violation(
                 f"{name} failed inside safe-mcp ({type(cause).__name__}); this is a fault of the server, not of "
                 "your call", "look up this call's receipts before retrying a write; give the receipt id to whoever "
-                "runs safe-mcp", {}))
+                "runs safe-mcp", dict(arguments)))
 
     async def _refuse(self, ctx: Context[Runtime, Any], tool: str, arguments: dict[str, Any],
                       violation: Violation) -> NoReturn:
