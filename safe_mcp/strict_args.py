@@ -99,7 +99,7 @@ def check_types(tool: str, exc: ValidationError, schema: Mapping[str, Any], argu
                      dict(arguments))
 
 
-_SURROGATE = "holds a lone surrogate (an unpaired \\ud800-\\udfff escape, or U+FFFF), which is not text"
+_SURROGATE = "holds a lone surrogate (an unpaired \\ud800-\\udfff escape, or U+FFFF), which is not valid UTF-8"
 _REMEDY = {
     "holds": "send text as valid Unicode (no unpaired \\ud800-\\udfff escapes, no U+FFFF)",
     "is": "pass integers between -2^63 and 2^63-1 (send larger numbers as text) and finite numbers only",
