@@ -72,11 +72,12 @@ def check_names(tool: str, arguments: Mapping[str, Any], schema: Mapping[str, An
     if not unknown:
         return None
     hints = []
-    for name in unknown:
+    for name in unknown[:5]:
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         if close:
             hints.append(f"{name!r} is probably {close[0]!r}")
-    words = ", ".join(repr(n) for n in unknown)
+    words = ", ".join(repr(n if len(n) <= 40 else n[:40] + "...") for n in unknown[:5])
+    words += f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
     reason = f"{tool} has no argument{'s' if len(unknown) > 1 else ''} {words}; nothing ran"
     remedy = (f"use only {', '.join(known)}" if known else "pass no arguments") + (
         f" ({'; '.join(hints)})" if hints else "")
@@ -85,18 +86,32 @@ def check_names(tool: str, arguments: Mapping[str, Any], schema: Mapping[str, An
 
 def check_types(tool: str, exc: ValidationError, schema: Mapping[str, Any], arguments: Mapping[str, Any]) -> Violation:
     """The SDK's validation failure in the gate's words: which argument, what it should be, never the value."""
-    problems = []
+    properties = schema.get("properties", {})
+    problems: dict[str, str] = {}
     for err in exc.errors(include_url=False, include_input=False):
-        where = _loc(err["loc"])
+        top, where = str(err["loc"][0]) if err["loc"] else "arguments", _loc(err["loc"])
         if err["type"] == "missing":
-            problems.append(f"the required argument {where} is missing")
+            problems.setdefault(where, f"the required argument {where} is missing")
+        elif err["type"].endswith(("_type", "_parsing")) and top in properties:
+            # One line per argument, even when a union tried several types.
+            problems.setdefault(top, f"{top} should be {_expected(properties[top])}")
         else:
-            problems.append(f"{where}: {err['msg'][0].lower()}{err['msg'][1:]}")
-    reason = f"{tool} arguments do not fit: {'; '.join(dict.fromkeys(problems))}; nothing ran"
+            problems.setdefault(where, f"{where}: {err['msg'][0].lower()}{err['msg'][1:]}")
+    reason = f"{tool} arguments do not fit: {'; '.join(problems.values())}; nothing ran"
     required = set(schema.get("required", []))
-    names = ", ".join(f"{n} (required)" if n in required else n for n in schema.get("properties", {}))
+    names = ", ".join(f"{n} (required)" if n in required else n for n in properties)
     return Violation(reason, f"pass {names or 'no arguments'} as the tool's input schema describes and call again",
                      dict(arguments))
+
+
+_TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false",
+               "array": "a list", "object": "an object", "null": "null"}
+
+
+def _expected(prop: Mapping[str, Any]) -> str:
+    kinds = [prop["type"]] if "type" in prop else [p.get("type") for p in prop.get("anyOf", [])]
+    words = [_TYPE_WORDS.get(k, str(k)) for k in kinds if k]
+    return " or ".join(dict.fromkeys(words)) or "as its schema says"
 
 
 _SURROGATE = "holds a lone surrogate (an unpaired \\ud800-\\udfff escape, or U+FFFF), which is not valid UTF-8"

@@ -69,7 +69,7 @@ REFUSALS: list[tuple[str, bytes, str]] = [
     ("a misspelt argument", tool_call(
         19, '{"target":"admin","sql":"UPDATE products SET price_cents = 0","dryrun":true}', "sql_execute"),
      "has no argument 'dryrun'"),
-    ("a wrong type", tool_call(20, '{"target":"shop","sql":5}'), "sql: input should be a valid string"),
+    ("a wrong type", tool_call(20, '{"target":"shop","sql":5}'), "sql should be a string"),
 ]
 
 
