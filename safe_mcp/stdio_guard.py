@@ -44,7 +44,9 @@ async def guarded_stdio(max_bytes: int) -> AsyncIterator[tuple[Any, Any]]:
         if not line.strip():
             return
         try:
-            obj = load(line.decode("utf-8"))
+            text = line.decode("utf-8")
+            # A big line (deeply nested, say) is parsed off the event loop so other requests keep moving.
+            obj = load(text) if len(line) < CHUNK else await anyio.to_thread.run_sync(load, text)
         except UnicodeDecodeError:
             await answer(error(PARSE_ERROR, "Parse error: not UTF-8"))
             return
@@ -91,7 +93,11 @@ async def read_lines(stream: BinaryIO, max_bytes: int, on_line: Callable[[bytes]
     head: bytes | None = None  # set while discarding an oversize line
     while True:
         chunk = await anyio.to_thread.run_sync(_read1, stream, abandon_on_cancel=True)
-        if not chunk:
+        if not chunk:  # EOF: a last line without its newline still counts
+            if head is not None:
+                await on_oversize(head)
+            elif buf:
+                await on_line(bytes(buf))
             return
         start = 0
         while True:

@@ -435,3 +435,11 @@ def test_sse_answers_malformed_bodies_and_refuses_with_receipts(shop: Path) -> N
             check_refusal(shop, answer, words)
             check_good(rpc(GOOD))
         assert prices(shop) == before
+
+
+def test_stdio_answers_a_last_line_without_newline(raw: RawStdio) -> None:
+    """Even as stdin ends: the request is answered (the SDK cancels work in flight at EOF, and says so)."""
+    assert raw.proc.stdin is not None
+    raw.proc.stdin.write(GOOD)
+    raw.proc.stdin.close()
+    assert raw.recv()["id"] == 99
