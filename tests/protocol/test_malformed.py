@@ -443,3 +443,19 @@ def test_stdio_answers_a_last_line_without_newline(raw: RawStdio) -> None:
     raw.proc.stdin.write(GOOD)
     raw.proc.stdin.close()
     assert raw.recv()["id"] == 99
+
+
+@pytest.mark.parametrize("transport", ["http", "sse"])
+def test_the_guard_holds_without_tokens_too(tmp_path: Path, transport: str) -> None:
+    """With `auth = "none"` on loopback the endpoint has no bearer check to sit behind: still guarded."""
+    import httpx2
+
+    create_shop(tmp_path / "shop.db")
+    config = write_config(tmp_path, SHOP_TARGETS + '\n[server]\nauth = "none"\n')
+    path = "/mcp" if transport == "http" else "/messages/?session_id=00000000000000000000000000000000"
+    with serving(config, transport) as port, httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        r = http.post(path, content=b'{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}', headers={
+            "Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == -32600, r.text
+        r = http.post(path, content=b"{nope", headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == -32700, r.text
