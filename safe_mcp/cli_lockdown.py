@@ -136,17 +136,8 @@ def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopba
     if transport == "stdio":
         import anyio
 
-        from safe_mcp.stdio_guard import guarded_stdio
-
-        stdio_server = build_server(runtime)
-
-        async def serve_stdio() -> None:
-            # Our own line reader, not the SDK's: it caps each request and answers every line (see safe_mcp.wire).
-            low = stdio_server._lowlevel_server
-            async with guarded_stdio(settings.max_request_bytes) as (read_stream, write_stream):
-                await low.run(read_stream, write_stream, low.create_initialization_options())
-
-        anyio.run(serve_stdio)
+        # Not the SDK's stdio reader: ours caps each request and answers every line (see safe_mcp.stdio_guard).
+        anyio.run(build_server(runtime).run_stdio_capped, settings.max_request_bytes)
         return
     from mcp.server.transport_security import TransportSecuritySettings
 

@@ -186,6 +186,15 @@ class StrictServer(MCPServer[Runtime]):
                 "your call", "look up this call's receipts before retrying a write; give the receipt id to whoever "
                 "runs safe-mcp", dict(arguments)))
 
+    async def run_stdio_capped(self, max_bytes: int) -> None:
+        """`run_stdio_async` over safe-mcp's own line reader: each request capped at `max_bytes` while it is
+        read, and every line answered (see stdio_guard)."""
+        from safe_mcp.stdio_guard import guarded_stdio
+
+        low = self._lowlevel_server
+        async with guarded_stdio(max_bytes) as (read_stream, write_stream):
+            await low.run(read_stream, write_stream, low.create_initialization_options())
+
     async def _refuse(self, ctx: Context[Runtime, Any], tool: str, arguments: dict[str, Any],
                       violation: Violation) -> NoReturn:
         target = arguments.get("target")
@@ -202,7 +211,7 @@ class StrictServer(MCPServer[Runtime]):
         raise AssertionError("gate.refuse always raises")
 
 
-def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str = "") -> MCPServer[Any]:
+def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str = "") -> StrictServer:
     """An MCPServer whose every tool goes through `runtime.gate`.
 
     With `tokens`, HTTP/SSE requests need a live bearer token (401 otherwise) and the token's name is
