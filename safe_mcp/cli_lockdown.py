@@ -129,14 +129,17 @@ def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopba
     from safe_mcp.server import build_server
 
     install_log_scrubber(runtime.scrub)
+    settings = runtime.config.server
     if transport == "stdio":
-        build_server(runtime).run("stdio")
+        import anyio
+
+        # Not the SDK's stdio reader: ours caps each request and answers every line (see safe_mcp.stdio_guard).
+        anyio.run(build_server(runtime).run_stdio_capped, settings.max_request_bytes)
         return
     from mcp.server.transport_security import TransportSecuritySettings
 
     from safe_mcp.auth import TokenStore
 
-    settings = runtime.config.server
     tokens = TokenStore(runtime.store) if settings.auth == "token" else None
     path = "/sse" if transport == "sse" else "/mcp"
     shown = f"[{host}]" if ":" in host else host
@@ -155,10 +158,22 @@ def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopba
     for route in ApprovalPage(runtime.gate, page_hosts).routes():
         server.custom_route(route.path, methods=sorted(route.methods or {"GET"}))(route.endpoint)
     logging.getLogger("safe_mcp").info("serving %s on %s:%s (auth: %s)", transport, host, port, settings.auth)
+    import anyio
+    import uvicorn
+
+    from safe_mcp.http_guard import BodyGuard, guard_endpoint
+
+    cap = settings.max_request_bytes
     if transport == "sse":
-        server.run("sse", host=host, port=port, transport_security=security)
+        app = server.sse_app(max_request_body_size=cap, transport_security=security, host=host)
+        guard_endpoint(app, "/messages")  # where SSE clients POST; malformed envelopes etc. (see safe_mcp.wire)
     else:
-        server.run("streamable-http", host=host, port=port, transport_security=security)
+        app = server.streamable_http_app(max_request_body_size=cap, transport_security=security, host=host)
+        guard_endpoint(app, path)  # malformed envelopes and JSON the SDK's parser rejects (see safe_mcp.wire)
+    # The SDK's run(), with its app behind BodyGuard: no body over the cap is read whole, token or not.
+    uvicorn_server = uvicorn.Server(uvicorn.Config(BodyGuard(app, cap), host=host, port=port,
+                                                   log_level=server.settings.log_level.lower()))
+    anyio.run(uvicorn_server.serve)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -6,23 +6,25 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal, TypeVar, cast
+from typing import Annotated, Any, Literal, NoReturn, TypeVar, cast
 
 import anyio.to_thread
 from mcp.server import MCPServer
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult, Resolve
-from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
-from pydantic import BaseModel, Field
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.types import CallToolResult, Icon, InputRequiredResult, ToolAnnotations
+from pydantic import BaseModel, Field, ValidationError
 
 from safe_mcp import __version__
 from safe_mcp.adapter import Call
 from safe_mcp.auth import TokenStore
+from safe_mcp.effects import Effect
 from safe_mcp.errors import Refused, SafeMcpError
 from safe_mcp.gate import Caller, Gate, GateResult, PendingView
 from safe_mcp.receipts import new_id
 from safe_mcp.runtime import Runtime
+from safe_mcp.strict_args import Violation, check_names, check_types, check_values, strict_schema
 
 __all__ = ["build_server"]
 
@@ -123,7 +125,99 @@ def _action(r: GateResult) -> ActionResult:
     return ActionResult.model_validate(r.model_dump())
 
 
-def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str = "") -> MCPServer[Any]:
+def caller_of(runtime: Runtime, ctx: Context[Any, Any], run_id: str | None = None) -> Caller:
+    """Who is calling, for receipts: the MCP session (or this process's), the client, and any bearer token's name."""
+    client = "unknown"
+    params = ctx.session.client_params
+    if params is not None:
+        client = f"{params.client_info.name}/{params.client_info.version}"
+    token = get_access_token()
+    principal = "local"
+    if token is not None:
+        client = f"token:{token.client_id} via {client}"
+        principal = f"token:{token.client_id}"
+    headers = ctx.headers or {}
+    # A session belongs to a principal: two tokens never share one, even when a client sends no
+    # session id (the stateless protocol revision) and falls back to this server's run.
+    session = headers.get("mcp-session-id") or runtime.session
+    if token is not None:
+        session = f"{principal}/{session}"
+    return Caller(session=session, client=client, run_id=run_id, principal=principal)
+
+
+class StrictServer(MCPServer[Runtime]):
+    """An MCPServer whose every tool, present and future, takes exactly the arguments it declares.
+
+    Registration marks each input schema `additionalProperties: false`; before the SDK sees a call, its
+    arguments are checked for unknown names, values no target can take, and types. A violation, and any
+    crash inside a tool, becomes a receipted gate refusal the agent can act on, never raw validation text.
+    """
+
+    def __init__(self, runtime: Runtime, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._runtime = runtime
+
+    def add_tool(self, fn: Callable[..., Any], name: str | None = None, title: str | None = None,
+                 description: str | None = None, annotations: ToolAnnotations | None = None,
+                 icons: list[Icon] | None = None, meta: dict[str, Any] | None = None,
+                 structured_output: bool | None = None) -> None:
+        super().add_tool(fn, name=name, title=title, description=description, annotations=annotations, icons=icons,
+                         meta=meta, structured_output=structured_output)
+        tool = self._tool_manager.get_tool(name or fn.__name__)
+        if tool is not None:
+            strict_schema(tool.parameters)
+
+    async def call_tool(self, name: str, arguments: dict[str, Any],
+                        context: Context[Runtime, Any] | None = None) -> CallToolResult | InputRequiredResult:
+        tool = self._tool_manager.get_tool(name)
+        if tool is None or context is None:
+            return await super().call_tool(name, arguments, context)
+        violation = (check_values(name, arguments) or check_names(name, arguments, tool.parameters)
+                     or check_values(name, tool.fn_metadata.pre_parse_json(arguments)))
+        if violation is None:
+            try:
+                tool.fn_metadata.validate_arguments(arguments)
+            except ValidationError as exc:
+                violation = check_types(name, exc, tool.parameters, arguments)
+        if violation is not None:
+            await self._refuse(context, name, arguments, violation)
+        try:
+            return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError as exc:
+            # Top level of a call: whatever escaped the gate and the adapters is still answered and receipted.
+            cause = exc.__cause__ or exc
+            log.error("tool %s crashed", name, exc_info=cause)
+            await self._refuse(context, name, arguments, Violation(
+                f"{name} failed inside safe-mcp ({type(cause).__name__}); this is a fault of the server, not of "
+                "your call", "look up this call's receipts before retrying a write; give the receipt id to whoever "
+                "runs safe-mcp", dict(arguments)))
+
+    async def run_stdio_capped(self, max_bytes: int) -> None:
+        """`run_stdio_async` over safe-mcp's own line reader: each request capped at `max_bytes` while it is
+        read, and every line answered (see stdio_guard)."""
+        from safe_mcp.stdio_guard import guarded_stdio
+
+        low = self._lowlevel_server
+        async with guarded_stdio(max_bytes) as (read_stream, write_stream):
+            await low.run(read_stream, write_stream, low.create_initialization_options())
+
+    async def _refuse(self, ctx: Context[Runtime, Any], tool: str, arguments: dict[str, Any],
+                      violation: Violation) -> NoReturn:
+        target = arguments.get("target")
+        run_id = arguments.get("run_id")
+        who = caller_of(self._runtime, ctx, run_id if isinstance(run_id, str) and len(run_id) <= 128 else None)
+        call = Call(target=target if isinstance(target, str) and not check_values(tool, {"t": target}) else "",
+                    tool=tool, args=violation.recorded)
+        refuse = functools.partial(self._runtime.gate.refuse, call, who, Effect.FORBIDDEN, violation.reason,
+                                   violation.remedy)
+        try:
+            await anyio.to_thread.run_sync(refuse)
+        except Refused as exc:
+            raise ToolError(f"Error executing tool {tool}: {self._runtime.scrub(exc.text())}") from None
+        raise AssertionError("gate.refuse always raises")
+
+
+def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str = "") -> StrictServer:
     """An MCPServer whose every tool goes through `runtime.gate`.
 
     With `tokens`, HTTP/SSE requests need a live bearer token (401 otherwise) and the token's name is
@@ -147,27 +241,11 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
 
         auth = {"token_verifier": TokenVerifier(tokens), "auth": AuthSettings(
             issuer_url=url, resource_server_url=url, required_scopes=[MCP_SCOPE], validate_token_resource=False)}
-    server: MCPServer[Any] = MCPServer(
-        "safe-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, **auth,
-    )
+    server = StrictServer(runtime, name="safe-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
+                          **auth)
 
     def caller(ctx: Context, run_id: str | None = None) -> Caller:
-        client = "unknown"
-        params = ctx.session.client_params
-        if params is not None:
-            client = f"{params.client_info.name}/{params.client_info.version}"
-        token = get_access_token()
-        principal = "local"
-        if token is not None:
-            client = f"token:{token.client_id} via {client}"
-            principal = f"token:{token.client_id}"
-        headers = ctx.headers or {}
-        # A session belongs to a principal: two tokens never share one, even when a client sends no
-        # session id (the stateless protocol revision) and falls back to this server's run.
-        session = headers.get("mcp-session-id") or runtime.session
-        if token is not None:
-            session = f"{principal}/{session}"
-        return Caller(session=session, client=client, run_id=run_id, principal=principal)
+        return caller_of(runtime, ctx, run_id)
 
     async def through_gate(fn: Callable[[], T]) -> T:
         try:

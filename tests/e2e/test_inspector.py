@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -55,3 +56,29 @@ def test_the_inspector_reads_and_is_refused_a_write(inspect: Callable[..., tuple
     rc, out = inspect("--method", "tools/call", "--tool-name", "sql_execute", "--tool-arg", "target=admin",
                       "--tool-arg", "sql=DELETE FROM orders")
     assert rc == 0 and out["structuredContent"]["status"] == "pending"
+
+
+def test_a_whole_session_through_the_inspector(inspect: Callable[..., tuple[int, Any]], tmp_path: Path) -> None:
+    """Each Inspector call is a fresh server on 2025-11-25; the state (pending actions, receipts) carries over."""
+
+    def tool(name: str, **args: str) -> tuple[int, Any]:
+        flags = [f for k, v in args.items() for f in ("--tool-arg", f"{k}={v}")]
+        return inspect("--method", "tools/call", "--tool-name", name, *flags)
+
+    rc, out = tool("targets")
+    assert rc == 0 and {t["name"] for t in out["structuredContent"]["targets"]} == {"shop", "admin"}
+    rc, out = tool("sql_schema", target="shop", table="orders")
+    assert rc == 0 and out["structuredContent"]["tables"][0]["name"] == "orders"
+    rc, out = tool("sql_execute", target="admin", sql="DELETE FROM orders", dryrun="true")
+    assert rc == 5 and "no argument 'dryrun'" in out["content"][0]["text"] and "'dry_run'" in out["content"][0]["text"]
+    rc, out = tool("sql_query", target="shop")
+    assert rc == 5 and "required argument sql is missing" in out["content"][0]["text"]
+    rc, out = tool("sql_execute", target="admin", sql="DELETE FROM orders WHERE id = 1")
+    assert rc == 0 and out["structuredContent"]["status"] in ("ok", "pending")
+    rc, out = tool("receipts", limit="20")
+    assert rc == 0
+    outcomes = [r["outcome"] for r in out["structuredContent"]["receipts"]]
+    assert outcomes.count("refused") >= 2, outcomes
+    with sqlite3.connect(tmp_path / "shop.db") as db:
+        left = db.execute("SELECT count(*) FROM orders").fetchone()[0]
+    assert left in (11, 12)
