@@ -8,6 +8,7 @@ import datetime as dt
 import decimal
 import functools
 import ipaddress
+import json
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -16,15 +17,18 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, field_validator
 
-from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview
+from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview, Reconciled
 from safe_mcp.effects import Effect
-from safe_mcp.errors import AdapterError, Escalated, TooManyRows
+from safe_mcp.errors import AdapterError, Drifted, Escalated, TooManyRows
 from safe_mcp.receipts import new_id
-from safe_mcp_postgres.capture import capture_sql, restore_rows, sample, table_info
+from safe_mcp_postgres import journal
+from safe_mcp_postgres.capture import capture_sql, journaled_sql, max_param, measure, restore_rows, table_info
 from safe_mcp_postgres.classify import classify_sql
 from safe_mcp_postgres.engine import PLAIN_OIDS, Engine, qi, run_one, translate
+from safe_mcp_postgres.reads import bounded_fetch
 
 _SAMPLE = 5
+_RETURNING = 100  # rows of a write's own RETURNING shown to the agent
 
 
 class PostgresSettings(AdapterSettings):
@@ -33,11 +37,14 @@ class PostgresSettings(AdapterSettings):
     statement_timeout_ms: int = Field(30_000, gt=0, description="a statement running longer is cancelled")
     lock_timeout_ms: int = Field(5_000, gt=0, description="waiting longer for a lock cancels the statement")
     idle_in_transaction_timeout_ms: int = Field(60_000, gt=0, description="an idle open transaction is ended")
-    connect_timeout_s: int = Field(10, gt=0, description="give up connecting after this long")
+    connect_timeout_s: int = Field(3, gt=0, description="give up connecting (and report the database as down) after "
+                                   "this many seconds; also used by `safe-mcp check`")
     pool_min_size: int = Field(1, ge=0, description="connections kept open once the pool is in use")
     pool_max_size: int = Field(4, ge=1, description="connections at most")
     trash_schema: str = Field("_safe_mcp_trash", min_length=1, max_length=63,
                               description="where DROP TABLE and TRUNCATE keep the old data for undo")
+    journal_keep_days: int = Field(30, ge=1, description="journal entries (with the before-images undo needs) "
+                                                          "are pruned after this many days")
     allow_writable_role: bool = Field(False, description="let serve listen on HTTP/SSE for a read-only target "
                                                           "whose role could write (not recommended)")
 
@@ -95,8 +102,10 @@ class PostgresAdapter(Adapter):
         if call.tool == "sql_schema":
             return self._schema(call.args.get("table"))
         if classification.effect is Effect.READ:
-            return self._read(call, budget)
+            return self._read(call, budget, cursor=bool(classification.detail.get("cursor")))
         return self._write(call, classification, budget, commit=True)[1]
+
+    journals = True
 
     def compensate(self, compensation: Mapping[str, Any], budget: Budget) -> Outcome:
         comp = dict(compensation)
@@ -104,10 +113,44 @@ class PostgresAdapter(Adapter):
             with self.engine.connection() as conn:
                 conn.read_only = False
                 n, summary = self._apply_compensation(conn, comp)
+                if budget.intent_id is not None:
+                    missing = journal.ensure(conn)
+                    if missing is None:
+                        journal.record(conn, budget.intent_id, "undo", n, None)
                 conn.commit()
         except psycopg.Error as exc:
             raise AdapterError(f"undo failed and was rolled back: {self._error(exc)}") from None
         return Outcome(affected=n, summary=summary, result={"restored": n})
+
+    def reconcile(self, intent_id: str, call: Call) -> Reconciled:
+        """What the journal in the target says became of `intent_id`.
+
+        Raises:
+            AdapterError: the target could not be asked.
+        """
+        if call.tool == "sql_execute":
+            try:
+                op = self.classify(call).detail.get("op")
+            except AdapterError:
+                op = None
+            if op == "autocommit":
+                return Reconciled(state="unknown", detail=f"{call.tool} on {self.name!r} ran outside a transaction "
+                                                          "and is not journaled; check the database by hand")
+        try:
+            with self.engine.connection() as conn:
+                conn.read_only = True
+                try:
+                    found = journal.lookup(conn, intent_id)
+                except AdapterError as exc:
+                    return Reconciled(state="unknown", detail=f"{exc}; check target {self.name!r} by hand")
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+        if found is None:
+            return Reconciled(state="not_executed", detail=f"no journal entry for {intent_id} in {journal.TABLE}")
+        kind, affected, comp = found
+        summary = "undo" if kind == "undo" else f"{call.tool} committed (found in the journal)"
+        return Reconciled(state="executed", outcome=Outcome(affected=affected, compensation=comp, summary=summary),
+                          detail=f"journaled in {journal.TABLE}")
 
     @classmethod
     def describe(cls, settings: AdapterSettings) -> dict[str, str]:
@@ -153,26 +196,33 @@ class PostgresAdapter(Adapter):
 
     # -------------------------------------------------------------- reads
 
-    def _read(self, call: Call, budget: Budget) -> Outcome:
+    def _read(self, call: Call, budget: Budget, *, cursor: bool) -> Outcome:
         sql, params = _sql_args(call)
         try:
             with self.engine.connection() as conn:
                 conn.read_only = True
                 try:
-                    cur = run_one(conn, sql, params)
-                    rows = cur.fetchmany(budget.rows_returned + 1) if cur.description else []
-                    columns = [d.name for d in cur.description or ()]
-                    mixed = [i for i, d in enumerate(cur.description or ()) if d.type_code not in PLAIN_OIDS]
+                    if cursor:
+                        columns, rows, mixed, cut = bounded_fetch(conn, sql, params, budget.rows_returned,
+                                                                  budget.bytes_returned)
+                    else:
+                        cur = run_one(conn, sql, params)
+                        rows = cur.fetchmany(budget.rows_returned + 1) if cur.description else []
+                        columns = [d.name for d in cur.description or ()]
+                        mixed = [i for i, d in enumerate(cur.description or ()) if d.type_code not in PLAIN_OIDS]
+                        cut = "rows" if len(rows) > budget.rows_returned else None
+                        rows = rows[: budget.rows_returned]
                 finally:
                     conn.rollback()
         except psycopg.Error as exc:
             raise self._error(exc) from None
-        truncated = len(rows) > budget.rows_returned
-        rows = rows[: budget.rows_returned]
+        why = {None: "", "rows": f" (truncated at rows_returned={budget.rows_returned})",
+               "bytes": f" (truncated at bytes_returned={budget.bytes_returned}; select fewer or narrower columns, "
+                        "or page with WHERE/LIMIT)"}[cut]
         return Outcome(
-            result={"columns": columns, "rows": _rows(rows, mixed),
-                    "row_count": len(rows), "truncated": truncated},
-            summary=f"{len(rows)} rows" + (f" (truncated at rows_returned={budget.rows_returned})" if truncated else ""),
+            result={"columns": columns, "rows": _rows(rows, mixed), "row_count": len(rows),
+                    "truncated": cut is not None},
+            summary=f"{len(rows)} rows{why}",
         )
 
     def _table_names(self) -> list[str]:
@@ -214,7 +264,8 @@ class PostgresAdapter(Adapter):
     # -------------------------------------------------------------- writes
 
     def _write(self, call: Call, cls: Classification, budget: Budget, *, commit: bool) -> tuple[Preview, Outcome]:
-        """Run a write in one transaction; commit only when `commit` and within `budget`."""
+        """Run a write in one transaction with its journal entry; commit only when `commit`, within `budget`
+        and (at confirm) still matching the preview that was confirmed."""
         sql, params = _sql_args(call)
         op = cls.detail.get("op")
         if op == "autocommit":
@@ -224,30 +275,38 @@ class PostgresAdapter(Adapter):
             # sequences, for one, would still advance).
             return Preview(effect=cls.effect, affected=None, notes=[cls.reason, "not measured: it runs only once "
                                                                                 "approved, and cannot be undone"]), Outcome()
+        # A preview journals under a throwaway id: it is rolled back with everything else.
+        intent = budget.intent_id if commit else f"preview_{uuid.uuid4().hex}"
         try:
             with self.engine.connection() as conn:
                 conn.read_only = False
                 try:
+                    no_journal = journal.ensure(conn)
                     if op in {"insert", "update", "delete"}:
-                        preview, outcome = self._dml(conn, sql, params, cls)
-                    elif op == "drop_table":
-                        preview, outcome = self._soft_drop(conn, sql, params, cls)
-                    elif op == "truncate":
-                        preview, outcome = self._truncate(conn, sql, params, cls)
-                    elif op == "create":
-                        preview, outcome = self._create(conn, sql, params, cls)
+                        preview, outcome = self._dml(conn, sql, params, cls, budget, intent, no_journal, commit)
                     elif op == "plain":
                         cur = run_one(conn, sql, params)
                         n = max(cur.rowcount, 0)
                         preview = Preview(effect=cls.effect, affected=n, notes=[cls.reason, "no compensation exists"])
-                        outcome = Outcome(affected=n, summary=cls.summary, result=_returned(cur, 0, budget))
+                        outcome = Outcome(affected=n, summary=cls.summary, result=_returned(cur, budget))
+                    elif op in {"drop_table", "truncate", "create"}:
+                        if no_journal is not None:
+                            raise AdapterError(f"{no_journal}; without it this cannot be made undoable")
+                        run = {"drop_table": self._soft_drop, "truncate": self._truncate, "create": self._create}[op]
+                        preview, outcome = run(conn, sql, params, cls)
                     else:
                         raise AdapterError(f"{cls.reason}: safe-mcp has no way to run this on PostgreSQL")
+                    if no_journal is None and op not in {"insert", "update", "delete"}:
+                        journal.record(conn, intent, "write", outcome.affected, outcome.compensation)
                     if preview.affected is not None and preview.affected > budget.rows_affected:
                         raise TooManyRows(preview.affected, budget.rows_affected)
+                    if commit:
+                        _still_as_previewed(budget.expect, preview)
                     if commit and preview.effect.rank > budget.allowed_effect.rank:
                         raise Escalated(preview.effect, "; ".join(preview.notes) or cls.reason, preview)
                     if commit:
+                        if no_journal is None:
+                            journal.prune(conn, self.s.journal_keep_days)
                         conn.commit()
                 finally:
                     if not commit or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -272,46 +331,48 @@ class PostgresAdapter(Adapter):
             raise self._error(exc) from None
         return preview, Outcome(affected=0, summary=cls.summary)
 
-    def _dml(self, conn: psycopg.Connection[Any], sql: str, params: list[Any] | None,
-             cls: Classification) -> tuple[Preview, Outcome]:
+    def _dml(self, conn: psycopg.Connection[Any], sql: str, params: list[Any] | None, cls: Classification,
+             budget: Budget, intent: str | None, no_journal: str | None,
+             commit: bool) -> tuple[Preview, Outcome]:
         op = cls.detail["op"]
         info = table_info(conn, cls.detail.get("schema"), cls.detail["name"])
-        hazard = info.irreversible_because()
+        hazard = info.irreversible_because() or no_journal or (None if intent else "the write has no intent id")
         effect, notes = cls.effect, []
         if hazard is not None:
             cur = run_one(conn, sql, params)
             n = max(cur.rowcount, 0)
+            if no_journal is None:
+                journal.record(conn, intent, "write", n, None)
             effect = effect.at_least(Effect.IRREVERSIBLE)
             notes.append(f"no undo: {hazard}")
             return (Preview(effect=effect, affected=n, notes=notes),
-                    Outcome(affected=n, summary=cls.summary, result=_returned(cur, 0, None)))
+                    Outcome(affected=n, summary=cls.summary, result=_returned(cur, None)))
+        assert intent is not None
+        given = list(params or [])
+        if max_param(sql) > len(given):
+            raise AdapterError(f"the statement uses ${max_param(sql)} but params has {len(given)} values; pass one "
+                               "value per placeholder")
         rewritten, extra = capture_sql(sql, info)
-        cur = run_one(conn, rewritten, params)
+        comp = {"op": "rows", "version": 3, "journal": intent, "change": op, "schema": info.schema,
+                "table": info.name, "columns": info.columns, "types": info.types, "key": info.key}
+        cur = run_one(conn, journaled_sql(rewritten, op, len(given) + 1, _RETURNING), [*given, intent,
+                                                                                     json.dumps(comp)])
         rows = cur.fetchall()
-        n = len(rows)
         width = len(cur.description or ()) - extra
-        if op == "update":
-            images: list[Any] = [[r[width], r[width + 1]] for r in rows]
-        else:
-            images = [r[width] for r in rows]
-        if op in {"update", "delete"} and n > 1:
-            left = conn.execute(f"SELECT count(*) FROM {info.qualified}").fetchone()
-            remaining = int(left[0]) if left else 0
+        fingerprint = not commit or budget.expect is not None
+        n, samples, digest, remaining = measure(conn, info, op, intent, limit=_SAMPLE, fingerprint=fingerprint,
+                                                remaining=op in {"update", "delete"})
+        if op in {"update", "delete"} and n > 1 and remaining is not None:
             every = (op == "delete" and remaining == 0) or (op == "update" and remaining <= n)
             if every and effect.rank < Effect.DESTRUCTIVE.rank:
                 effect = Effect.DESTRUCTIVE
                 notes.append(f"it changes every row of {info.name} ({n} rows)")
-        preview = Preview(effect=effect, affected=n, sample=sample(conn, info, op, images, _SAMPLE), notes=notes)
-        comp = {"op": "rows", "version": 2, "schema": info.schema, "table": info.name, "columns": info.columns,
-                "types": info.types, "key": info.key, "affected": n,
-                "inserted": images if op == "insert" else [], "updated": images if op == "update" else [],
-                "deleted": images if op == "delete" else []}
-        user = [[_jsonable(v) for v in r[:width]] for r in rows[:_SAMPLE * 20]] if width > 0 else []
+        preview = Preview(effect=effect, affected=n, sample=samples, notes=notes, fingerprint=digest)
         result: dict[str, Any] = {"rows_affected": n}
         if width > 0:
-            result["returning"] = user
+            result["returning"] = [[_jsonable(v) for v in r[:width]] for r in rows]
             result["columns"] = [d.name for d in (cur.description or ())[:width]]
-        return preview, Outcome(affected=n, compensation=comp, summary=cls.summary, result=result)
+        return preview, Outcome(affected=n, compensation={**comp, "affected": n}, summary=cls.summary, result=result)
 
     def _trash_ready(self, conn: psycopg.Connection[Any]) -> None:
         exists = conn.execute("SELECT to_regnamespace($1) IS NOT NULL", [qi(self.s.trash_schema)]).fetchone()
@@ -358,7 +419,7 @@ class PostgresAdapter(Adapter):
             notes.append(f"table {name} ({count} rows) is moved to {self.s.trash_schema}.{trash}; undo restores it")
         preview = Preview(effect=Effect.DESTRUCTIVE, affected=total, sample=samples[:_SAMPLE], notes=notes)
         comp = {"op": "restore_tables", "tables": moved, "affected": total}
-        return preview, Outcome(affected=total, summary=cls.summary, compensation=comp if moved else None,
+        return preview, Outcome(affected=total, summary=cls.summary, compensation=comp,
                                 result={"dropped": [m["table"] for m in moved], "rows": total})
 
     def _truncate(self, conn: psycopg.Connection[Any], sql: str, params: Any,
@@ -367,6 +428,15 @@ class PostgresAdapter(Adapter):
         kept, samples, total = [], [], 0
         for t in cls.detail["tables"]:
             info = table_info(conn, t["schema"], t["name"])
+            if info.inherited or info.triggers or info.kind != "r":
+                why = (f"{info.name} has triggers ({', '.join(info.triggers)})" if info.triggers else
+                       f"{info.name} has inheritance children or partitions" if info.inherited else
+                       f"{info.name} is not a plain table")
+                run_one(conn, sql, params)
+                return (Preview(effect=Effect.IRREVERSIBLE, affected=None, notes=[f"no undo: {why}, which TRUNCATE "
+                                                                                  "reaches but the trash copy would not "
+                                                                                  "put back where it was"]),
+                        Outcome(affected=0, summary=cls.summary, result={"truncated": [info.name]}))
             trash = _trash_name(info.name)
             cur = conn.execute(f"CREATE TABLE {qi(self.s.trash_schema)}.{qi(trash)} AS TABLE {info.qualified}")
             count = max(cur.rowcount, 0)
@@ -385,9 +455,14 @@ class PostgresAdapter(Adapter):
     def _create(self, conn: psycopg.Connection[Any], sql: str, params: Any,
                 cls: Classification) -> tuple[Preview, Outcome]:
         d = cls.detail
+        shown = f"{qi(d['schema'])}.{qi(d['name'])}" if d.get("schema") else qi(d["name"])
+        if conn.execute("SELECT to_regclass($1) IS NOT NULL", [shown]).fetchone() == (True,):
+            # CREATE ... IF NOT EXISTS of something that exists: the undo must not remove the old one.
+            run_one(conn, sql, params)
+            return (Preview(effect=Effect.WRITE, affected=0, notes=[f"{d['name']} exists already; nothing changes"]),
+                    Outcome(affected=0, summary=cls.summary, compensation={"op": "noop", "affected": 0}))
         cur = run_one(conn, sql, params)
         n = max(cur.rowcount, 0) if d["type"] == "table" else 0
-        shown = f"{qi(d['schema'])}.{qi(d['name'])}" if d.get("schema") else qi(d["name"])
         found = conn.execute("SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                              "WHERE c.oid = to_regclass($1)", [shown]).fetchone()
         if found is None:
@@ -440,6 +515,8 @@ class PostgresAdapter(Adapter):
                 return 0, f"table {comp['name']} moved to {self.s.trash_schema}.{name}"
             conn.execute(f"DROP {'VIEW' if comp['type'] == 'view' else 'INDEX'} {q}")
             return 0, f"{comp['type']} {comp['name']} dropped"
+        if op == "noop":
+            return 0, "nothing to undo"
         raise AdapterError(f"unknown compensation {op!r}")
 
 
@@ -492,7 +569,25 @@ def _trash_name(name: str) -> str:
     return f"{name[:40]}_{new_id('t').split('_', 1)[1][-16:]}".lower()
 
 
-def _returned(cur: psycopg.Cursor[Any], extra: int, budget: Budget | None) -> dict[str, Any]:
+def _still_as_previewed(expect: Preview | None, now: Preview) -> None:
+    """At confirm: refuse (before commit) a change bigger than, or other than, the one confirmed.
+
+    Raises:
+        Drifted: more rows, or other rows (or the same rows in another state), than the preview showed.
+    """
+    if expect is None:
+        return
+    more = expect.affected is not None and now.affected is not None and now.affected > expect.affected
+    other = expect.fingerprint is not None and now.fingerprint != expect.fingerprint
+    if more:
+        raise Drifted(now.effect, f"the statement would now change {now.affected} rows, not the {expect.affected} "
+                                  "that were confirmed; nothing was committed", now)
+    if other:
+        raise Drifted(now.effect, "the rows this statement would change are no longer the ones that were confirmed "
+                                  "(other rows, or the same rows changed since); nothing was committed", now)
+
+
+def _returned(cur: psycopg.Cursor[Any], budget: Budget | None) -> dict[str, Any]:
     out: dict[str, Any] = {"rows_affected": max(cur.rowcount, 0)}
     if cur.description:
         limit = budget.rows_returned if budget is not None else 100

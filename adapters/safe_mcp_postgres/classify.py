@@ -7,6 +7,7 @@ statement per call, the role); this module decides the effect before anything ru
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,14 @@ from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError
 from safe_mcp_postgres.functions import FORBIDDEN_SCHEMAS, SAFE, SEQUENCE, is_forbidden
 
-__all__ = ["classify_sql", "parse_one", "qualified", "walk"]
+__all__ = ["JOURNAL_SCHEMA", "RESERVED", "classify_sql", "parse_one", "qualified", "walk"]
+
+# safe-mcp's own schemas: the undo journal, and (by default) the trash. Any statement naming a schema
+# that contains this string is refused, so agents can neither reach nor imitate them.
+RESERVED = "_safe_mcp"
+JOURNAL_SCHEMA = "_safe_mcp"
+# Operations for which the adapter records a compensation (undo) when they run.
+_COMPENSABLE_OPS = frozenset({"insert", "update", "delete", "drop_table", "truncate", "create"})
 
 _DML = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
 
@@ -130,10 +138,45 @@ def _forbid(why: str) -> Classification:
     return Classification(effect=Effect.FORBIDDEN, reason=why, summary="forbidden", detail={"op": "forbidden"})
 
 
-def _scan(stmt: Any, trash_schema: str) -> tuple[tuple[Effect, str] | None, bool]:
-    """The strongest effect some node of the tree forces, with its reason, and whether it names the trash."""
+def _reserved(stmt: Any, names: tuple[str, ...]) -> str | None:
+    """The first identifier or string constant anywhere in the tree that names one of safe-mcp's schemas.
+
+    Names sit in str slots (RangeVar.schemaname, RenameStmt.subname, newschema, ...) and in String
+    nodes (qualified names, constants such as '_safe_mcp_trash.t'::regclass); all are checked.
+    """
+    for n in walk(stmt):
+        for attr in type(n).__slots__:  # type: ignore[attr-defined]
+            v = getattr(n, attr, None)
+            if isinstance(v, str) and any(name in v.lower() for name in names):
+                return v
+    return None
+
+
+def _is_temp_schema(name: object) -> bool:
+    return isinstance(name, str) and _TEMP_SCHEMA(name.lower()) is not None
+
+
+_TEMP_SCHEMA = re.compile(r"pg_temp(_\d+)?$").match
+
+
+def _temp_reason(stmt: Any) -> str | None:
+    """Why the statement would create or reach session-scoped objects (temporary ones, in any spelling)."""
+    why = "temporary objects (TEMP, pg_temp.*) would outlive the call on a pooled connection"
+    nodes = list(walk(stmt))
+    constants = {id(n.val) for n in nodes if isinstance(n, ast.A_Const)}
+    for n in nodes:
+        if isinstance(n, ast.RangeVar) and (n.relpersistence == "t" or _is_temp_schema(n.schemaname)):
+            return why
+        if isinstance(n, ast.AlterObjectSchemaStmt) and _is_temp_schema(n.newschema):
+            return why
+        if isinstance(n, ast.String) and id(n) not in constants and _is_temp_schema(n.sval):
+            return why
+    return None
+
+
+def _scan(stmt: Any) -> tuple[Effect, str] | None:
+    """The strongest effect some node of the tree forces, with its reason."""
     worst: tuple[Effect, str] | None = None
-    trash = False
 
     def note(effect: Effect, why: str) -> None:
         nonlocal worst
@@ -166,11 +209,7 @@ def _scan(stmt: Any, trash_schema: str) -> tuple[tuple[Effect, str] | None, bool
                                    "use for them")
         elif isinstance(n, ast.CurrentOfExpr):
             note(Effect.FORBIDDEN, "WHERE CURRENT OF needs a cursor; cursors are not available")
-        elif isinstance(n, ast.RangeVar) and n.schemaname == trash_schema:
-            trash = True
-        elif isinstance(n, ast.RangeVar) and n.relpersistence == "t":
-            note(Effect.FORBIDDEN, "temporary tables would outlive the call on a pooled connection")
-    return worst, trash
+    return worst
 
 
 def _has_nested_dml(stmt: Any) -> bool:
@@ -184,17 +223,25 @@ def classify_sql(sql: str, trash_schema: str) -> Classification:
         AdapterError: unparseable, or more than one statement.
     """
     stmt = parse_one(sql)
+    hit = _reserved(stmt, tuple(dict.fromkeys((RESERVED, trash_schema.lower()))))
+    if hit is not None:
+        return _forbid(f"{hit!r} names safe-mcp's own schemas ({trash_schema}, {JOURNAL_SCHEMA}), which keep the "
+                       "trash and the undo journal; no statement may touch them. Restore trashed tables with the "
+                       "undo tool")
+    temp = _temp_reason(stmt)
+    if temp is not None:
+        return _forbid(temp)
     base = _classify_statement(stmt)
-    found, trash = _scan(stmt, trash_schema)
-    if trash and base.effect is not Effect.READ:
-        return _forbid(f"{trash_schema} is safe-mcp's trash; restore trashed tables with the undo tool")
+    found = _scan(stmt)
     if found is not None:
         effect, why = found
         if effect.rank > base.effect.rank:
             if effect is Effect.FORBIDDEN:
                 return _forbid(why)
-            return base.model_copy(update={"effect": effect, "reason": f"{base.reason}; {why}",
+            return base.model_copy(update={"effect": effect, "reason": f"{base.reason}; {why}", "compensable": False,
                                            "detail": {**base.detail, "op": "plain"}})
+    if base.detail.get("op") in _COMPENSABLE_OPS and base.effect in (Effect.WRITE, Effect.DESTRUCTIVE):
+        return base.model_copy(update={"compensable": True})
     return base
 
 
@@ -227,7 +274,9 @@ def _classify_statement(stmt: Any) -> Classification:
             return Classification(effect=Effect.WRITE, reason=f"SELECT ... INTO creates table {_show(into.rel)}",
                                   summary=f"SELECT INTO {_show(into.rel)}",
                                   detail={"op": "create", "type": "table", **_rel(into.rel)})
-        return Classification(effect=Effect.READ, reason="reads only", summary="SELECT", detail={"op": "read"})
+        # A plain SELECT is read through a server-side cursor, so that only what is returned is fetched.
+        return Classification(effect=Effect.READ, reason="reads only", summary="SELECT",
+                              detail={"op": "read", "cursor": True})
     if _is(stmt, ast.VariableShowStmt):
         return Classification(effect=Effect.READ, reason="SHOW reads a setting", summary="SHOW", detail={"op": "read"})
     if _is(stmt, ast.ExplainStmt):

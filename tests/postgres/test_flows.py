@@ -107,7 +107,9 @@ async def test_read_write_pending_confirm_undo_over_stdio(pg: Pg, tmp_path: Path
         one = await call(client, "sql_execute", target="r_rw", sql=f"UPDATE {table} SET note = 'a' WHERE id = 5")
         await call(client, "sql_execute", target="r_rw", sql=f"UPDATE {table} SET note = 'b' WHERE id = 5")
         text = await refused(client, "undo", receipt_id=one["receipt_id"])
-        assert "changed again" in text
+        assert "id=5 was changed after this write" in text
+        with pg.connect() as conn:
+            assert conn.execute(f"SELECT note FROM {table} WHERE id = 5").fetchone() == ("b",)
 
         # no key: irreversible, waits for a human
         nokey = await call(client, "sql_execute", target="r_rw", sql="UPDATE nokey SET b = 'z' WHERE a = 1")
@@ -189,7 +191,7 @@ async def test_errors_are_actionable_and_never_leak_secrets(pg: Pg, tmp_path: Pa
                    f'password = "env:SAFE_MCP_TEST_PG_PASSWORD"\nconnect_timeout_s = 2\n[state]\npath = "{bad}/s"\n')
     async with connect(cfg, "memory") as client:
         text = await refused(client, "sql_query", target="down", sql="SELECT 1")
-        assert "cannot connect" in text and "127.0.0.1:1" in text
+        assert "Cannot reach PostgreSQL at 127.0.0.1:1" in text and "no connection became free" not in text
         assert SECRET not in text
     for path in tmp_path.rglob("*"):
         if path.is_file():
