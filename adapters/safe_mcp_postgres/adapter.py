@@ -275,8 +275,9 @@ class PostgresAdapter(Adapter):
             # sequences, for one, would still advance).
             return Preview(effect=cls.effect, affected=None, notes=[cls.reason, "not measured: it runs only once "
                                                                                 "approved, and cannot be undone"]), Outcome()
-        # A preview journals under a throwaway id: it is rolled back with everything else.
-        intent = budget.intent_id if commit else f"preview_{uuid.uuid4().hex}"
+        # A preview journals under a throwaway id (it is rolled back with everything else); so does a
+        # write run without the gate, whose images the undo still needs.
+        intent = budget.intent_id if commit and budget.intent_id else f"{'run' if commit else 'preview'}_{uuid.uuid4().hex}"
         try:
             with self.engine.connection() as conn:
                 conn.read_only = False
@@ -332,11 +333,11 @@ class PostgresAdapter(Adapter):
         return preview, Outcome(affected=0, summary=cls.summary)
 
     def _dml(self, conn: psycopg.Connection[Any], sql: str, params: list[Any] | None, cls: Classification,
-             budget: Budget, intent: str | None, no_journal: str | None,
+             budget: Budget, intent: str, no_journal: str | None,
              commit: bool) -> tuple[Preview, Outcome]:
         op = cls.detail["op"]
         info = table_info(conn, cls.detail.get("schema"), cls.detail["name"])
-        hazard = info.irreversible_because() or no_journal or (None if intent else "the write has no intent id")
+        hazard = info.irreversible_because() or no_journal
         effect, notes = cls.effect, []
         if hazard is not None:
             cur = run_one(conn, sql, params)
@@ -347,7 +348,6 @@ class PostgresAdapter(Adapter):
             notes.append(f"no undo: {hazard}")
             return (Preview(effect=effect, affected=n, notes=notes),
                     Outcome(affected=n, summary=cls.summary, result=_returned(cur, None)))
-        assert intent is not None
         given = list(params or [])
         if max_param(sql) > len(given):
             raise AdapterError(f"the statement uses ${max_param(sql)} but params has {len(given)} values; pass one "

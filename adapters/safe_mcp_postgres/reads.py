@@ -1,8 +1,9 @@
-"""Reads bounded in safe-mcp's memory: a server-side cursor fetched in batches sized to what may
-still be returned, counting rows and bytes (as they arrive on the wire) against the budget.
+"""Reads bounded in safe-mcp's memory: a server-side cursor, fetched row by row (single-row mode),
+counting rows and bytes as they arrive against the budget.
 
-A whole result set is never loaded: at most `rows_returned + 1` rows, and about one batch beyond
-`bytes_returned`. (One row is the unit: a single row larger than the cap is still fetched once.)
+A result set is never loaded whole: at most `rows_returned + 1` rows are asked of the server,
+and each arrives on its own, so what is held is what will be returned plus one row. Once the
+byte cap is met, the rest of the current FETCH is drained a row at a time and dropped.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from safe_mcp_postgres.engine import PLAIN_OIDS
 __all__ = ["bounded_fetch"]
 
 _CURSOR = "__safe_mcp_read"
-_FIRST = 64  # rows in the first batch, sent with the DECLARE in one round trip
-_MAX_BATCH = 5000
+_FIRST = 32  # rows asked by the first FETCH; each next one asks four times as many
+_MAX_BATCH = 4096
 
 
 def bounded_fetch(conn: psycopg.Connection[Any], sql: str, params: list[Any] | None, max_rows: int,
@@ -28,33 +29,43 @@ def bounded_fetch(conn: psycopg.Connection[Any], sql: str, params: list[Any] | N
     The DECLARE travels with the extended protocol, which refuses more than one statement.
     """
     declare = conn.cursor()
-    fetch = conn.cursor()
-    asked = min(max_rows + 1, _FIRST)
     with conn.pipeline():
         declare.execute(f"DECLARE {_CURSOR} NO SCROLL CURSOR FOR {sql}", params, prepare=False)
-        fetch.execute(f"FETCH FORWARD {asked} FROM {_CURSOR}", prepare=False)
-    desc = fetch.description or ()
-    columns = [d.name for d in desc]
-    mixed = [i for i, d in enumerate(desc) if d.type_code not in PLAIN_OIDS]
-    # Fixed-width columns count their width; the others are measured as they arrived.
-    fixed = sum(max(d.internal_size or 0, 0) for d in desc if (d.internal_size or 0) > 0)
-    varying = [j for j, d in enumerate(desc) if not (d.internal_size or 0) > 0]
+    fetch = conn.cursor()
     rows: list[Any] = []
     size = 0
-    while True:
-        batch = fetch.fetchall()
-        res = fetch.pgresult
-        assert res is not None
-        for i, row in enumerate(batch):
+    cut: Literal["rows", "bytes"] | None = None
+    asked = min(max_rows + 1, _FIRST)
+    columns: list[str] = []
+    mixed: list[int] = []
+    while cut is None:
+        got = 0
+        varying: list[int] | None = None
+        fixed = 0
+        for row in fetch.stream(f"FETCH FORWARD {asked} FROM {_CURSOR}"):
+            got += 1
+            if cut is not None:
+                continue  # drain what the server already sends, one row at a time
+            res = fetch.pgresult
+            if varying is None:
+                desc = fetch.description or ()
+                columns = [d.name for d in desc]
+                mixed = [i for i, d in enumerate(desc) if d.type_code not in PLAIN_OIDS]
+                # Fixed-width columns count their width; the others are measured as they arrived.
+                fixed = sum(d.internal_size or 0 for d in desc if (d.internal_size or 0) > 0)
+                varying = [j for j, d in enumerate(desc) if not (d.internal_size or 0) > 0]
+            bytes_ = fixed + sum(len(res.get_value(0, j) or b"") for j in varying) if res is not None else 0
             if len(rows) == max_rows:
-                return columns, rows, mixed, "rows"
-            bytes_ = fixed + sum(len(res.get_value(i, j) or b"") for j in varying)
-            if size + bytes_ > max_bytes:
-                return columns, rows, mixed, "bytes"
-            rows.append(row)
-            size += bytes_
-        if len(batch) < asked:
-            return columns, rows, mixed, None
-        per_row = max(1, size // max(1, len(rows)))
-        asked = max(1, min(max_rows + 1 - len(rows), (max_bytes - size) // per_row + 1, _MAX_BATCH))
-        fetch.execute(f"FETCH FORWARD {asked} FROM {_CURSOR}", prepare=False)
+                cut = "rows"
+            elif size + bytes_ > max_bytes:
+                cut = "bytes"
+            else:
+                rows.append(row)
+                size += bytes_
+        if not columns and fetch.description:
+            columns = [d.name for d in fetch.description]
+            mixed = [i for i, d in enumerate(fetch.description) if d.type_code not in PLAIN_OIDS]
+        if cut is None and got < asked:
+            break
+        asked = min(max_rows + 1 - len(rows), asked * 4, _MAX_BATCH)
+    return columns, rows, mixed, cut
