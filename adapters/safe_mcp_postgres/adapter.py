@@ -148,6 +148,8 @@ class PostgresAdapter(Adapter):
         if found is None:
             return Reconciled(state="not_executed", detail=f"no journal entry for {intent_id} in {journal.TABLE}")
         kind, affected, comp = found
+        if comp is not None:
+            comp = {**comp, "affected": affected}  # row writes journal their count beside the compensation
         summary = "undo" if kind == "undo" else f"{call.tool} committed (found in the journal)"
         return Reconciled(state="executed", outcome=Outcome(affected=affected, compensation=comp, summary=summary),
                           detail=f"journaled in {journal.TABLE}")
