@@ -38,7 +38,9 @@ _PRUNE_ONE_IN = 50
 
 
 def exists(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("SELECT to_regclass($1) IS NOT NULL", [TABLE]).fetchone()
+    """Whether the journal table exists (asked of the catalog, so no privilege on it is needed)."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                       "WHERE n.nspname = $1 AND c.relname = 'journal')", [JOURNAL_SCHEMA]).fetchone()
     return bool(row and row[0])
 
 
@@ -47,15 +49,17 @@ def ensure(conn: psycopg.Connection[Any]) -> str | None:
 
     Created inside the write's own transaction, so a preview (rolled back) leaves no trace.
     """
-    row = conn.execute("SELECT to_regnamespace($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
-                       [qi(JOURNAL_SCHEMA), TABLE]).fetchone()
+    row = conn.execute("SELECT n.oid IS NOT NULL, coalesce(has_schema_privilege(n.oid, 'USAGE'), false), "
+                       "c.oid IS NOT NULL, coalesce(has_table_privilege(c.oid, 'SELECT, INSERT, DELETE'), false) "
+                       "FROM (SELECT 1) AS one LEFT JOIN pg_namespace n ON n.nspname = $1 "
+                       "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'journal'",
+                       [JOURNAL_SCHEMA]).fetchone()
     assert row is not None
-    schema, table = row
+    schema, usable, table, writable = row
     remedy = (f"the role cannot {{}} safe-mcp's undo journal {TABLE}; a human can run "
               f"CREATE SCHEMA {JOURNAL_SCHEMA} AUTHORIZATION <the target's role> (or grant it the journal)")
-    if table:
-        ok = conn.execute("SELECT has_table_privilege($1, 'SELECT, INSERT, DELETE')", [TABLE]).fetchone()
-        return None if ok == (True,) else remedy.format("write to")
+    if table or (schema and not usable):
+        return None if usable and writable else remedy.format("write to")
     try:
         with conn.transaction():
             if not schema:
