@@ -160,7 +160,9 @@ class PostgresAdapter(Adapter):
         from safe_mcp_postgres.engine import where
 
         return {"reaches": f"postgresql {where(settings.dsn)}",
-                "compensation": "before-images of updated/deleted rows (tables with a key); DROP TABLE and TRUNCATE "
+                "compensation": "before-images of inserted/updated/deleted rows of plain tables with a key and no "
+                                "triggers, rules, cascades, children or partitions, journaled with each write in "
+                                f"schema _safe_mcp (kept {settings.journal_keep_days} days); DROP TABLE and TRUNCATE "
                                 f"keep the old data in schema {settings.trash_schema}",
                 "statement_timeout_ms": str(settings.statement_timeout_ms)}
 
