@@ -411,6 +411,18 @@ class PostgresAdapter(Adapter):
             if refs:
                 raise AdapterError(f"{name} is referenced by foreign keys from {', '.join(r[0] for r in refs)}; "
                                    "it cannot be kept restorable. Drop those constraints first (a separate call)")
+            # What PostgreSQL would drop with it, or refuse for: kept restorable, it would stay attached (a view
+            # reading the trash, a partition still receiving rows), so it is refused like a DROP without CASCADE.
+            tied = conn.execute(
+                "SELECT coalesce(array_agg(DISTINCT x), '{}') FROM ("
+                "SELECT inhrelid::regclass::text AS x FROM pg_inherits WHERE inhparent = $1 UNION ALL "
+                "SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = $1 UNION ALL "
+                "SELECT r.ev_class::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid "
+                "WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = $1 AND r.ev_class <> $1) s",
+                [oid]).fetchone()
+            if tied and tied[0]:
+                raise AdapterError(f"{name} is tied to {', '.join(tied[0])} (views, inheritance or partitions); it "
+                                   "cannot be kept restorable on its own. Drop or detach those first (separate calls)")
             q = f"{qi(schema)}.{qi(name)}"
             count = int(conn.execute(f"SELECT count(*) FROM {q}").fetchone()[0])  # type: ignore[index]
             samples += [{"table": name, "change": "drop", "before": _jsonable(r[0])}

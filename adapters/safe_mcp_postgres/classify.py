@@ -307,6 +307,11 @@ def _classify_statement(stmt: Any) -> Classification:
     if _is(stmt, ast.CreateStmt):
         if stmt.relation.relpersistence == "t":
             return _forbid("temporary tables would outlive the call on a pooled connection")
+        if stmt.inhRelations or stmt.partbound is not None:
+            # Undo could only move it to the trash, where it would stay attached to its parent.
+            return Classification(effect=Effect.IRREVERSIBLE, reason=f"CREATE TABLE {_show(stmt.relation)} as a "
+                                  "child or partition of another table: no compensation is recorded",
+                                  summary=f"CREATE TABLE {_show(stmt.relation)}", detail={"op": "plain"})
         return Classification(effect=Effect.WRITE, reason=f"CREATE TABLE {_show(stmt.relation)}",
                               summary=f"CREATE TABLE {_show(stmt.relation)}",
                               detail={"op": "create", "type": "table", **_rel(stmt.relation)})

@@ -286,6 +286,7 @@ def test_agents_cannot_touch_the_journal(pg: Pg, a: PostgresAdapter, t: str) -> 
     ("INSERT INTO items (id, name) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET qty = 0", False),
     ("CREATE INDEX CONCURRENTLY zc ON items (qty)", False), ("SELECT 1", False),
     ("CREATE OR REPLACE VIEW zv AS SELECT 1", False), ("DROP VIEW zv", False),
+    ("CREATE TABLE zk () INHERITS (items)", False), ("CREATE TABLE zp PARTITION OF parted FOR VALUES IN (1)", False),
 ])
 def test_compensable_exactly_when_a_compensation_is_recorded(a: PostgresAdapter, statement: str,
                                                              compensable: bool) -> None:
@@ -329,3 +330,22 @@ def test_a_database_that_goes_down_after_connecting_is_reported_as_down(pg: Pg, 
     out = a.execute(read, a.classify(read), budget())  # and it recovers once the server is back
     assert [list(r) for r in out.result["rows"]] == [[1]]
 
+
+
+@pytest.mark.parametrize("tie", [
+    "CREATE VIEW {t}_v AS SELECT * FROM {t}",
+    "CREATE TABLE {t}_kid () INHERITS ({t})",
+])
+def test_a_drop_that_would_leave_things_attached_to_the_trash_is_refused(pg: Pg, a: PostgresAdapter, t: str,
+                                                                         tie: str) -> None:
+    with pg.connect() as conn:
+        conn.execute(tie.format(t=t))
+    drop = sql(f"DROP TABLE {t}")
+    with pytest.raises(AdapterError) as err:
+        run(a, drop)
+    assert "tied to" in str(err.value)
+    assert rows(pg, f"SELECT count(*) FROM ONLY {t}") == [(20,)]
+    assert rows(pg, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    f"WHERE n.nspname = '_safe_mcp_trash' AND c.relname LIKE '{t}%'") == [(0,)]
+    with pg.connect() as conn:
+        conn.execute(f"DROP VIEW IF EXISTS {t}_v; DROP TABLE IF EXISTS {t}_kid")
