@@ -484,6 +484,17 @@ class PostgresAdapter(Adapter):
         if found is None:
             raise AdapterError(f"the new {d['type']} {d['name']} cannot be found after creating it")
         comp = {"op": "drop_created", "type": d["type"], "schema": found[0], "name": d["name"], "affected": 0}
+        shadow = conn.execute(
+            "SELECT string_agg(n.nspname || '.' || c.relname, ', ') FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE c.relname = $1 AND n.nspname <> $2 AND c.relkind IN ('r', 'p', 'v', "
+            "'m', 'f') AND n.nspname = ANY (current_schemas(false))", [d["name"], found[0]]).fetchone()
+        if d["type"] != "index" and shadow and shadow[0]:
+            # The same name in another schema of the search path: later statements would silently read one
+            # instead of the other. That changes what code that runs later sees, so it is not a plain write.
+            return (Preview(effect=Effect.IRREVERSIBLE, affected=n, notes=[
+                        f"{found[0]}.{d['name']} would share its name with {shadow[0]} on the search path, so later "
+                        "statements could silently read the other one"]),
+                    Outcome(affected=n, summary=cls.summary, compensation=comp))
         preview = Preview(effect=cls.effect, affected=n, notes=[f"undo removes the new {d['type']} "
                                                                "(a table goes to the trash)"])
         return preview, Outcome(affected=n, summary=cls.summary, compensation=comp)

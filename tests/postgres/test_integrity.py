@@ -349,3 +349,19 @@ def test_a_drop_that_would_leave_things_attached_to_the_trash_is_refused(pg: Pg,
                     f"WHERE n.nspname = '_safe_mcp_trash' AND c.relname LIKE '{t}%'") == [(0,)]
     with pg.connect() as conn:
         conn.execute(f"DROP VIEW IF EXISTS {t}_v; DROP TABLE IF EXISTS {t}_kid")
+
+
+def test_a_table_that_would_shadow_another_on_the_search_path_is_not_a_plain_write(pg: Pg, a: PostgresAdapter) -> None:
+    with pg.connect() as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS postgres")  # "$user" comes before public on the search path
+    try:
+        for statement in ("CREATE TABLE postgres.items (id int)", "CREATE VIEW postgres.items AS SELECT 1 AS id"):
+            with pytest.raises(Escalated) as esc:
+                run(a, sql(statement), effect=Effect.WRITE)
+            assert esc.value.effect is Effect.IRREVERSIBLE and "search path" in esc.value.reason
+            assert rows(pg, "SELECT to_regclass('postgres.items') IS NULL") == [(True,)]
+        made = run(a, sql("CREATE TABLE postgres.unique_name_x (id int)"), effect=Effect.WRITE)
+        a.compensate(made.compensation, budget())
+    finally:
+        with pg.connect() as conn:
+            conn.execute("DROP SCHEMA postgres CASCADE")
