@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from conftest import Pg
 from safe_mcp_postgres import PostgresAdapter, PostgresSettings
@@ -365,3 +366,29 @@ def test_a_table_that_would_shadow_another_on_the_search_path_is_not_a_plain_wri
     finally:
         with pg.connect() as conn:
             conn.execute("DROP SCHEMA postgres CASCADE")
+
+
+def test_the_journal_is_created_by_the_first_write_and_never_by_a_preview(pg: Pg) -> None:
+    db = f"safe_mcp_fresh_{uuid.uuid4().hex[:8]}"
+    with pg.connect(dbname="test") as admin:
+        admin.execute(f'CREATE DATABASE "{db}"')
+    fresh = PostgresAdapter("f", PostgresSettings(dsn=pg.dsn(db=db), pool_min_size=0), {}, base_dir=".",
+                            state_dir=".")
+    try:
+        with psycopg.connect(pg.dsn(db=db), autocommit=True) as conn:
+            conn.execute("CREATE TABLE k (id int PRIMARY KEY, v text); INSERT INTO k VALUES (1, 'a')")
+            schemas = "SELECT count(*) FROM pg_namespace WHERE nspname = '_safe_mcp'"
+            call = sql("UPDATE k SET v = 'b' WHERE id = 1")
+            fresh.preview(call, fresh.classify(call), budget())
+            assert conn.execute(schemas).fetchone() == (0,), "a preview must leave nothing behind"
+            out = fresh.execute(call, fresh.classify(call), budget(intent_id="i-1"))
+            assert conn.execute(schemas).fetchone() == (1,)
+            compression = conn.execute("SELECT attcompression FROM pg_attribute WHERE attrelid = "
+                                       "'_safe_mcp.journal'::regclass AND attname = 'old'").fetchone()
+            assert compression in (("l",), ("",)), compression
+            fresh.compensate(out.compensation, budget())
+            assert conn.execute("SELECT v FROM k").fetchone() == ("a",)
+    finally:
+        fresh.close()
+        with pg.connect(dbname="test") as admin:
+            admin.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
