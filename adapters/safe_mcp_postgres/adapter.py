@@ -358,7 +358,8 @@ class PostgresAdapter(Adapter):
                                "value per placeholder")
         rewritten, extra = capture_sql(sql, info)
         comp = {"op": "rows", "version": 3, "journal": intent, "change": op, "schema": info.schema,
-                "table": info.name, "columns": info.columns, "types": info.types, "key": info.key}
+                "table": info.name, "columns": info.columns, "types": info.types, "key": info.key,
+                "always": info.always}
         cur = run_one(conn, journaled_sql(rewritten, op, len(given) + 1, _RETURNING), [*given, intent,
                                                                                      json.dumps(comp)])
         rows = cur.fetchall()

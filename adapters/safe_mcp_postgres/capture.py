@@ -36,6 +36,8 @@ SELECT c.oid, n.nspname, c.relname, c.relkind,
   coalesce((SELECT array_agg(DISTINCT k.conrelid::regclass::text) FROM pg_constraint k WHERE k.confrelid = c.oid
     AND k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))), '{}'),
   coalesce((SELECT array_agg(t.tgname::text) FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal), '{}'),
+  coalesce((SELECT array_agg(a.attname::text) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+    AND NOT a.attisdropped AND a.attidentity = 'a'), '{}'),
   EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid),
   coalesce((SELECT array_agg(r.rulename::text) FROM pg_rewrite r WHERE r.ev_class = c.oid
     AND r.rulename <> '_RETURN'), '{}')
@@ -64,6 +66,8 @@ class TableInfo:
     inherited: bool
     kind: str
     rules: list[str]
+    always: list[str]
+    """GENERATED ALWAYS identity columns: an UPDATE may not set them, so undo leaves them be."""
 
     @property
     def qualified(self) -> str:
@@ -98,7 +102,7 @@ def table_info(conn: psycopg.Connection[Any], schema: str | None, name: str) -> 
     row = conn.execute(_INFO_SQL, [shown]).fetchone()
     if row is None:
         raise AdapterError(f"no table named {schema + '.' if schema else ''}{name}; sql_schema lists the tables")
-    oid, nsp, rel, kind, cols, types, cascades, triggers, inherited, rules = row
+    oid, nsp, rel, kind, cols, types, cascades, triggers, always, inherited, rules = row
     key = None
     for names, not_null in conn.execute(_KEY_SQL, [oid]).fetchall():
         if not_null and all(n in cols for n in names):
@@ -106,7 +110,7 @@ def table_info(conn: psycopg.Connection[Any], schema: str | None, name: str) -> 
             break
     return TableInfo(oid=oid, schema=nsp, name=rel, columns=list(cols), types=list(types), key=key,
                      cascades=list(cascades), triggers=list(triggers), inherited=bool(inherited),
-                     kind=str(kind), rules=list(rules))
+                     kind=str(kind), rules=list(rules), always=list(always))
 
 
 def capture_sql(sql: str, info: TableInfo) -> tuple[str, int]:
@@ -227,7 +231,8 @@ def restore_rows(conn: psycopg.Connection[Any], comp: dict[str, Any]) -> int:
             raise AdapterError(f"the row of {comp['table']} with {shown} {what} after this write; undo would "
                                "destroy newer data, so it stopped and changed nothing")
         if has_old:
-            sets = ", ".join(f"{qi(c)} = (s.ov).{qi(c)}" for c in cols)
+            fixed = set(comp.get("always", []))
+            sets = ", ".join(f"{qi(c)} = (s.ov).{qi(c)}" for c in cols if c not in fixed)
             cur = conn.execute(f"UPDATE {table} AS t SET {sets} FROM {src} WHERE {match} AND t::text = s.new", [jid])
         else:
             cur = conn.execute(f"DELETE FROM {table} AS t USING {src} WHERE {match} AND t::text = s.new", [jid])

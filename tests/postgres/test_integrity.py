@@ -392,3 +392,20 @@ def test_the_journal_is_created_by_the_first_write_and_never_by_a_preview(pg: Pg
         fresh.close()
         with pg.connect(dbname="test") as admin:
             admin.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
+
+
+def test_undo_works_on_identity_and_generated_columns(pg: Pg, a: PostgresAdapter) -> None:
+    name = f"ident_{uuid.uuid4().hex[:6]}"
+    with pg.connect() as conn:
+        conn.execute(f"CREATE TABLE {name} (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v int, "
+                     f"doubled int GENERATED ALWAYS AS (v * 2) STORED); INSERT INTO {name} (v) SELECT generate_series(1, 5)")
+    original = rows(pg, f"SELECT * FROM {name} ORDER BY id")
+    try:
+        for write in (f"UPDATE {name} SET v = v + 10 WHERE id <= 3", f"DELETE FROM {name} WHERE id > 3",
+                      f"INSERT INTO {name} (v) VALUES (100)"):
+            out = run(a, sql(write))
+            a.compensate(out.compensation, budget())
+            assert rows(pg, f"SELECT * FROM {name} ORDER BY id") == original, write
+    finally:
+        with pg.connect() as conn:
+            conn.execute(f"DROP TABLE {name}")
