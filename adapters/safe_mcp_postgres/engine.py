@@ -73,6 +73,11 @@ class Engine:
     def pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         with self._lock:
             if self._pool is None:
+                # One direct attempt first: a server that is down or refuses the login is reported as such at
+                # once, instead of after the pool has waited out its timeout.
+                failure = self._probe()
+                if failure is not None:
+                    raise failure
                 pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
                     self.dsn, kwargs=self._kwargs(), min_size=self._sizes[0], max_size=self._sizes[1], open=False,
                     configure=_configure, reset=_reset,
@@ -85,8 +90,8 @@ class Engine:
                 self._pool = pool
             return self._pool
 
-    def _unreachable(self) -> AdapterError:
-        """Why no connection could be had: the server refused or is down (TargetUnavailable), or the pool is busy."""
+    def _probe(self) -> AdapterError | None:
+        """None when a connection can be opened now; else why not (TargetUnavailable when down or refused)."""
         try:
             with psycopg.connect(self.dsn, **self._kwargs()):
                 pass
@@ -95,6 +100,13 @@ class Engine:
         except psycopg.Error as exc:
             reason = self.scrub(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
             return AdapterError(f"cannot connect to target {self.target!r} ({self.shown}): {reason}")
+        return None
+
+    def _unreachable(self) -> AdapterError:
+        """Why no connection could be had: the server refused or is down (TargetUnavailable), or the pool is busy."""
+        failure = self._probe()
+        if failure is not None:
+            return failure
         return AdapterError(f"all {self._sizes[1]} connections to target {self.target!r} stayed busy for "
                             f"{self._connect_timeout}s; retry, or a human can raise pool_max_size")
 
@@ -102,6 +114,9 @@ class Engine:
         text = str(exc).strip()
         reason = self.scrub(text.splitlines()[-1] if text else type(exc).__name__)
         where_ = host_port(self.dsn)
+        if "database" in reason and "does not exist" in reason:
+            return TargetUnavailable(f"PostgreSQL at {where_} answered, but for target {self.target!r}: {reason}",
+                                     "check the database name in dsn; nothing was run")
         if "password authentication" in reason or ("role" in reason and "does not exist" in reason):
             return TargetUnavailable(f"PostgreSQL at {where_} refused the login for target {self.target!r}: {reason}",
                                      "check the user in dsn and the password reference of the target; nothing was run")

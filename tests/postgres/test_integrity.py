@@ -311,7 +311,7 @@ def test_a_database_that_is_down_is_reported_as_down(pg: Pg) -> None:
             started = time.monotonic()
             with pytest.raises(TargetUnavailable) as err:
                 attempt()
-            assert time.monotonic() - started < 8
+            assert time.monotonic() - started < 2, "a refused connection is reported at once"
             assert "Cannot reach PostgreSQL at 127.0.0.1:1" in str(err.value)
             assert "no connection became free" not in str(err.value)
             assert "running" in err.value.remedy and "connect_timeout_s" in err.value.remedy
