@@ -3,11 +3,7 @@ soft DROP TABLE and TRUNCATE into a trash schema, undo, and an audit of the role
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import decimal
 import functools
-import ipaddress
 import json
 import uuid
 from collections.abc import Mapping
@@ -20,12 +16,12 @@ from pydantic import Field, field_validator
 from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview, Reconciled
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Drifted, Escalated, TooManyRows
-from safe_mcp.receipts import new_id
-from safe_mcp_postgres import journal
+from safe_mcp_postgres import journal, tables
 from safe_mcp_postgres.capture import capture_sql, journaled_sql, max_param, measure, restore_rows, table_info
 from safe_mcp_postgres.classify import classify_sql
 from safe_mcp_postgres.engine import PLAIN_OIDS, Engine, qi, run_one, translate
 from safe_mcp_postgres.reads import bounded_fetch
+from safe_mcp_postgres.values import json_rows, jsonable
 
 _SAMPLE = 5
 _RETURNING = 100  # rows of a write's own RETURNING shown to the agent
@@ -224,7 +220,7 @@ class PostgresAdapter(Adapter):
                "bytes": f" (truncated at bytes_returned={budget.bytes_returned}; select fewer or narrower columns, "
                         "or page with WHERE/LIMIT)"}[cut]
         return Outcome(
-            result={"columns": columns, "rows": _rows(rows, mixed), "row_count": len(rows),
+            result={"columns": columns, "rows": json_rows(rows, mixed), "row_count": len(rows),
                     "truncated": cut is not None},
             summary=f"{len(rows)} rows{why}",
         )
@@ -297,8 +293,7 @@ class PostgresAdapter(Adapter):
                     elif op in {"drop_table", "truncate", "create"}:
                         if no_journal is not None:
                             raise AdapterError(f"{no_journal}; without it this cannot be made undoable")
-                        run = {"drop_table": self._soft_drop, "truncate": self._truncate, "create": self._create}[op]
-                        preview, outcome = run(conn, sql, params, cls)
+                        preview, outcome = tables.run(op, conn, sql, params, cls, self.s.trash_schema)
                     else:
                         raise AdapterError(f"{cls.reason}: safe-mcp has no way to run this on PostgreSQL")
                     if no_journal is None and op not in {"insert", "update", "delete"}:
@@ -375,177 +370,15 @@ class PostgresAdapter(Adapter):
         preview = Preview(effect=effect, affected=n, sample=samples, notes=notes, fingerprint=digest)
         result: dict[str, Any] = {"rows_affected": n}
         if width > 0:
-            result["returning"] = [[_jsonable(v) for v in r[:width]] for r in rows]
+            result["returning"] = [[jsonable(v) for v in r[:width]] for r in rows]
             result["columns"] = [d.name for d in (cur.description or ())[:width]]
         return preview, Outcome(affected=n, compensation={**comp, "affected": n}, summary=cls.summary, result=result)
 
-    def _trash_ready(self, conn: psycopg.Connection[Any]) -> None:
-        exists = conn.execute("SELECT to_regnamespace($1) IS NOT NULL", [qi(self.s.trash_schema)]).fetchone()
-        if exists and exists[0]:
-            return
-        try:
-            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {qi(self.s.trash_schema)}")
-        except psycopg.errors.InsufficientPrivilege:
-            raise AdapterError(f"the role cannot create the trash schema {self.s.trash_schema}, so this cannot be made "
-                               f"restorable; a human can run CREATE SCHEMA {self.s.trash_schema} with a role that may") from None
-        except psycopg.errors.UniqueViolation:
-            pass
-
-    def _soft_drop(self, conn: psycopg.Connection[Any], sql: str, params: Any,
-                   cls: Classification) -> tuple[Preview, Outcome]:
-        moved, samples, total, notes = [], [], 0, []
-        self._trash_ready(conn)
-        for t in cls.detail["tables"]:
-            shown = f"{qi(t['schema'])}.{qi(t['name'])}" if t["schema"] else qi(t["name"])
-            found = conn.execute("SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n "
-                                 "ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)", [shown]).fetchone()
-            if found is None:
-                if cls.detail.get("missing_ok"):
-                    notes.append(f"table {t['name']} does not exist; skipped")
-                    continue
-                raise AdapterError(f"no table named {t['name']}; sql_schema lists the tables")
-            oid, schema, name, kind = found
-            if kind not in ("r", "p"):
-                raise AdapterError(f"{name} is not a table (relkind {kind}); DROP TABLE applies to tables")
-            refs = conn.execute("SELECT conrelid::regclass::text FROM pg_constraint WHERE confrelid = $1 "
-                                "AND contype = 'f' AND conrelid <> $1", [oid]).fetchall()
-            if refs:
-                raise AdapterError(f"{name} is referenced by foreign keys from {', '.join(r[0] for r in refs)}; "
-                                   "it cannot be kept restorable. Drop those constraints first (a separate call)")
-            # What PostgreSQL would drop with it, or refuse for: kept restorable, it would stay attached (a view
-            # reading the trash, a partition still receiving rows), so it is refused like a DROP without CASCADE.
-            tied = conn.execute(
-                "SELECT coalesce(array_agg(DISTINCT x), '{}') FROM ("
-                "SELECT inhrelid::regclass::text AS x FROM pg_inherits WHERE inhparent = $1 UNION ALL "
-                "SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = $1 UNION ALL "
-                "SELECT r.ev_class::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid "
-                "WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = $1 AND r.ev_class <> $1) s",
-                [oid]).fetchone()
-            if tied and tied[0]:
-                raise AdapterError(f"{name} is tied to {', '.join(tied[0])} (views, inheritance or partitions); it "
-                                   "cannot be kept restorable on its own. Drop or detach those first (separate calls)")
-            q = f"{qi(schema)}.{qi(name)}"
-            count = int(conn.execute(f"SELECT count(*) FROM {q}").fetchone()[0])  # type: ignore[index]
-            samples += [{"table": name, "change": "drop", "before": _jsonable(r[0])}
-                        for r in conn.execute(f"SELECT to_jsonb(x) FROM {q} AS x LIMIT {_SAMPLE}").fetchall()]
-            trash = _trash_name(name)
-            conn.execute(f"ALTER TABLE {q} RENAME TO {qi(trash)}")
-            conn.execute(f"ALTER TABLE {qi(schema)}.{qi(trash)} SET SCHEMA {qi(self.s.trash_schema)}")
-            moved.append({"schema": schema, "table": name, "trash": trash, "rows": count})
-            total += count
-            notes.append(f"table {name} ({count} rows) is moved to {self.s.trash_schema}.{trash}; undo restores it")
-        preview = Preview(effect=Effect.DESTRUCTIVE, affected=total, sample=samples[:_SAMPLE], notes=notes)
-        comp = {"op": "restore_tables", "tables": moved, "affected": total}
-        return preview, Outcome(affected=total, summary=cls.summary, compensation=comp,
-                                result={"dropped": [m["table"] for m in moved], "rows": total})
-
-    def _truncate(self, conn: psycopg.Connection[Any], sql: str, params: Any,
-                  cls: Classification) -> tuple[Preview, Outcome]:
-        self._trash_ready(conn)
-        kept, samples, total = [], [], 0
-        for t in cls.detail["tables"]:
-            info = table_info(conn, t["schema"], t["name"])
-            if info.inherited or info.triggers or info.kind != "r":
-                why = (f"{info.name} has triggers ({', '.join(info.triggers)})" if info.triggers else
-                       f"{info.name} has inheritance children or partitions" if info.inherited else
-                       f"{info.name} is not a plain table")
-                run_one(conn, sql, params)
-                return (Preview(effect=Effect.IRREVERSIBLE, affected=None, notes=[f"no undo: {why}, which TRUNCATE "
-                                                                                  "reaches but the trash copy would not "
-                                                                                  "put back where it was"]),
-                        Outcome(affected=0, summary=cls.summary, result={"truncated": [info.name]}))
-            trash = _trash_name(info.name)
-            cur = conn.execute(f"CREATE TABLE {qi(self.s.trash_schema)}.{qi(trash)} AS TABLE {info.qualified}")
-            count = max(cur.rowcount, 0)
-            samples += [{"table": info.name, "change": "truncate", "before": _jsonable(r[0])}
-                        for r in conn.execute(f"SELECT to_jsonb(x) FROM {info.qualified} AS x LIMIT {_SAMPLE}")]
-            kept.append({"schema": info.schema, "table": info.name, "trash": trash, "columns": info.columns,
-                         "rows": count})
-            total += count
-        run_one(conn, sql, params)
-        preview = Preview(effect=Effect.DESTRUCTIVE, affected=total, sample=samples[:_SAMPLE],
-                          notes=[f"the {total} old rows are kept in {self.s.trash_schema}; undo puts them back"])
-        return preview, Outcome(affected=total, summary=cls.summary,
-                                compensation={"op": "refill", "tables": kept, "affected": total},
-                                result={"truncated": [k["table"] for k in kept], "rows": total})
-
-    def _create(self, conn: psycopg.Connection[Any], sql: str, params: Any,
-                cls: Classification) -> tuple[Preview, Outcome]:
-        d = cls.detail
-        shown = f"{qi(d['schema'])}.{qi(d['name'])}" if d.get("schema") else qi(d["name"])
-        if conn.execute("SELECT to_regclass($1) IS NOT NULL", [shown]).fetchone() == (True,):
-            # CREATE ... IF NOT EXISTS of something that exists: the undo must not remove the old one.
-            run_one(conn, sql, params)
-            return (Preview(effect=Effect.WRITE, affected=0, notes=[f"{d['name']} exists already; nothing changes"]),
-                    Outcome(affected=0, summary=cls.summary, compensation={"op": "noop", "affected": 0}))
-        cur = run_one(conn, sql, params)
-        n = max(cur.rowcount, 0) if d["type"] == "table" else 0
-        found = conn.execute("SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                             "WHERE c.oid = to_regclass($1)", [shown]).fetchone()
-        if found is None:
-            raise AdapterError(f"the new {d['type']} {d['name']} cannot be found after creating it")
-        comp = {"op": "drop_created", "type": d["type"], "schema": found[0], "name": d["name"], "affected": 0}
-        shadow = conn.execute(
-            "SELECT string_agg(n.nspname || '.' || c.relname, ', ') FROM pg_class c JOIN pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE c.relname = $1 AND n.nspname <> $2 AND c.relkind IN ('r', 'p', 'v', "
-            "'m', 'f') AND n.nspname = ANY (current_schemas(false))", [d["name"], found[0]]).fetchone()
-        if d["type"] != "index" and shadow and shadow[0]:
-            # The same name in another schema of the search path: later statements would silently read one
-            # instead of the other. That changes what code that runs later sees, so it is not a plain write.
-            return (Preview(effect=Effect.IRREVERSIBLE, affected=n, notes=[
-                        f"{found[0]}.{d['name']} would share its name with {shadow[0]} on the search path, so later "
-                        "statements could silently read the other one"]),
-                    Outcome(affected=n, summary=cls.summary, compensation=comp))
-        preview = Preview(effect=cls.effect, affected=n, notes=[f"undo removes the new {d['type']} "
-                                                               "(a table goes to the trash)"])
-        return preview, Outcome(affected=n, summary=cls.summary, compensation=comp)
-
-    # -------------------------------------------------------------- undo
-
     def _apply_compensation(self, conn: psycopg.Connection[Any], comp: dict[str, Any]) -> tuple[int, str]:
-        op = comp.get("op")
-        trash = qi(self.s.trash_schema)
-        if op == "rows":
+        if comp.get("op") == "rows":
             n = restore_rows(conn, comp)
             return n, f"{n} rows of {comp['table']} restored"
-        if op == "restore_tables":
-            for t in comp["tables"]:
-                taken = conn.execute("SELECT to_regclass($1)", [f"{qi(t['schema'])}.{qi(t['table'])}"]).fetchone()
-                if taken and taken[0] is not None:
-                    raise AdapterError(f"a new table named {t['table']} exists now; undo would replace it, so it "
-                                       "stopped and changed nothing (rename or drop the new table first)")
-                if conn.execute("SELECT to_regclass($1)", [f"{trash}.{qi(t['trash'])}"]).fetchone() == (None,):
-                    raise AdapterError(f"the trashed copy of {t['table']} is gone; nothing can be restored")
-                conn.execute(f"ALTER TABLE {trash}.{qi(t['trash'])} SET SCHEMA {qi(t['schema'])}")
-                conn.execute(f"ALTER TABLE {qi(t['schema'])}.{qi(t['trash'])} RENAME TO {qi(t['table'])}")
-            names = ", ".join(t["table"] for t in comp["tables"])
-            return int(comp.get("affected", 0)), f"table {names} restored"
-        if op == "refill":
-            n = 0
-            for t in comp["tables"]:
-                q = f"{qi(t['schema'])}.{qi(t['table'])}"
-                if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {q})").fetchone() != (False,):
-                    raise AdapterError(f"{t['table']} has new rows since it was truncated; undo would mix old and new "
-                                       "data, so it stopped and changed nothing")
-                cols = ", ".join(qi(c) for c in t["columns"])
-                cur = conn.execute(f"INSERT INTO {q} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} "
-                                   f"FROM {trash}.{qi(t['trash'])}")
-                n += max(cur.rowcount, 0)
-                conn.execute(f"DROP TABLE {trash}.{qi(t['trash'])}")
-            return n, f"{n} rows put back"
-        if op == "drop_created":
-            q = f"{qi(comp['schema'])}.{qi(comp['name'])}"
-            if comp["type"] == "table":
-                self._trash_ready(conn)
-                name = _trash_name(comp["name"])
-                conn.execute(f"ALTER TABLE {q} RENAME TO {qi(name)}")
-                conn.execute(f"ALTER TABLE {qi(comp['schema'])}.{qi(name)} SET SCHEMA {trash}")
-                return 0, f"table {comp['name']} moved to {self.s.trash_schema}.{name}"
-            conn.execute(f"DROP {'VIEW' if comp['type'] == 'view' else 'INDEX'} {q}")
-            return 0, f"{comp['type']} {comp['name']} dropped"
-        if op == "noop":
-            return 0, "nothing to undo"
-        raise AdapterError(f"unknown compensation {op!r}")
+        return tables.undo(conn, comp, self.s.trash_schema)
 
 
 # ------------------------------------------------------------------ helpers
@@ -593,10 +426,6 @@ def _shown(schema: str, name: str) -> str:
     return name if schema == "public" else f"{schema}.{name}"
 
 
-def _trash_name(name: str) -> str:
-    return f"{name[:40]}_{new_id('t').split('_', 1)[1][-16:]}".lower()
-
-
 def _still_as_previewed(expect: Preview | None, now: Preview) -> None:
     """At confirm: refuse (before commit) a change bigger than, or other than, the one confirmed.
 
@@ -620,20 +449,7 @@ def _returned(cur: psycopg.Cursor[Any], budget: Budget | None) -> dict[str, Any]
     if cur.description:
         limit = budget.rows_returned if budget is not None else 100
         out["columns"] = [d.name for d in cur.description]
-        out["returning"] = [[_jsonable(v) for v in r] for r in cur.fetchmany(limit)]
-    return out
-
-
-def _rows(rows: list[Any], mixed: list[int]) -> list[Any]:
-    """Rows JSON can carry, converting only the columns whose type needs it (tuples serialise as lists)."""
-    if not mixed:
-        return rows
-    out = []
-    for r in rows:
-        row = list(r)
-        for i in mixed:
-            row[i] = _jsonable(row[i])
-        out.append(row)
+        out["returning"] = [[jsonable(v) for v in r] for r in cur.fetchmany(limit)]
     return out
 
 
@@ -653,27 +469,3 @@ def _sql_args(call: Call) -> tuple[str, list[Any] | None]:
 # an agent repeats are parsed once. Long texts are not kept; errors are never cached.
 _CACHED_SQL_CHARS = 4096
 _classify_cached = functools.lru_cache(maxsize=512)(classify_sql)
-
-
-def _jsonable(value: Any) -> Any:
-    """A value as JSON can carry it: exact numbers and binary as strings, times in ISO 8601."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return str(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"$bytes": base64.b64encode(bytes(value)).decode()}
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (uuid.UUID, ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Network,
-                          ipaddress.IPv6Network, ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
-        return str(value)
-    return str(value)
