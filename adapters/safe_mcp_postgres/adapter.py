@@ -387,7 +387,7 @@ _KINDS = {"r": "table", "p": "partitioned table", "v": "view", "m": "materialize
 
 _TABLES_SQL = """
 SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1)
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1, '_safe_mcp')
   AND n.nspname NOT LIKE 'pg\\_%' AND NOT c.relispartition
 ORDER BY n.nspname <> 'public', n.nspname, c.relname
 """

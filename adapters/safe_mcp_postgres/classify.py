@@ -290,7 +290,7 @@ def _classify_statement(stmt: Any) -> Classification:
                               detail={"op": "read"})
     if _is(stmt, _DML):
         return _classify_dml(stmt)
-    if _is(stmt, ast.DropStmt):
+    if _is(stmt, ast.DropStmt) and not stmt.concurrent:
         return _classify_drop(stmt)
     if _is(stmt, ast.DropdbStmt):
         return Classification(effect=Effect.IRREVERSIBLE, reason=f"DROP DATABASE {stmt.dbname} cannot be undone",
@@ -330,7 +330,12 @@ def _classify_statement(stmt: Any) -> Classification:
         return Classification(effect=Effect.WRITE, reason=f"CREATE VIEW {_show(stmt.view)}",
                               summary=f"CREATE VIEW {_show(stmt.view)}",
                               detail={"op": "create", "type": "view", **_rel(stmt.view)})
-    if _is(stmt, ast.IndexStmt) and stmt.idxname and not stmt.concurrent and not stmt.if_not_exists:
+    if _is(stmt, (ast.IndexStmt, ast.DropStmt)) and getattr(stmt, "concurrent", False):
+        # CONCURRENTLY cannot run inside a transaction: it runs on its own, unmeasured and unjournaled.
+        return Classification(effect=Effect.IRREVERSIBLE, reason=f"{kind.removesuffix('Stmt')} CONCURRENTLY runs "
+                              "outside a transaction: it cannot be measured, journaled or undone",
+                              summary=f"{kind.removesuffix('Stmt')} CONCURRENTLY", detail={"op": "autocommit"})
+    if _is(stmt, ast.IndexStmt) and stmt.idxname and not stmt.if_not_exists:
         return Classification(effect=Effect.WRITE, reason=f"CREATE INDEX {stmt.idxname}",
                               summary=f"CREATE INDEX {stmt.idxname}",
                               detail={"op": "create", "type": "index", "schema": stmt.relation.schemaname,

@@ -409,3 +409,20 @@ def test_undo_works_on_identity_and_generated_columns(pg: Pg, a: PostgresAdapter
     finally:
         with pg.connect() as conn:
             conn.execute(f"DROP TABLE {name}")
+
+
+def test_concurrent_index_runs_outside_a_transaction_and_reconcile_says_unknown(pg: Pg, a: PostgresAdapter,
+                                                                               t: str) -> None:
+    make_index = sql(f"CREATE INDEX CONCURRENTLY {t}_owner ON {t} (owner)")
+    out = a.execute(make_index, a.classify(make_index), budget(Effect.IRREVERSIBLE, intent_id="i-conc"))
+    assert out.compensation is None
+    assert rows(pg, f"SELECT to_regclass('{t}_owner') IS NOT NULL") == [(True,)]
+    assert a.reconcile("i-conc", make_index).state == "unknown"
+
+
+def test_the_journal_is_not_listed_as_a_table(a: PostgresAdapter, t: str) -> None:
+    run(a, sql(f"UPDATE {t} SET balance = 1 WHERE id = 1"))
+    listed = a.execute(Call(target="t", tool="sql_schema", args={}), a.classify(Call(target="t", tool="sql_schema",
+                                                                                    args={})), budget())
+    names = [x["name"] for x in listed.result["tables"]]
+    assert t in names and not any("_safe_mcp" in n for n in names)
