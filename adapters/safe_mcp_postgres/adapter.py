@@ -139,6 +139,9 @@ class PostgresAdapter(Adapter):
                     found = journal.lookup(conn, intent_id)
                 except AdapterError as exc:
                     return Reconciled(state="unknown", detail=f"{exc}; check target {self.name!r} by hand")
+        except psycopg.errors.InsufficientPrivilege:
+            return Reconciled(state="unknown", detail=f"the role of target {self.name!r} cannot read the journal "
+                                                      f"{journal.TABLE}; check the database by hand")
         except psycopg.Error as exc:
             raise self._error(exc) from None
         if found is None:

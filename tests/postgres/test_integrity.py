@@ -426,3 +426,13 @@ def test_the_journal_is_not_listed_as_a_table(a: PostgresAdapter, t: str) -> Non
                                                                                     args={})), budget())
     names = [x["name"] for x in listed.result["tables"]]
     assert t in names and not any("_safe_mcp" in n for n in names)
+
+
+def test_reconcile_says_unknown_when_the_role_cannot_read_the_journal(pg: Pg, a: PostgresAdapter, t: str) -> None:
+    run(a, sql(f"UPDATE {t} SET balance = 1 WHERE id = 1"))  # the journal exists
+    reader = make(pg, pg.reader)
+    try:
+        found = reader.reconcile("rcpt_whatever", sql(f"UPDATE {t} SET balance = 2 WHERE id = 1"))
+        assert found.state == "unknown" and "journal" in found.detail
+    finally:
+        reader.close()
