@@ -1,5 +1,5 @@
 """Reads bounded in safe-mcp's memory: a server-side cursor, fetched row by row (single-row mode),
-counting rows and bytes as they arrive against the budget.
+counting rows and bytes as they arrive against the budget (text counts its characters).
 
 A result set is never loaded whole: at most `rows_returned + 1` rows are asked of the server,
 and each arrives on its own, so what is held is what will be returned plus one row. Once the
@@ -54,7 +54,13 @@ def bounded_fetch(conn: psycopg.Connection[Any], sql: str, params: list[Any] | N
                 # Fixed-width columns count their width; the others are measured as they arrived.
                 fixed = sum(d.internal_size or 0 for d in desc if (d.internal_size or 0) > 0)
                 varying = [j for j, d in enumerate(desc) if not (d.internal_size or 0) > 0]
-            bytes_ = fixed + sum(len(res.get_value(0, j) or b"") for j in varying) if res is not None else 0
+            bytes_ = fixed
+            for j in varying:
+                value = row[j]
+                if value.__class__ is str:  # most are (numbers and times are loaded as text): no copy needed
+                    bytes_ += len(value)
+                elif value is not None and res is not None:
+                    bytes_ += len(res.get_value(0, j) or b"")
             if len(rows) == max_rows:
                 cut = "rows"
             elif size + bytes_ > max_bytes:
