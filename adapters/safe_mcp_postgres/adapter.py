@@ -341,6 +341,11 @@ class PostgresAdapter(Adapter):
         info = table_info(conn, cls.detail.get("schema"), cls.detail["name"])
         hazard = info.irreversible_because() or no_journal
         effect, notes = cls.effect, []
+        if hazard is not None and not commit and (info.triggers or info.rules):
+            # Triggers and rules are code: they run only once a human approved, not for a preview (what they
+            # do outside the transaction, a rollback would not take back).
+            return (Preview(effect=effect.at_least(Effect.IRREVERSIBLE), affected=None,
+                            notes=[f"no undo: {hazard}", "not measured: it runs only once approved"]), Outcome())
         if hazard is not None:
             cur = run_one(conn, sql, params)
             n = max(cur.rowcount, 0)
