@@ -138,16 +138,22 @@ def _forbid(why: str) -> Classification:
     return Classification(effect=Effect.FORBIDDEN, reason=why, summary="forbidden", detail={"op": "forbidden"})
 
 
-def _reserved(stmt: Any, names: tuple[str, ...]) -> str | None:
+def _reserved(stmt: Any, trash_schema: str) -> str | None:
     """The first identifier or string constant anywhere in the tree that names one of safe-mcp's schemas.
 
     Names sit in str slots (RangeVar.schemaname, RenameStmt.subname, newschema, ...) and in String
-    nodes (qualified names, constants such as '_safe_mcp_trash.t'::regclass); all are checked.
+    nodes (qualified names, constants such as '_safe_mcp_trash.t'::regclass); all are checked. Anything
+    containing "_safe_mcp" is refused; a trash schema configured under another name is matched as a
+    whole name (alone, or qualifying another), so a short name does not refuse every statement.
     """
+    trash = trash_schema.lower()
     for n in walk(stmt):
         for attr in type(n).__slots__:  # type: ignore[attr-defined]
             v = getattr(n, attr, None)
-            if isinstance(v, str) and any(name in v.lower() for name in names):
+            if not isinstance(v, str):
+                continue
+            lv = v.lower()
+            if RESERVED in lv or lv == trash or lv.startswith(trash + ".") or f'"{trash}"' in lv:
                 return v
     return None
 
@@ -223,7 +229,7 @@ def classify_sql(sql: str, trash_schema: str) -> Classification:
         AdapterError: unparseable, or more than one statement.
     """
     stmt = parse_one(sql)
-    hit = _reserved(stmt, tuple(dict.fromkeys((RESERVED, trash_schema.lower()))))
+    hit = _reserved(stmt, trash_schema)
     if hit is not None:
         return _forbid(f"{hit!r} names safe-mcp's own schemas ({trash_schema}, {JOURNAL_SCHEMA}), which keep the "
                        "trash and the undo journal; no statement may touch them. Restore trashed tables with the "
