@@ -289,8 +289,13 @@ class PostgresAdapter(Adapter):
                     if op in {"insert", "update", "delete"}:
                         preview, outcome = self._dml(conn, sql, params, cls, budget, intent, no_journal, commit)
                     elif op == "plain":
+                        guard = tables.own_schemas(conn, self.s.trash_schema)
                         cur = run_one(conn, sql, params)
                         n = max(cur.rowcount, 0)
+                        if tables.own_schemas(conn, self.s.trash_schema) != guard:
+                            raise AdapterError("this statement would change safe-mcp's trash or journal (through "
+                                               "CASCADE or a dependency); it was rolled back. Drop with RESTRICT, or "
+                                               "restore or purge the trashed tables first")
                         preview = Preview(effect=cls.effect, affected=n, notes=[cls.reason, "no compensation exists"])
                         outcome = Outcome(affected=n, summary=cls.summary, result=_returned(cur, budget))
                     elif op in {"drop_table", "truncate", "create"}:

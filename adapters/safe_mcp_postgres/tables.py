@@ -12,10 +12,11 @@ from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError
 from safe_mcp.receipts import new_id
 from safe_mcp_postgres.capture import table_info
+from safe_mcp_postgres.classify import JOURNAL_SCHEMA
 from safe_mcp_postgres.engine import qi, run_one
 from safe_mcp_postgres.values import jsonable
 
-__all__ = ["run", "trash_name", "trash_ready", "undo"]
+__all__ = ["own_schemas", "run", "trash_name", "trash_ready", "undo"]
 
 _SAMPLE = 5
 
@@ -25,6 +26,24 @@ def run(op: str, conn: psycopg.Connection[Any], sql: str, params: Any, cls: Clas
     """Run a drop_table, truncate or create operation with its compensation."""
     fn = {"drop_table": soft_drop, "truncate": truncate, "create": create}[op]
     return fn(conn, sql, params, cls, trash_schema)
+
+
+def own_schemas(conn: psycopg.Connection[Any], trash_schema: str) -> str:
+    """A digest of safe-mcp's trash and journal schemas as the catalog describes them (the schemas, their
+    owners and grants, every relation in them with its columns, types and defaults). A statement that
+    changes it, however indirectly, is rolled back."""
+    row = conn.execute(
+        "SELECT md5(coalesce(string_agg(x, ';' ORDER BY x), '')) FROM ("
+        "SELECT n.nspname || n.nspowner::text || coalesce(n.nspacl::text, '') AS x FROM pg_namespace n "
+        "WHERE n.nspname IN ($1, $2) UNION ALL "
+        "SELECT c.oid::text || c.relname || c.relkind::text || coalesce(c.relacl::text, '') || c.relowner::text || "
+        "coalesce((SELECT string_agg(a.attname || a.atttypid::text || a.attnotnull::text || "
+        "coalesce(pg_get_expr(d.adbin, d.adrelid), ''), ',' ORDER BY a.attnum) FROM pg_attribute a "
+        "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+        "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '') "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname IN ($1, $2)) s",
+        [trash_schema, JOURNAL_SCHEMA]).fetchone()
+    return str(row[0]) if row else ""
 
 
 def trash_ready(conn: psycopg.Connection[Any], trash_schema: str) -> None:

@@ -226,3 +226,25 @@ def test_the_byte_cap_truncates_and_says_so(one: PostgresAdapter) -> None:
     assert capped.result["truncated"] is False and capped.result["row_count"] == 50
     capped = one.execute(read, one.classify(read), budget.model_copy(update={"rows_returned": 49}))
     assert capped.result["truncated"] is True and capped.result["row_count"] == 49
+
+
+def test_a_cascade_cannot_reach_the_trash(pg: Pg, one: PostgresAdapter) -> None:
+    """A human-approved DROP ... CASCADE of something a trashed table depends on is rolled back."""
+    tag = uuid.uuid4().hex[:6]
+    with pg.connect() as conn:
+        conn.execute(f"CREATE DOMAIN money_{tag} AS numeric(10, 2); "
+                     f"CREATE TABLE kept_{tag} (id int PRIMARY KEY, amount money_{tag}); "
+                     f"INSERT INTO kept_{tag} VALUES (1, 9.5)")
+    drop = Call(target="one", tool="sql_execute", args={"sql": f"DROP TABLE kept_{tag}"})
+    out = one.execute(drop, one.classify(drop), WIDE)
+    state = trash_state(pg)
+    cascade = Call(target="one", tool="sql_execute", args={"sql": f"DROP DOMAIN money_{tag} CASCADE"})
+    assert one.classify(cascade).effect is Effect.IRREVERSIBLE
+    with pytest.raises(AdapterError) as err:
+        one.execute(cascade, one.classify(cascade), WIDE)
+    assert "trash" in str(err.value)
+    assert trash_state(pg) == state
+    one.compensate(out.compensation or {}, WIDE)
+    with pg.connect() as conn:
+        assert conn.execute(f"SELECT amount::text FROM kept_{tag}").fetchone() == ("9.50",)
+        conn.execute(f"DROP TABLE kept_{tag}; DROP DOMAIN money_{tag}")
