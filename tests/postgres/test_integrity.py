@@ -442,3 +442,20 @@ def test_reconcile_says_unknown_when_the_role_cannot_read_the_journal(pg: Pg, a:
         assert found.state == "unknown" and "journal" in found.detail
     finally:
         reader.close()
+
+
+def test_old_journal_entries_are_pruned_and_their_undo_says_so(pg: Pg, a: PostgresAdapter, t: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from safe_mcp_postgres import journal
+
+    old = run(a, sql(f"UPDATE {t} SET balance = 0 WHERE id = 1"), intent_id="i-old-" + t)
+    with pg.connect() as conn:
+        conn.execute("UPDATE _safe_mcp.journal SET at = now() - interval '31 days' WHERE intent_id = %s",
+                     ["i-old-" + t])
+    monkeypatch.setattr(journal, "_PRUNE_ONE_IN", 1)
+    run(a, sql(f"UPDATE {t} SET balance = 1 WHERE id = 2"), intent_id="i-new-" + t)
+    assert rows(pg, f"SELECT intent_id FROM _safe_mcp.journal WHERE intent_id LIKE 'i-%-{t}'") == [("i-new-" + t,)]
+    with pytest.raises(AdapterError) as err:
+        a.compensate(old.compensation, budget())
+    assert "gone from the journal" in str(err.value)
+    assert rows(pg, f"SELECT balance FROM {t} WHERE id = 1") == [(0,)]
