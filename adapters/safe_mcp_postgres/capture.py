@@ -35,7 +35,8 @@ SELECT c.oid, n.nspname, c.relname, c.relkind,
     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), '{}'),
   coalesce((SELECT array_agg(DISTINCT k.conrelid::regclass::text) FROM pg_constraint k WHERE k.confrelid = c.oid
     AND k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))), '{}'),
-  coalesce((SELECT array_agg(t.tgname::text) FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal), '{}'),
+  coalesce((SELECT array_agg(t.tgname::text) FROM pg_trigger t WHERE t.tgrelid = c.oid
+    AND (NOT t.tgisinternal OR t.tgconstraint = 0)), '{}'),
   coalesce((SELECT array_agg(a.attname::text) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
     AND NOT a.attisdropped AND a.attidentity = 'a'), '{}'),
   EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid),

@@ -459,3 +459,25 @@ def test_old_journal_entries_are_pruned_and_their_undo_says_so(pg: Pg, a: Postgr
         a.compensate(old.compensation, budget())
     assert "gone from the journal" in str(err.value)
     assert rows(pg, f"SELECT balance FROM {t} WHERE id = 1") == [(0,)]
+
+
+def test_a_trigger_inherited_from_a_partitioned_parent_makes_a_leaf_write_irreversible(pg: Pg,
+                                                                                      a: PostgresAdapter) -> None:
+    p = f"trg_{uuid.uuid4().hex[:6]}"
+    with pg.connect() as conn:
+        conn.execute(f"CREATE TABLE {p} (id int PRIMARY KEY, v int) PARTITION BY RANGE (id);"
+                     f"CREATE TABLE {p}_a PARTITION OF {p} FOR VALUES FROM (0) TO (100);"
+                     f"CREATE TABLE {p}_log (n int);"
+                     f"CREATE FUNCTION {p}_f() RETURNS trigger LANGUAGE plpgsql AS "
+                     f"$$BEGIN INSERT INTO {p}_log VALUES (1); RETURN NULL; END$$;"
+                     f"CREATE TRIGGER t AFTER DELETE ON {p} FOR EACH ROW EXECUTE FUNCTION {p}_f();"
+                     f"INSERT INTO {p} VALUES (1, 1), (2, 2)")
+    try:
+        with pytest.raises(Escalated) as esc:
+            run(a, sql(f"DELETE FROM {p}_a WHERE id = 1"))
+        assert esc.value.effect is Effect.IRREVERSIBLE and "trigger" in esc.value.reason
+        assert rows(pg, f"SELECT count(*) FROM {p}") == [(2,)]
+        assert rows(pg, f"SELECT count(*) FROM {p}_log") == [(0,)]
+    finally:
+        with pg.connect() as conn:
+            conn.execute(f"DROP TABLE {p}, {p}_log; DROP FUNCTION {p}_f()")
