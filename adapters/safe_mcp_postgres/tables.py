@@ -47,11 +47,17 @@ def own_schemas(conn: psycopg.Connection[Any], trash_schema: str) -> str:
 
 
 def trash_ready(conn: psycopg.Connection[Any], trash_schema: str) -> None:
+    """Make the trash schema exist, in the caller's transaction.
+
+    Raises:
+        AdapterError: the role may not create it.
+    """
     exists = conn.execute("SELECT to_regnamespace($1) IS NOT NULL", [qi(trash_schema)]).fetchone()
     if exists and exists[0]:
         return
     try:
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {qi(trash_schema)}")
+        with conn.transaction():  # a savepoint: a lost race must not abort the write's transaction
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {qi(trash_schema)}")
     except psycopg.errors.InsufficientPrivilege:
         raise AdapterError(f"the role cannot create the trash schema {trash_schema}, so this cannot be made "
                            f"restorable; a human can run CREATE SCHEMA {trash_schema} with a role that may") from None
