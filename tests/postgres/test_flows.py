@@ -196,3 +196,27 @@ async def test_errors_are_actionable_and_never_leak_secrets(pg: Pg, tmp_path: Pa
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), f"the password leaked into {path}"
+
+
+
+async def journaled_intents(pg: Pg, tmp_path: Path, table: str) -> dict[str, str]:
+    """Run a write and its undo through the gate; the kinds journaled under the two intent receipts."""
+    async with connect(pg.config(tmp_path), "memory") as client:
+        done = await call(client, "sql_execute", target="r_rw", sql=f"UPDATE {table} SET total = 1 WHERE id = 2")
+        await call(client, "undo", receipt_id=done["receipt_id"])
+        latest = (await call(client, "receipts", limit=20))["receipts"]
+    intents = [r["id"] for r in latest if r["outcome"] == "intent"]
+    assert len(intents) == 2, latest
+    with pg.connect() as conn:
+        return dict(conn.execute("SELECT intent_id, kind FROM _safe_mcp.journal WHERE intent_id = ANY(%s)",
+                                 [intents]).fetchall())
+
+
+async def test_a_write_journals_its_intent_receipt_in_the_target(pg: Pg, tmp_path: Path, table: str) -> None:
+    assert "write" in (await journaled_intents(pg, tmp_path, table)).values()
+
+
+@pytest.mark.xfail(strict=True, reason="the gate does not yet pass the undo's intent id to compensate "
+                                       "(core change: budget intent_id in Gate.undo)")
+async def test_an_undo_journals_its_intent_receipt_in_the_target(pg: Pg, tmp_path: Path, table: str) -> None:
+    assert "undo" in (await journaled_intents(pg, tmp_path, table)).values()
