@@ -220,3 +220,18 @@ async def test_a_write_journals_its_intent_receipt_in_the_target(pg: Pg, tmp_pat
                                        "(core change: budget intent_id in Gate.undo)")
 async def test_an_undo_journals_its_intent_receipt_in_the_target(pg: Pg, tmp_path: Path, table: str) -> None:
     assert "undo" in (await journaled_intents(pg, tmp_path, table)).values()
+
+
+@pytest.mark.xfail(strict=True, reason="the gate does not yet hand the confirmed preview to the adapter "
+                                       "(core change: Budget.expect at confirm)")
+async def test_confirm_of_a_drifted_delete_comes_back_as_a_new_pending_action(pg: Pg, tmp_path: Path,
+                                                                               table: str) -> None:
+    async with connect(pg.config(tmp_path), "memory") as client:
+        pending = await call(client, "sql_execute", target="r_rw", sql=f"DELETE FROM {table}")
+        assert pending["status"] == "pending" and pending["affected"] == 12
+        with pg.connect() as conn:
+            conn.execute(f"INSERT INTO {table} (id, customer) VALUES (99, 'arrived after the preview')")
+        await anyio.sleep(0.15)
+        again = await call(client, "confirm", action_id=pending["pending"]["action_id"])
+        assert again["status"] == "pending" and again["affected"] == 13
+        assert digest(pg, table)[0] == 13, "nothing may be deleted beyond what was confirmed"
