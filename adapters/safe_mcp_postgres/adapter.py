@@ -299,8 +299,8 @@ class PostgresAdapter(Adapter):
                         preview = Preview(effect=cls.effect, affected=n, notes=[cls.reason, "no compensation exists"])
                         outcome = Outcome(affected=n, summary=cls.summary, result=_returned(cur, budget))
                     elif op in {"drop_table", "truncate", "create"}:
-                        if no_journal is not None:
-                            raise AdapterError(f"{no_journal}; without it this cannot be made undoable")
+                        # Their undo lives in the trash, not the journal: without a journal they still run,
+                        # and only reconcile after a crash cannot tell (it answers unknown).
                         preview, outcome = tables.run(op, conn, sql, params, cls, self.s.trash_schema)
                     else:
                         raise AdapterError(f"{cls.reason}: safe-mcp has no way to run this on PostgreSQL")
