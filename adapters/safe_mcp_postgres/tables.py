@@ -157,7 +157,8 @@ def create(conn: psycopg.Connection[Any], sql: str, params: Any, cls: Classifica
                          "WHERE c.oid = to_regclass($1)", [shown]).fetchone()
     if found is None:
         raise AdapterError(f"the new {d['type']} {d['name']} cannot be found after creating it")
-    comp = {"op": "drop_created", "type": d["type"], "schema": found[0], "name": d["name"], "affected": 0}
+    comp = {"op": "drop_created", "type": d["type"], "schema": found[0], "name": d["name"], "affected": 0,
+            "state": _created_state(conn, d["type"], f"{qi(found[0])}.{qi(d['name'])}")}
     shadow = conn.execute(
         "SELECT string_agg(n.nspname || '.' || c.relname, ', ') FROM pg_class c JOIN pg_namespace n "
         "ON n.oid = c.relnamespace WHERE c.relname = $1 AND n.nspname <> $2 AND c.relkind IN ('r', 'p', 'v', "
@@ -172,6 +173,20 @@ def create(conn: psycopg.Connection[Any], sql: str, params: Any, cls: Classifica
     preview = Preview(effect=cls.effect, affected=n, notes=[f"undo removes the new {d['type']} "
                                                            "(a table goes to the trash)"])
     return preview, Outcome(affected=n, summary=cls.summary, compensation=comp)
+
+
+def _created_state(conn: psycopg.Connection[Any], kind: str, q: str) -> str:
+    """A digest of what a new table holds (its rows), or of a new view's or index's definition, so undo
+    can tell whether anyone changed it since."""
+    if kind == "table":
+        # Order-free and in constant memory, so a large CREATE TABLE AS costs one scan, not a sort.
+        row = conn.execute(f"SELECT count(*)::text || ':' || coalesce(sum(hashtextextended(t::text, 0)), 0)::text "
+                           f"FROM {q} AS t").fetchone()
+    elif kind == "view":
+        row = conn.execute("SELECT md5(pg_get_viewdef(to_regclass($1)))", [q]).fetchone()
+    else:
+        row = conn.execute("SELECT md5(pg_get_indexdef(to_regclass($1)))", [q]).fetchone()
+    return str(row[0]) if row else ""
 
 
 def undo(conn: psycopg.Connection[Any], comp: dict[str, Any], trash_schema: str) -> tuple[int, str]:
@@ -209,6 +224,11 @@ def undo(conn: psycopg.Connection[Any], comp: dict[str, Any], trash_schema: str)
         return n, f"{n} rows put back"
     if op == "drop_created":
         q = f"{qi(comp['schema'])}.{qi(comp['name'])}"
+        if conn.execute("SELECT to_regclass($1) IS NULL", [q]).fetchone() == (True,):
+            raise AdapterError(f"the {comp['type']} {comp['name']} is gone already; nothing to undo")
+        if "state" in comp and _created_state(conn, comp["type"], q) != comp["state"]:
+            raise AdapterError(f"the {comp['type']} {comp['name']} changed after it was created (its rows or its "
+                               "definition); undo would throw that away, so it stopped and changed nothing")
         if comp["type"] == "table":
             trash_ready(conn, trash_schema)
             name = trash_name(comp["name"])

@@ -481,3 +481,19 @@ def test_a_trigger_inherited_from_a_partitioned_parent_makes_a_leaf_write_irreve
     finally:
         with pg.connect() as conn:
             conn.execute(f"DROP TABLE {p}, {p}_log; DROP FUNCTION {p}_f()")
+
+
+def test_undo_of_a_create_refuses_when_the_new_object_changed(pg: Pg, a: PostgresAdapter) -> None:
+    name = f"made_{uuid.uuid4().hex[:6]}"
+    made = run(a, sql(f"CREATE TABLE {name} AS SELECT g AS id FROM generate_series(1, 3) g"), effect=Effect.WRITE)
+    assert made.affected == 3
+    with pg.connect() as conn:
+        conn.execute(f"INSERT INTO {name} VALUES (4)")
+    with pytest.raises(AdapterError) as err:
+        a.compensate(made.compensation, budget())
+    assert "changed after it was created" in str(err.value)
+    assert rows(pg, f"SELECT count(*) FROM {name}") == [(4,)]
+    with pg.connect() as conn:
+        conn.execute(f"DELETE FROM {name} WHERE id = 4")
+    a.compensate(made.compensation, budget())
+    assert rows(pg, f"SELECT to_regclass('{name}') IS NULL") == [(True,)]
