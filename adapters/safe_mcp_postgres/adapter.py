@@ -1,5 +1,11 @@
-"""PostgreSQL: reads in READ ONLY transactions that are always rolled back, writes with before-images,
-soft DROP TABLE and TRUNCATE into a trash schema, undo, and an audit of the role."""
+"""PostgreSQL: reads in READ ONLY transactions that are always rolled back, streamed from a server-side
+cursor within rows_returned and bytes_returned; writes whose before-images are journaled in the target
+(schema _safe_mcp) by the write's own statement, under the gate's intent id, so that undo and reconcile
+read them there; soft DROP TABLE and TRUNCATE into a trash schema; undo that first checks the target is
+as the write left it; confirms that re-measure; pooled sessions discarded before reuse; an audit of the role.
+
+Layout: classify (no I/O), engine (connections, errors), reads, capture (row images and their undo),
+journal, tables (table-level writes and their undo), values (JSON)."""
 
 from __future__ import annotations
 
