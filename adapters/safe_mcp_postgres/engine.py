@@ -64,7 +64,9 @@ class Engine:
 
     def _kwargs(self) -> dict[str, Any]:
         opts = " ".join(f"-c {k}={v}" for k, v in self._options.items())
-        kw: dict[str, Any] = {"autocommit": False, "cursor_factory": RawCursor, "options": opts,
+        # No automatic server-side prepared statements: the pool DISCARDs every session before reuse, and
+        # psycopg's cache of what it prepared would then point at statements that no longer exist.
+        kw: dict[str, Any] = {"autocommit": False, "cursor_factory": RawCursor, "options": opts, "prepare_threshold": None,
                               "application_name": f"safe-mcp/{self.target}", "connect_timeout": self._connect_timeout}
         if self._password is not None:
             kw["password"] = self._password

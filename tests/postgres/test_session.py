@@ -248,3 +248,15 @@ def test_a_cascade_cannot_reach_the_trash(pg: Pg, one: PostgresAdapter) -> None:
     with pg.connect() as conn:
         assert conn.execute(f"SELECT amount::text FROM kept_{tag}").fetchone() == ("9.50",)
         conn.execute(f"DROP TABLE kept_{tag}; DROP DOMAIN money_{tag}")
+
+
+def test_statements_repeated_across_resets_keep_working(pg: Pg, one: PostgresAdapter) -> None:
+    """The session is discarded between calls; nothing on the client may still count on what it held."""
+    read = Call(target="one", tool="sql_query", args={"sql": "SELECT id FROM items WHERE id = $1", "params": [1]})
+    write = Call(target="one", tool="sql_execute", args={"sql": "UPDATE items SET qty = qty WHERE id = $1",
+                                                         "params": [1]})
+    for _ in range(12):
+        assert [list(r) for r in one.execute(read, one.classify(read), WIDE).result["rows"]] == [[1]]
+        one.execute(write, one.classify(write), WIDE)
+        with one.engine.connection() as conn:
+            assert conn.execute("SELECT $1::int", [7]).fetchone() == (7,)
