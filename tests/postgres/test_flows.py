@@ -235,3 +235,13 @@ async def test_confirm_of_a_drifted_delete_comes_back_as_a_new_pending_action(pg
         again = await call(client, "confirm", action_id=pending["pending"]["action_id"])
         assert again["status"] == "pending" and again["affected"] == 13
         assert digest(pg, table)[0] == 13, "nothing may be deleted beyond what was confirmed"
+
+
+async def test_reads_are_capped_in_bytes_over_mcp(pg: Pg, tmp_path: Path) -> None:
+    config = pg.config(tmp_path, "[limits]\nbytes_returned = 2048\n")
+    async with connect(config, "memory") as client:
+        wide = await call(client, "sql_query", target="r_ro",
+                          sql="SELECT g, repeat('x', 1000) FROM generate_series(1, 10) g")
+        assert wide["truncated"] is True and wide["row_count"] == 2
+        narrow = await call(client, "sql_query", target="r_ro", sql="SELECT g FROM generate_series(1, 10) g")
+        assert narrow["truncated"] is False and narrow["row_count"] == 10
