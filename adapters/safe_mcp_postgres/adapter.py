@@ -1,13 +1,16 @@
-"""PostgreSQL: reads in READ ONLY transactions that are always rolled back, writes with before-images,
-soft DROP TABLE and TRUNCATE into a trash schema, undo, and an audit of the role."""
+"""PostgreSQL: reads in READ ONLY transactions that are always rolled back, streamed from a server-side
+cursor within rows_returned and bytes_returned; writes whose before-images are journaled in the target
+(schema _safe_mcp) by the write's own statement, under the gate's intent id, so that undo and reconcile
+read them there; soft DROP TABLE and TRUNCATE into a trash schema; undo that first checks the target is
+as the write left it; confirms that re-measure; pooled sessions discarded before reuse; an audit of the role.
+
+Layout: classify (no I/O), engine (connections, errors), reads, capture (row images and their undo),
+journal, tables (table-level writes and their undo), values (JSON)."""
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import decimal
 import functools
-import ipaddress
+import json
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -16,15 +19,18 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, field_validator
 
-from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview
+from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview, Reconciled
 from safe_mcp.effects import Effect
-from safe_mcp.errors import AdapterError, Escalated, TooManyRows
-from safe_mcp.receipts import new_id
-from safe_mcp_postgres.capture import capture_sql, restore_rows, sample, table_info
+from safe_mcp.errors import AdapterError, Drifted, Escalated, TooManyRows
+from safe_mcp_postgres import journal, tables
+from safe_mcp_postgres.capture import capture_sql, journaled_sql, max_param, measure, restore_rows, table_info
 from safe_mcp_postgres.classify import classify_sql
 from safe_mcp_postgres.engine import PLAIN_OIDS, Engine, qi, run_one, translate
+from safe_mcp_postgres.reads import bounded_fetch
+from safe_mcp_postgres.values import json_rows, jsonable
 
 _SAMPLE = 5
+_RETURNING = 100  # rows of a write's own RETURNING shown to the agent
 
 
 class PostgresSettings(AdapterSettings):
@@ -33,11 +39,14 @@ class PostgresSettings(AdapterSettings):
     statement_timeout_ms: int = Field(30_000, gt=0, description="a statement running longer is cancelled")
     lock_timeout_ms: int = Field(5_000, gt=0, description="waiting longer for a lock cancels the statement")
     idle_in_transaction_timeout_ms: int = Field(60_000, gt=0, description="an idle open transaction is ended")
-    connect_timeout_s: int = Field(10, gt=0, description="give up connecting after this long")
+    connect_timeout_s: int = Field(3, gt=0, description="give up connecting (and report the database as down) after "
+                                   "this many seconds; also used by `safe-mcp check`")
     pool_min_size: int = Field(1, ge=0, description="connections kept open once the pool is in use")
     pool_max_size: int = Field(4, ge=1, description="connections at most")
     trash_schema: str = Field("_safe_mcp_trash", min_length=1, max_length=63,
                               description="where DROP TABLE and TRUNCATE keep the old data for undo")
+    journal_keep_days: int = Field(30, ge=1, description="journal entries (with the before-images undo needs) "
+                                                          "are pruned after this many days")
     allow_writable_role: bool = Field(False, description="let serve listen on HTTP/SSE for a read-only target "
                                                           "whose role could write (not recommended)")
 
@@ -95,8 +104,10 @@ class PostgresAdapter(Adapter):
         if call.tool == "sql_schema":
             return self._schema(call.args.get("table"))
         if classification.effect is Effect.READ:
-            return self._read(call, budget)
+            return self._read(call, budget, cursor=bool(classification.detail.get("cursor")))
         return self._write(call, classification, budget, commit=True)[1]
+
+    journals = True
 
     def compensate(self, compensation: Mapping[str, Any], budget: Budget) -> Outcome:
         comp = dict(compensation)
@@ -104,10 +115,49 @@ class PostgresAdapter(Adapter):
             with self.engine.connection() as conn:
                 conn.read_only = False
                 n, summary = self._apply_compensation(conn, comp)
+                if budget.intent_id is not None:
+                    missing = journal.ensure(conn)
+                    if missing is None:
+                        journal.record(conn, budget.intent_id, "undo", n, None)
                 conn.commit()
         except psycopg.Error as exc:
             raise AdapterError(f"undo failed and was rolled back: {self._error(exc)}") from None
         return Outcome(affected=n, summary=summary, result={"restored": n})
+
+    def reconcile(self, intent_id: str, call: Call) -> Reconciled:
+        """What the journal in the target says became of `intent_id`.
+
+        Raises:
+            AdapterError: the target could not be asked.
+        """
+        if call.tool == "sql_execute":
+            try:
+                op = self.classify(call).detail.get("op")
+            except AdapterError:
+                op = None
+            if op == "autocommit":
+                return Reconciled(state="unknown", detail=f"{call.tool} on {self.name!r} ran outside a transaction "
+                                                          "and is not journaled; check the database by hand")
+        try:
+            with self.engine.connection() as conn:
+                conn.read_only = True
+                try:
+                    found = journal.lookup(conn, intent_id)
+                except AdapterError as exc:
+                    return Reconciled(state="unknown", detail=f"{exc}; check target {self.name!r} by hand")
+        except psycopg.errors.InsufficientPrivilege:
+            return Reconciled(state="unknown", detail=f"the role of target {self.name!r} cannot read the journal "
+                                                      f"{journal.TABLE}; check the database by hand")
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+        if found is None:
+            return Reconciled(state="not_executed", detail=f"no journal entry for {intent_id} in {journal.TABLE}")
+        kind, affected, comp = found
+        if comp is not None:
+            comp = {**comp, "affected": affected}  # row writes journal their count beside the compensation
+        summary = "undo" if kind == "undo" else f"{call.tool} committed (found in the journal)"
+        return Reconciled(state="executed", outcome=Outcome(affected=affected, compensation=comp, summary=summary),
+                          detail=f"journaled in {journal.TABLE}")
 
     @classmethod
     def describe(cls, settings: AdapterSettings) -> dict[str, str]:
@@ -115,7 +165,9 @@ class PostgresAdapter(Adapter):
         from safe_mcp_postgres.engine import where
 
         return {"reaches": f"postgresql {where(settings.dsn)}",
-                "compensation": "before-images of updated/deleted rows (tables with a key); DROP TABLE and TRUNCATE "
+                "compensation": "before-images of inserted/updated/deleted rows of plain tables with a key and no "
+                                "triggers, rules, cascades, children or partitions, journaled with each write in "
+                                f"schema _safe_mcp (kept {settings.journal_keep_days} days); DROP TABLE and TRUNCATE "
                                 f"keep the old data in schema {settings.trash_schema}",
                 "statement_timeout_ms": str(settings.statement_timeout_ms)}
 
@@ -153,26 +205,33 @@ class PostgresAdapter(Adapter):
 
     # -------------------------------------------------------------- reads
 
-    def _read(self, call: Call, budget: Budget) -> Outcome:
+    def _read(self, call: Call, budget: Budget, *, cursor: bool) -> Outcome:
         sql, params = _sql_args(call)
         try:
             with self.engine.connection() as conn:
                 conn.read_only = True
                 try:
-                    cur = run_one(conn, sql, params)
-                    rows = cur.fetchmany(budget.rows_returned + 1) if cur.description else []
-                    columns = [d.name for d in cur.description or ()]
-                    mixed = [i for i, d in enumerate(cur.description or ()) if d.type_code not in PLAIN_OIDS]
+                    if cursor:
+                        columns, rows, mixed, cut = bounded_fetch(conn, sql, params, budget.rows_returned,
+                                                                  budget.bytes_returned)
+                    else:
+                        cur = run_one(conn, sql, params)
+                        rows = cur.fetchmany(budget.rows_returned + 1) if cur.description else []
+                        columns = [d.name for d in cur.description or ()]
+                        mixed = [i for i, d in enumerate(cur.description or ()) if d.type_code not in PLAIN_OIDS]
+                        cut = "rows" if len(rows) > budget.rows_returned else None
+                        rows = rows[: budget.rows_returned]
                 finally:
                     conn.rollback()
         except psycopg.Error as exc:
             raise self._error(exc) from None
-        truncated = len(rows) > budget.rows_returned
-        rows = rows[: budget.rows_returned]
+        why = {None: "", "rows": f" (truncated at rows_returned={budget.rows_returned})",
+               "bytes": f" (truncated at bytes_returned={budget.bytes_returned}; select fewer or narrower columns, "
+                        "or page with WHERE/LIMIT)"}[cut]
         return Outcome(
-            result={"columns": columns, "rows": _rows(rows, mixed),
-                    "row_count": len(rows), "truncated": truncated},
-            summary=f"{len(rows)} rows" + (f" (truncated at rows_returned={budget.rows_returned})" if truncated else ""),
+            result={"columns": columns, "rows": json_rows(rows, mixed), "row_count": len(rows),
+                    "truncated": cut is not None},
+            summary=f"{len(rows)} rows{why}",
         )
 
     def _table_names(self) -> list[str]:
@@ -214,7 +273,8 @@ class PostgresAdapter(Adapter):
     # -------------------------------------------------------------- writes
 
     def _write(self, call: Call, cls: Classification, budget: Budget, *, commit: bool) -> tuple[Preview, Outcome]:
-        """Run a write in one transaction; commit only when `commit` and within `budget`."""
+        """Run a write in one transaction with its journal entry; commit only when `commit`, within `budget`
+        and (at confirm) still matching the preview that was confirmed."""
         sql, params = _sql_args(call)
         op = cls.detail.get("op")
         if op == "autocommit":
@@ -224,30 +284,43 @@ class PostgresAdapter(Adapter):
             # sequences, for one, would still advance).
             return Preview(effect=cls.effect, affected=None, notes=[cls.reason, "not measured: it runs only once "
                                                                                 "approved, and cannot be undone"]), Outcome()
+        # A preview journals under a throwaway id (it is rolled back with everything else); so does a
+        # write run without the gate, whose images the undo still needs.
+        intent = budget.intent_id if commit and budget.intent_id else f"{'run' if commit else 'preview'}_{uuid.uuid4().hex}"
         try:
             with self.engine.connection() as conn:
                 conn.read_only = False
                 try:
+                    no_journal = journal.ensure(conn)
                     if op in {"insert", "update", "delete"}:
-                        preview, outcome = self._dml(conn, sql, params, cls)
-                    elif op == "drop_table":
-                        preview, outcome = self._soft_drop(conn, sql, params, cls)
-                    elif op == "truncate":
-                        preview, outcome = self._truncate(conn, sql, params, cls)
-                    elif op == "create":
-                        preview, outcome = self._create(conn, sql, params, cls)
+                        preview, outcome = self._dml(conn, sql, params, cls, budget, intent, no_journal, commit)
                     elif op == "plain":
+                        guard = tables.own_schemas(conn, self.s.trash_schema)
                         cur = run_one(conn, sql, params)
                         n = max(cur.rowcount, 0)
+                        if tables.own_schemas(conn, self.s.trash_schema) != guard:
+                            raise AdapterError("this statement would change safe-mcp's trash or journal (through "
+                                               "CASCADE or a dependency); it was rolled back. Drop with RESTRICT, or "
+                                               "restore or purge the trashed tables first")
                         preview = Preview(effect=cls.effect, affected=n, notes=[cls.reason, "no compensation exists"])
-                        outcome = Outcome(affected=n, summary=cls.summary, result=_returned(cur, 0, budget))
+                        outcome = Outcome(affected=n, summary=cls.summary, result=_returned(cur, budget))
+                    elif op in {"drop_table", "truncate", "create"}:
+                        # Their undo lives in the trash, not the journal: without a journal they still run,
+                        # and only reconcile after a crash cannot tell (it answers unknown).
+                        preview, outcome = tables.run(op, conn, sql, params, cls, self.s.trash_schema)
                     else:
                         raise AdapterError(f"{cls.reason}: safe-mcp has no way to run this on PostgreSQL")
+                    if no_journal is None and op not in {"insert", "update", "delete"}:
+                        journal.record(conn, intent, "write", outcome.affected, outcome.compensation)
                     if preview.affected is not None and preview.affected > budget.rows_affected:
                         raise TooManyRows(preview.affected, budget.rows_affected)
+                    if commit:
+                        _still_as_previewed(budget.expect, preview)
                     if commit and preview.effect.rank > budget.allowed_effect.rank:
                         raise Escalated(preview.effect, "; ".join(preview.notes) or cls.reason, preview)
                     if commit:
+                        if no_journal is None:
+                            journal.prune(conn, self.s.journal_keep_days)
                         conn.commit()
                 finally:
                     if not commit or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -272,175 +345,59 @@ class PostgresAdapter(Adapter):
             raise self._error(exc) from None
         return preview, Outcome(affected=0, summary=cls.summary)
 
-    def _dml(self, conn: psycopg.Connection[Any], sql: str, params: list[Any] | None,
-             cls: Classification) -> tuple[Preview, Outcome]:
+    def _dml(self, conn: psycopg.Connection[Any], sql: str, params: list[Any] | None, cls: Classification,
+             budget: Budget, intent: str, no_journal: str | None,
+             commit: bool) -> tuple[Preview, Outcome]:
         op = cls.detail["op"]
         info = table_info(conn, cls.detail.get("schema"), cls.detail["name"])
-        hazard = info.irreversible_because()
+        hazard = info.irreversible_because() or no_journal
         effect, notes = cls.effect, []
+        if hazard is not None and not commit and (info.triggers or info.rules):
+            # Triggers and rules are code: they run only once a human approved, not for a preview (what they
+            # do outside the transaction, a rollback would not take back).
+            return (Preview(effect=effect.at_least(Effect.IRREVERSIBLE), affected=None,
+                            notes=[f"no undo: {hazard}", "not measured: it runs only once approved"]), Outcome())
         if hazard is not None:
             cur = run_one(conn, sql, params)
             n = max(cur.rowcount, 0)
+            if no_journal is None:
+                journal.record(conn, intent, "write", n, None)
             effect = effect.at_least(Effect.IRREVERSIBLE)
             notes.append(f"no undo: {hazard}")
             return (Preview(effect=effect, affected=n, notes=notes),
-                    Outcome(affected=n, summary=cls.summary, result=_returned(cur, 0, None)))
+                    Outcome(affected=n, summary=cls.summary, result=_returned(cur, None)))
+        given = list(params or [])
+        if max_param(sql) > len(given):
+            raise AdapterError(f"the statement uses ${max_param(sql)} but params has {len(given)} values; pass one "
+                               "value per placeholder")
         rewritten, extra = capture_sql(sql, info)
-        cur = run_one(conn, rewritten, params)
+        comp = {"op": "rows", "version": 3, "journal": intent, "change": op, "schema": info.schema,
+                "table": info.name, "columns": info.columns, "types": info.types, "key": info.key,
+                "always": info.always}
+        cur = run_one(conn, journaled_sql(rewritten, op, len(given) + 1, _RETURNING), [*given, intent,
+                                                                                     json.dumps(comp)])
         rows = cur.fetchall()
-        n = len(rows)
         width = len(cur.description or ()) - extra
-        if op == "update":
-            images: list[Any] = [[r[width], r[width + 1]] for r in rows]
-        else:
-            images = [r[width] for r in rows]
-        if op in {"update", "delete"} and n > 1:
-            left = conn.execute(f"SELECT count(*) FROM {info.qualified}").fetchone()
-            remaining = int(left[0]) if left else 0
+        fingerprint = not commit or budget.expect is not None
+        n, samples, digest, remaining = measure(conn, info, op, intent, limit=_SAMPLE, fingerprint=fingerprint,
+                                                remaining=op in {"update", "delete"})
+        if op in {"update", "delete"} and n > 1 and remaining is not None:
             every = (op == "delete" and remaining == 0) or (op == "update" and remaining <= n)
             if every and effect.rank < Effect.DESTRUCTIVE.rank:
                 effect = Effect.DESTRUCTIVE
                 notes.append(f"it changes every row of {info.name} ({n} rows)")
-        preview = Preview(effect=effect, affected=n, sample=sample(conn, info, op, images, _SAMPLE), notes=notes)
-        comp = {"op": "rows", "version": 2, "schema": info.schema, "table": info.name, "columns": info.columns,
-                "types": info.types, "key": info.key, "affected": n,
-                "inserted": images if op == "insert" else [], "updated": images if op == "update" else [],
-                "deleted": images if op == "delete" else []}
-        user = [[_jsonable(v) for v in r[:width]] for r in rows[:_SAMPLE * 20]] if width > 0 else []
+        preview = Preview(effect=effect, affected=n, sample=samples, notes=notes, fingerprint=digest)
         result: dict[str, Any] = {"rows_affected": n}
         if width > 0:
-            result["returning"] = user
+            result["returning"] = [[jsonable(v) for v in r[:width]] for r in rows]
             result["columns"] = [d.name for d in (cur.description or ())[:width]]
-        return preview, Outcome(affected=n, compensation=comp, summary=cls.summary, result=result)
-
-    def _trash_ready(self, conn: psycopg.Connection[Any]) -> None:
-        exists = conn.execute("SELECT to_regnamespace($1) IS NOT NULL", [qi(self.s.trash_schema)]).fetchone()
-        if exists and exists[0]:
-            return
-        try:
-            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {qi(self.s.trash_schema)}")
-        except psycopg.errors.InsufficientPrivilege:
-            raise AdapterError(f"the role cannot create the trash schema {self.s.trash_schema}, so this cannot be made "
-                               f"restorable; a human can run CREATE SCHEMA {self.s.trash_schema} with a role that may") from None
-        except psycopg.errors.UniqueViolation:
-            pass
-
-    def _soft_drop(self, conn: psycopg.Connection[Any], sql: str, params: Any,
-                   cls: Classification) -> tuple[Preview, Outcome]:
-        moved, samples, total, notes = [], [], 0, []
-        self._trash_ready(conn)
-        for t in cls.detail["tables"]:
-            shown = f"{qi(t['schema'])}.{qi(t['name'])}" if t["schema"] else qi(t["name"])
-            found = conn.execute("SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n "
-                                 "ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)", [shown]).fetchone()
-            if found is None:
-                if cls.detail.get("missing_ok"):
-                    notes.append(f"table {t['name']} does not exist; skipped")
-                    continue
-                raise AdapterError(f"no table named {t['name']}; sql_schema lists the tables")
-            oid, schema, name, kind = found
-            if kind not in ("r", "p"):
-                raise AdapterError(f"{name} is not a table (relkind {kind}); DROP TABLE applies to tables")
-            refs = conn.execute("SELECT conrelid::regclass::text FROM pg_constraint WHERE confrelid = $1 "
-                                "AND contype = 'f' AND conrelid <> $1", [oid]).fetchall()
-            if refs:
-                raise AdapterError(f"{name} is referenced by foreign keys from {', '.join(r[0] for r in refs)}; "
-                                   "it cannot be kept restorable. Drop those constraints first (a separate call)")
-            q = f"{qi(schema)}.{qi(name)}"
-            count = int(conn.execute(f"SELECT count(*) FROM {q}").fetchone()[0])  # type: ignore[index]
-            samples += [{"table": name, "change": "drop", "before": _jsonable(r[0])}
-                        for r in conn.execute(f"SELECT to_jsonb(x) FROM {q} AS x LIMIT {_SAMPLE}").fetchall()]
-            trash = _trash_name(name)
-            conn.execute(f"ALTER TABLE {q} RENAME TO {qi(trash)}")
-            conn.execute(f"ALTER TABLE {qi(schema)}.{qi(trash)} SET SCHEMA {qi(self.s.trash_schema)}")
-            moved.append({"schema": schema, "table": name, "trash": trash, "rows": count})
-            total += count
-            notes.append(f"table {name} ({count} rows) is moved to {self.s.trash_schema}.{trash}; undo restores it")
-        preview = Preview(effect=Effect.DESTRUCTIVE, affected=total, sample=samples[:_SAMPLE], notes=notes)
-        comp = {"op": "restore_tables", "tables": moved, "affected": total}
-        return preview, Outcome(affected=total, summary=cls.summary, compensation=comp if moved else None,
-                                result={"dropped": [m["table"] for m in moved], "rows": total})
-
-    def _truncate(self, conn: psycopg.Connection[Any], sql: str, params: Any,
-                  cls: Classification) -> tuple[Preview, Outcome]:
-        self._trash_ready(conn)
-        kept, samples, total = [], [], 0
-        for t in cls.detail["tables"]:
-            info = table_info(conn, t["schema"], t["name"])
-            trash = _trash_name(info.name)
-            cur = conn.execute(f"CREATE TABLE {qi(self.s.trash_schema)}.{qi(trash)} AS TABLE {info.qualified}")
-            count = max(cur.rowcount, 0)
-            samples += [{"table": info.name, "change": "truncate", "before": _jsonable(r[0])}
-                        for r in conn.execute(f"SELECT to_jsonb(x) FROM {info.qualified} AS x LIMIT {_SAMPLE}")]
-            kept.append({"schema": info.schema, "table": info.name, "trash": trash, "columns": info.columns,
-                         "rows": count})
-            total += count
-        run_one(conn, sql, params)
-        preview = Preview(effect=Effect.DESTRUCTIVE, affected=total, sample=samples[:_SAMPLE],
-                          notes=[f"the {total} old rows are kept in {self.s.trash_schema}; undo puts them back"])
-        return preview, Outcome(affected=total, summary=cls.summary,
-                                compensation={"op": "refill", "tables": kept, "affected": total},
-                                result={"truncated": [k["table"] for k in kept], "rows": total})
-
-    def _create(self, conn: psycopg.Connection[Any], sql: str, params: Any,
-                cls: Classification) -> tuple[Preview, Outcome]:
-        d = cls.detail
-        cur = run_one(conn, sql, params)
-        n = max(cur.rowcount, 0) if d["type"] == "table" else 0
-        shown = f"{qi(d['schema'])}.{qi(d['name'])}" if d.get("schema") else qi(d["name"])
-        found = conn.execute("SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                             "WHERE c.oid = to_regclass($1)", [shown]).fetchone()
-        if found is None:
-            raise AdapterError(f"the new {d['type']} {d['name']} cannot be found after creating it")
-        comp = {"op": "drop_created", "type": d["type"], "schema": found[0], "name": d["name"], "affected": 0}
-        preview = Preview(effect=cls.effect, affected=n, notes=[f"undo removes the new {d['type']} "
-                                                               "(a table goes to the trash)"])
-        return preview, Outcome(affected=n, summary=cls.summary, compensation=comp)
-
-    # -------------------------------------------------------------- undo
+        return preview, Outcome(affected=n, compensation={**comp, "affected": n}, summary=cls.summary, result=result)
 
     def _apply_compensation(self, conn: psycopg.Connection[Any], comp: dict[str, Any]) -> tuple[int, str]:
-        op = comp.get("op")
-        trash = qi(self.s.trash_schema)
-        if op == "rows":
+        if comp.get("op") == "rows":
             n = restore_rows(conn, comp)
             return n, f"{n} rows of {comp['table']} restored"
-        if op == "restore_tables":
-            for t in comp["tables"]:
-                taken = conn.execute("SELECT to_regclass($1)", [f"{qi(t['schema'])}.{qi(t['table'])}"]).fetchone()
-                if taken and taken[0] is not None:
-                    raise AdapterError(f"a new table named {t['table']} exists now; undo would replace it, so it "
-                                       "stopped and changed nothing (rename or drop the new table first)")
-                if conn.execute("SELECT to_regclass($1)", [f"{trash}.{qi(t['trash'])}"]).fetchone() == (None,):
-                    raise AdapterError(f"the trashed copy of {t['table']} is gone; nothing can be restored")
-                conn.execute(f"ALTER TABLE {trash}.{qi(t['trash'])} SET SCHEMA {qi(t['schema'])}")
-                conn.execute(f"ALTER TABLE {qi(t['schema'])}.{qi(t['trash'])} RENAME TO {qi(t['table'])}")
-            names = ", ".join(t["table"] for t in comp["tables"])
-            return int(comp.get("affected", 0)), f"table {names} restored"
-        if op == "refill":
-            n = 0
-            for t in comp["tables"]:
-                q = f"{qi(t['schema'])}.{qi(t['table'])}"
-                if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {q})").fetchone() != (False,):
-                    raise AdapterError(f"{t['table']} has new rows since it was truncated; undo would mix old and new "
-                                       "data, so it stopped and changed nothing")
-                cols = ", ".join(qi(c) for c in t["columns"])
-                cur = conn.execute(f"INSERT INTO {q} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} "
-                                   f"FROM {trash}.{qi(t['trash'])}")
-                n += max(cur.rowcount, 0)
-                conn.execute(f"DROP TABLE {trash}.{qi(t['trash'])}")
-            return n, f"{n} rows put back"
-        if op == "drop_created":
-            q = f"{qi(comp['schema'])}.{qi(comp['name'])}"
-            if comp["type"] == "table":
-                self._trash_ready(conn)
-                name = _trash_name(comp["name"])
-                conn.execute(f"ALTER TABLE {q} RENAME TO {qi(name)}")
-                conn.execute(f"ALTER TABLE {qi(comp['schema'])}.{qi(name)} SET SCHEMA {trash}")
-                return 0, f"table {comp['name']} moved to {self.s.trash_schema}.{name}"
-            conn.execute(f"DROP {'VIEW' if comp['type'] == 'view' else 'INDEX'} {q}")
-            return 0, f"{comp['type']} {comp['name']} dropped"
-        raise AdapterError(f"unknown compensation {op!r}")
+        return tables.undo(conn, comp, self.s.trash_schema)
 
 
 # ------------------------------------------------------------------ helpers
@@ -449,7 +406,7 @@ _KINDS = {"r": "table", "p": "partitioned table", "v": "view", "m": "materialize
 
 _TABLES_SQL = """
 SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1)
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1, '_safe_mcp')
   AND n.nspname NOT LIKE 'pg\\_%' AND NOT c.relispartition
 ORDER BY n.nspname <> 'public', n.nspname, c.relname
 """
@@ -488,29 +445,30 @@ def _shown(schema: str, name: str) -> str:
     return name if schema == "public" else f"{schema}.{name}"
 
 
-def _trash_name(name: str) -> str:
-    return f"{name[:40]}_{new_id('t').split('_', 1)[1][-16:]}".lower()
+def _still_as_previewed(expect: Preview | None, now: Preview) -> None:
+    """At confirm: refuse (before commit) a change bigger than, or other than, the one confirmed.
+
+    Raises:
+        Drifted: more rows, or other rows (or the same rows in another state), than the preview showed.
+    """
+    if expect is None:
+        return
+    more = expect.affected is not None and now.affected is not None and now.affected > expect.affected
+    other = expect.fingerprint is not None and now.fingerprint != expect.fingerprint
+    if more:
+        raise Drifted(now.effect, f"the statement would now change {now.affected} rows, not the {expect.affected} "
+                                  "that were confirmed; nothing was committed", now)
+    if other:
+        raise Drifted(now.effect, "the rows this statement would change are no longer the ones that were confirmed "
+                                  "(other rows, or the same rows changed since); nothing was committed", now)
 
 
-def _returned(cur: psycopg.Cursor[Any], extra: int, budget: Budget | None) -> dict[str, Any]:
+def _returned(cur: psycopg.Cursor[Any], budget: Budget | None) -> dict[str, Any]:
     out: dict[str, Any] = {"rows_affected": max(cur.rowcount, 0)}
     if cur.description:
         limit = budget.rows_returned if budget is not None else 100
         out["columns"] = [d.name for d in cur.description]
-        out["returning"] = [[_jsonable(v) for v in r] for r in cur.fetchmany(limit)]
-    return out
-
-
-def _rows(rows: list[Any], mixed: list[int]) -> list[Any]:
-    """Rows JSON can carry, converting only the columns whose type needs it (tuples serialise as lists)."""
-    if not mixed:
-        return rows
-    out = []
-    for r in rows:
-        row = list(r)
-        for i in mixed:
-            row[i] = _jsonable(row[i])
-        out.append(row)
+        out["returning"] = [[jsonable(v) for v in r] for r in cur.fetchmany(limit)]
     return out
 
 
@@ -530,27 +488,3 @@ def _sql_args(call: Call) -> tuple[str, list[Any] | None]:
 # an agent repeats are parsed once. Long texts are not kept; errors are never cached.
 _CACHED_SQL_CHARS = 4096
 _classify_cached = functools.lru_cache(maxsize=512)(classify_sql)
-
-
-def _jsonable(value: Any) -> Any:
-    """A value as JSON can carry it: exact numbers and binary as strings, times in ISO 8601."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return str(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"$bytes": base64.b64encode(bytes(value)).decode()}
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (uuid.UUID, ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Network,
-                          ipaddress.IPv6Network, ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
-        return str(value)
-    return str(value)

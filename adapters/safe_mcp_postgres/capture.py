@@ -9,7 +9,6 @@ Values travel as their text form and are cast back to the column type on restore
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +17,11 @@ from pglast import ast, enums
 from pglast.stream import RawStream
 
 from safe_mcp.errors import AdapterError
-from safe_mcp_postgres.classify import parse_one
+from safe_mcp_postgres.classify import parse_one, walk
 from safe_mcp_postgres.engine import qi
+from safe_mcp_postgres.journal import TABLE as JOURNAL
 
-__all__ = ["TableInfo", "capture_sql", "restore_rows", "sample", "table_info"]
+__all__ = ["TableInfo", "capture_sql", "journaled_sql", "max_param", "measure", "restore_rows", "table_info"]
 
 _OLD = "__safe_mcp_o"
 _IMG = "__safe_mcp_old"
@@ -35,8 +35,13 @@ SELECT c.oid, n.nspname, c.relname, c.relkind,
     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), '{}'),
   coalesce((SELECT array_agg(DISTINCT k.conrelid::regclass::text) FROM pg_constraint k WHERE k.confrelid = c.oid
     AND k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))), '{}'),
-  coalesce((SELECT array_agg(t.tgname::text) FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal), '{}'),
-  c.relkind = 'r' AND EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid)
+  coalesce((SELECT array_agg(t.tgname::text) FROM pg_trigger t WHERE t.tgrelid = c.oid
+    AND (NOT t.tgisinternal OR t.tgconstraint = 0)), '{}'),
+  coalesce((SELECT array_agg(a.attname::text) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+    AND NOT a.attisdropped AND a.attidentity = 'a'), '{}'),
+  EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid),
+  coalesce((SELECT array_agg(r.rulename::text) FROM pg_rewrite r WHERE r.ev_class = c.oid
+    AND r.rulename <> '_RETURN'), '{}')
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)
 """
 
@@ -60,6 +65,10 @@ class TableInfo:
     cascades: list[str]
     triggers: list[str]
     inherited: bool
+    kind: str
+    rules: list[str]
+    always: list[str]
+    """GENERATED ALWAYS identity columns: an UPDATE may not set them, so undo leaves them be."""
 
     @property
     def qualified(self) -> str:
@@ -67,6 +76,12 @@ class TableInfo:
 
     def irreversible_because(self) -> str | None:
         """Why before-images of this table cannot be trusted to undo a write, or None."""
+        if self.kind == "p":
+            return f"{self.name} is partitioned; rows move between its partitions, which are not captured"
+        if self.kind != "r":
+            return f"{self.name} is not a plain table (relkind {self.kind}); its writes land elsewhere"
+        if self.rules:
+            return f"{self.name} has rules ({', '.join(self.rules)}) that rewrite its writes, which are not captured"
         if self.key is None:
             return f"{self.name} has no primary key or unique NOT NULL key, so its rows cannot be found again"
         if self.cascades:
@@ -74,7 +89,7 @@ class TableInfo:
         if self.triggers:
             return f"{self.name} has triggers ({', '.join(self.triggers)}) whose effects are not captured"
         if self.inherited:
-            return f"{self.name} has inheritance children, which are not captured"
+            return f"{self.name} has inheritance children or partitions, which are not captured"
         return None
 
 
@@ -88,31 +103,27 @@ def table_info(conn: psycopg.Connection[Any], schema: str | None, name: str) -> 
     row = conn.execute(_INFO_SQL, [shown]).fetchone()
     if row is None:
         raise AdapterError(f"no table named {schema + '.' if schema else ''}{name}; sql_schema lists the tables")
-    oid, nsp, rel, _kind, cols, types, cascades, triggers, inherited = row
+    oid, nsp, rel, kind, cols, types, cascades, triggers, always, inherited, rules = row
     key = None
     for names, not_null in conn.execute(_KEY_SQL, [oid]).fetchall():
         if not_null and all(n in cols for n in names):
             key = list(names)
             break
     return TableInfo(oid=oid, schema=nsp, name=rel, columns=list(cols), types=list(types), key=key,
-                     cascades=list(cascades), triggers=list(triggers), inherited=bool(inherited))
-
-
-def _array(ref: str, cols: list[str]) -> str:
-    return "ARRAY[" + ", ".join(f"{qi(ref)}.{qi(c)}::text" for c in cols) + "]::text[]"
+                     cascades=list(cascades), triggers=list(triggers), inherited=bool(inherited),
+                     kind=str(kind), rules=list(rules), always=list(always))
 
 
 def capture_sql(sql: str, info: TableInfo) -> tuple[str, int]:
     """The statement rewritten to also return its before/after images; and how many columns it appended.
 
-    UPDATE returns (old image, new image); DELETE returns (old image); INSERT returns (new key).
+    UPDATE returns (old image, new image); DELETE returns (old image); INSERT returns (new image).
     """
     stmt = parse_one(sql, fresh=True)
     rel = stmt.relation
     ref = rel.alias.aliasname if rel.alias is not None else rel.relname
     if isinstance(stmt, ast.InsertStmt):
-        assert info.key is not None
-        extra = [f"{_array(ref, info.key)} AS {_NEW}"]
+        extra = [f"{qi(ref)}::text AS {_NEW}"]
     elif isinstance(stmt, ast.DeleteStmt):
         extra = [f"{qi(ref)}::text AS {_IMG}"]
     else:
@@ -135,68 +146,112 @@ def capture_sql(sql: str, info: TableInfo) -> tuple[str, int]:
     return str(RawStream()(stmt)), len(extra)
 
 
-def sample(conn: psycopg.Connection[Any], info: TableInfo, op: str, images: list[Any],
-           limit: int) -> list[dict[str, Any]]:
-    """The first `limit` images as dicts the agent can read (row texts are parsed by the server)."""
-    head = images[:limit]
-    if not head:
-        return []
+def max_param(sql: str) -> int:
+    """The highest $n placeholder the statement uses (0 for none)."""
+    return max((int(n.number or 0) for n in walk(parse_one(sql)) if isinstance(n, ast.ParamRef)), default=0)
+
+
+def journaled_sql(rewritten: str, op: str, first_param: int, returning: int) -> str:
+    """`rewritten` (from capture_sql) wrapped so that the same statement journals its row images.
+
+    The journal row gets $first_param (intent id) and $first_param+1 (the compensation, jsonb); the
+    statement returns at most `returning` of the rows the agent's RETURNING asked for.
+    """
+    old = f"array_agg({_IMG})" if op in ("update", "delete") else "NULL"
+    new = f"array_agg({_NEW})" if op in ("update", "insert") else "NULL"
+    i, m = first_param, first_param + 1
+    return (f"WITH __safe_mcp_w AS ({rewritten}), __safe_mcp_j AS (INSERT INTO {JOURNAL} "
+            f"(intent_id, kind, affected, compensation, old, new) SELECT ${i}, 'write', count(*), ${m}::jsonb, "
+            f"{old}, {new} FROM __safe_mcp_w) SELECT * FROM __safe_mcp_w LIMIT {returning}")
+
+
+def measure(conn: psycopg.Connection[Any], info: TableInfo, op: str, intent_id: str, *, limit: int,
+            fingerprint: bool, remaining: bool) -> tuple[int, list[dict[str, Any]], str | None, int | None]:
+    """After a journaled write, in its transaction: (affected, sample, fingerprint, rows left in the table).
+
+    The fingerprint digests the before-images (update, delete), so the same rows in the same state give
+    the same digest; for an insert, the number of rows (new keys differ on every run).
+    """
+    t = info.qualified
+    # Order-free and in constant memory: the same rows in the same state give the same digest.
+    fp = ("(SELECT count(*)::text || ':' || coalesce(sum(hashtextextended(o, 0)), 0)::text FROM unnest(j.old) AS o)"
+          if fingerprint and op != "insert" else "NULL")
+    left = f"(SELECT count(*) FROM {t})" if remaining else "NULL"
+    row = conn.execute(
+        f"SELECT j.affected, {fp}, {left}, "
+        f"(SELECT coalesce(jsonb_agg(to_jsonb(v::{t}) ORDER BY n), '[]') FROM unnest(j.old[1:{limit}]) "
+        f"WITH ORDINALITY AS u(v, n)), "
+        f"(SELECT coalesce(jsonb_agg(to_jsonb(v::{t}) ORDER BY n), '[]') FROM unnest(j.new[1:{limit}]) "
+        f"WITH ORDINALITY AS u(v, n)) FROM {JOURNAL} AS j WHERE j.intent_id = $1", [intent_id]).fetchone()
+    assert row is not None
+    n, digest, rest, before, after = int(row[0]), row[1], row[2], row[3], row[4]
     if op == "insert":
-        return [{"table": info.name, "change": "insert", "key": dict(zip(info.key or [], k, strict=True))}
-                for k in head]
-    texts = [i[0] for i in head] + [i[1] for i in head] if op == "update" else list(head)
-    parsed = [r[0] for r in conn.execute(f"SELECT to_jsonb(r::{info.qualified}) FROM unnest($1::text[]) "
-                                         "WITH ORDINALITY AS u(r, n) ORDER BY n", [texts]).fetchall()]
-    if op == "delete":
-        return [{"table": info.name, "change": "delete", "before": b} for b in parsed]
-    n = len(head)
-    return [{"table": info.name, "change": "update", "before": parsed[i], "after": parsed[n + i]} for i in range(n)]
+        samples = [{"table": info.name, "change": "insert",
+                    "key": {k: a.get(k) for k in info.key or []}, "after": a} for a in after]
+        digest = f"insert:{n}" if fingerprint else None
+    elif op == "delete":
+        samples = [{"table": info.name, "change": "delete", "before": b} for b in before]
+    else:
+        samples = [{"table": info.name, "change": "update", "before": b, "after": a}
+                   for b, a in zip(before, after, strict=True)]
+    return n, samples, digest, None if rest is None else int(rest)
 
 
 def restore_rows(conn: psycopg.Connection[Any], comp: dict[str, Any]) -> int:
-    """Put back what a row write recorded, in the caller's transaction; refuse if rows moved on since.
+    """Put back what a journaled row write recorded, in the caller's transaction; refuse if rows moved on.
+
+    Every row the write left (inserted or updated) must still be exactly as it left it, and every
+    deleted row's key must still be free; otherwise nothing is changed and the first conflict is named.
 
     Raises:
-        AdapterError: a row no longer matches what the write left, so undo would destroy newer data.
+        AdapterError: a row no longer matches what the write left, or the journal entry is gone.
     """
+    if comp.get("version") != 3 or "journal" not in comp:
+        raise AdapterError("this undo record predates safe-mcp's journal in the target; it cannot be replayed")
     table = f"{qi(comp['schema'])}.{qi(comp['table'])}"
     cols: list[str] = comp["columns"]
-    types: list[str] = comp["types"]
     key: list[str] = comp["key"]
-    ktypes = [types[cols.index(k)] for k in key]
+    jid = comp["journal"]
+    found = conn.execute(f"SELECT old IS NOT NULL, new IS NOT NULL FROM {JOURNAL} WHERE intent_id = $1",
+                         [jid]).fetchone()
+    if found is None:
+        raise AdapterError(f"the before-images of this write are gone from the journal {JOURNAL} (pruned "
+                           "after journal_keep_days, or removed by hand); nothing can be restored")
+    has_old, has_new = found
+    src = (f"(SELECT o::{table} AS ov, n::{table} AS nv, n AS new FROM {JOURNAL} AS j "
+           f"CROSS JOIN LATERAL unnest(j.old, j.new) AS u(o, n) WHERE j.intent_id = $1 OFFSET 0) AS s")
+    match = " AND ".join(f"t.{qi(k)} = (s.nv).{qi(k)}" for k in key)
     n = 0
-    if comp["inserted"]:
-        rows = comp["inserted"]
-        cond = " AND ".join(f"t.{qi(k)} = (u.e ->> {i})::{ktypes[i]}" for i, k in enumerate(key))
-        cur = conn.execute(f"DELETE FROM {table} AS t USING json_array_elements($1::json) AS u(e) WHERE {cond}",
-                           [json.dumps(rows)])
-        if cur.rowcount != len(rows):
-            raise AdapterError(f"{len(rows) - cur.rowcount} of the rows inserted into {comp['table']} are gone "
-                               "already; undo stopped and changed nothing")
-        n += cur.rowcount
-    if comp["updated"]:
-        rows = comp["updated"]
-        sets = ", ".join(f"{qi(c)} = (s.v).{qi(c)}" for c in cols)
-        cond = " AND ".join(f"t.{qi(k)} = (s.nv).{qi(k)}" for k in key)
-        cur = conn.execute(
-            f"UPDATE {table} AS t SET {sets} FROM (SELECT (e ->> 0)::{table} AS v, (e ->> 1)::{table} AS nv, "
-            f"e ->> 1 AS new FROM json_array_elements($1::json) AS u(e) OFFSET 0) AS s "
-            f"WHERE {cond} AND t::text = s.new", [json.dumps(rows)])
-        if cur.rowcount != len(rows):
-            raise AdapterError(f"{len(rows) - cur.rowcount} rows of {comp['table']} changed again (or were deleted) "
-                               "after this write; undo would overwrite newer data, so it stopped and changed nothing")
-        n += cur.rowcount
-    if comp["deleted"]:
-        rows = comp["deleted"]
+    if has_new:
+        # What the write left must still be there, unchanged: named before anything is touched.
+        bad = conn.execute(f"SELECT {', '.join(f'(s.nv).{qi(k)}::text' for k in key)}, t.ctid IS NULL "
+                           f"FROM {src} LEFT JOIN {table} AS t ON {match} "
+                           f"WHERE t.ctid IS NULL OR t::text IS DISTINCT FROM s.new LIMIT 1", [jid]).fetchone()
+        if bad is not None:
+            shown = ", ".join(f"{k}={v}" for k, v in zip(key, bad[:-1], strict=True))
+            what = "was deleted" if bad[-1] else "was changed"
+            raise AdapterError(f"the row of {comp['table']} with {shown} {what} after this write; undo would "
+                               "destroy newer data, so it stopped and changed nothing")
+        if has_old:
+            fixed = set(comp.get("always", []))
+            sets = ", ".join(f"{qi(c)} = (s.ov).{qi(c)}" for c in cols if c not in fixed)
+            cur = conn.execute(f"UPDATE {table} AS t SET {sets} FROM {src} WHERE {match} AND t::text = s.new", [jid])
+        else:
+            cur = conn.execute(f"DELETE FROM {table} AS t USING {src} WHERE {match} AND t::text = s.new", [jid])
+        n += max(cur.rowcount, 0)
+    elif has_old:
         names = ", ".join(qi(c) for c in cols)
-        fields = ", ".join(f"(s.v).{qi(c)}" for c in cols)
+        fields = ", ".join(f"(s.ov).{qi(c)}" for c in cols)
         try:
             cur = conn.execute(f"INSERT INTO {table} ({names}) OVERRIDING SYSTEM VALUE SELECT {fields} FROM "
-                               f"(SELECT r::{table} AS v FROM json_array_elements_text($1::json) AS r OFFSET 0) AS s",
-                               [json.dumps(rows)])
+                               f"(SELECT o::{table} AS ov FROM {JOURNAL} AS j CROSS JOIN LATERAL "
+                               f"unnest(j.old) AS o WHERE j.intent_id = $1 OFFSET 0) AS s", [jid])
         except psycopg.errors.UniqueViolation as exc:
             raise AdapterError(f"cannot restore the deleted rows of {comp['table']}: a newer row took the place of one "
                                f"({exc.diag.message_detail or 'duplicate key'}); undo stopped and changed nothing"
                                ) from None
-        n += cur.rowcount
+        n += max(cur.rowcount, 0)
+    if n != int(comp.get("affected", n)):
+        raise AdapterError(f"undo matched {n} of the {comp['affected']} rows of {comp['table']}; it stopped and "
+                           "changed nothing")
     return n

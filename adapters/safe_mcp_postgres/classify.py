@@ -7,6 +7,7 @@ statement per call, the role); this module decides the effect before anything ru
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,14 @@ from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError
 from safe_mcp_postgres.functions import FORBIDDEN_SCHEMAS, SAFE, SEQUENCE, is_forbidden
 
-__all__ = ["classify_sql", "parse_one", "qualified", "walk"]
+__all__ = ["JOURNAL_SCHEMA", "RESERVED", "classify_sql", "parse_one", "qualified", "walk"]
+
+# safe-mcp's own schemas: the undo journal, and (by default) the trash. Any statement naming a schema
+# that contains this string is refused, so agents can neither reach nor imitate them.
+RESERVED = "_safe_mcp"
+JOURNAL_SCHEMA = "_safe_mcp"
+# Operations for which the adapter records a compensation (undo) when they run.
+_COMPENSABLE_OPS = frozenset({"insert", "update", "delete", "drop_table", "truncate", "create"})
 
 _DML = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
 
@@ -130,10 +138,51 @@ def _forbid(why: str) -> Classification:
     return Classification(effect=Effect.FORBIDDEN, reason=why, summary="forbidden", detail={"op": "forbidden"})
 
 
-def _scan(stmt: Any, trash_schema: str) -> tuple[tuple[Effect, str] | None, bool]:
-    """The strongest effect some node of the tree forces, with its reason, and whether it names the trash."""
+def _reserved(stmt: Any, trash_schema: str) -> str | None:
+    """The first identifier or string constant anywhere in the tree that names one of safe-mcp's schemas.
+
+    Names sit in str slots (RangeVar.schemaname, RenameStmt.subname, newschema, ...) and in String
+    nodes (qualified names, constants such as '_safe_mcp_trash.t'::regclass); all are checked. Anything
+    containing "_safe_mcp" is refused; a trash schema configured under another name is matched as a
+    whole name (alone, or qualifying another), so a short name does not refuse every statement.
+    """
+    trash = trash_schema.lower()
+    for n in walk(stmt):
+        for attr in type(n).__slots__:  # type: ignore[attr-defined]
+            v = getattr(n, attr, None)
+            if not isinstance(v, str):
+                continue
+            lv = v.lower()
+            if RESERVED in lv or lv == trash or lv.startswith(trash + ".") or f'"{trash}"' in lv:
+                return v
+    return None
+
+
+def _is_temp_schema(name: object) -> bool:
+    return isinstance(name, str) and _TEMP_SCHEMA(name.lower()) is not None
+
+
+_TEMP_SCHEMA = re.compile(r"pg_temp(_\d+)?$").match
+
+
+def _temp_reason(stmt: Any) -> str | None:
+    """Why the statement would create or reach session-scoped objects (temporary ones, in any spelling)."""
+    why = "temporary objects (TEMP, pg_temp.*) would outlive the call on a pooled connection"
+    nodes = list(walk(stmt))
+    constants = {id(n.val) for n in nodes if isinstance(n, ast.A_Const)}
+    for n in nodes:
+        if isinstance(n, ast.RangeVar) and (n.relpersistence == "t" or _is_temp_schema(n.schemaname)):
+            return why
+        if isinstance(n, ast.AlterObjectSchemaStmt) and _is_temp_schema(n.newschema):
+            return why
+        if isinstance(n, ast.String) and id(n) not in constants and _is_temp_schema(n.sval):
+            return why
+    return None
+
+
+def _scan(stmt: Any) -> tuple[Effect, str] | None:
+    """The strongest effect some node of the tree forces, with its reason."""
     worst: tuple[Effect, str] | None = None
-    trash = False
 
     def note(effect: Effect, why: str) -> None:
         nonlocal worst
@@ -166,11 +215,7 @@ def _scan(stmt: Any, trash_schema: str) -> tuple[tuple[Effect, str] | None, bool
                                    "use for them")
         elif isinstance(n, ast.CurrentOfExpr):
             note(Effect.FORBIDDEN, "WHERE CURRENT OF needs a cursor; cursors are not available")
-        elif isinstance(n, ast.RangeVar) and n.schemaname == trash_schema:
-            trash = True
-        elif isinstance(n, ast.RangeVar) and n.relpersistence == "t":
-            note(Effect.FORBIDDEN, "temporary tables would outlive the call on a pooled connection")
-    return worst, trash
+    return worst
 
 
 def _has_nested_dml(stmt: Any) -> bool:
@@ -184,17 +229,25 @@ def classify_sql(sql: str, trash_schema: str) -> Classification:
         AdapterError: unparseable, or more than one statement.
     """
     stmt = parse_one(sql)
+    hit = _reserved(stmt, trash_schema)
+    if hit is not None:
+        return _forbid(f"{hit!r} names safe-mcp's own schemas ({trash_schema}, {JOURNAL_SCHEMA}), which keep the "
+                       "trash and the undo journal; no statement may touch them. Restore trashed tables with the "
+                       "undo tool")
+    temp = _temp_reason(stmt)
+    if temp is not None:
+        return _forbid(temp)
     base = _classify_statement(stmt)
-    found, trash = _scan(stmt, trash_schema)
-    if trash and base.effect is not Effect.READ:
-        return _forbid(f"{trash_schema} is safe-mcp's trash; restore trashed tables with the undo tool")
+    found = _scan(stmt)
     if found is not None:
         effect, why = found
         if effect.rank > base.effect.rank:
             if effect is Effect.FORBIDDEN:
                 return _forbid(why)
-            return base.model_copy(update={"effect": effect, "reason": f"{base.reason}; {why}",
+            return base.model_copy(update={"effect": effect, "reason": f"{base.reason}; {why}", "compensable": False,
                                            "detail": {**base.detail, "op": "plain"}})
+    if base.detail.get("op") in _COMPENSABLE_OPS and base.effect in (Effect.WRITE, Effect.DESTRUCTIVE):
+        return base.model_copy(update={"compensable": True})
     return base
 
 
@@ -227,7 +280,9 @@ def _classify_statement(stmt: Any) -> Classification:
             return Classification(effect=Effect.WRITE, reason=f"SELECT ... INTO creates table {_show(into.rel)}",
                                   summary=f"SELECT INTO {_show(into.rel)}",
                                   detail={"op": "create", "type": "table", **_rel(into.rel)})
-        return Classification(effect=Effect.READ, reason="reads only", summary="SELECT", detail={"op": "read"})
+        # A plain SELECT is read through a server-side cursor, so that only what is returned is fetched.
+        return Classification(effect=Effect.READ, reason="reads only", summary="SELECT",
+                              detail={"op": "read", "cursor": True})
     if _is(stmt, ast.VariableShowStmt):
         return Classification(effect=Effect.READ, reason="SHOW reads a setting", summary="SHOW", detail={"op": "read"})
     if _is(stmt, ast.ExplainStmt):
@@ -241,7 +296,7 @@ def _classify_statement(stmt: Any) -> Classification:
                               detail={"op": "read"})
     if _is(stmt, _DML):
         return _classify_dml(stmt)
-    if _is(stmt, ast.DropStmt):
+    if _is(stmt, ast.DropStmt) and not stmt.concurrent:
         return _classify_drop(stmt)
     if _is(stmt, ast.DropdbStmt):
         return Classification(effect=Effect.IRREVERSIBLE, reason=f"DROP DATABASE {stmt.dbname} cannot be undone",
@@ -258,6 +313,11 @@ def _classify_statement(stmt: Any) -> Classification:
     if _is(stmt, ast.CreateStmt):
         if stmt.relation.relpersistence == "t":
             return _forbid("temporary tables would outlive the call on a pooled connection")
+        if stmt.inhRelations or stmt.partbound is not None:
+            # Undo could only move it to the trash, where it would stay attached to its parent.
+            return Classification(effect=Effect.IRREVERSIBLE, reason=f"CREATE TABLE {_show(stmt.relation)} as a "
+                                  "child or partition of another table: no compensation is recorded",
+                                  summary=f"CREATE TABLE {_show(stmt.relation)}", detail={"op": "plain"})
         return Classification(effect=Effect.WRITE, reason=f"CREATE TABLE {_show(stmt.relation)}",
                               summary=f"CREATE TABLE {_show(stmt.relation)}",
                               detail={"op": "create", "type": "table", **_rel(stmt.relation)})
@@ -276,7 +336,12 @@ def _classify_statement(stmt: Any) -> Classification:
         return Classification(effect=Effect.WRITE, reason=f"CREATE VIEW {_show(stmt.view)}",
                               summary=f"CREATE VIEW {_show(stmt.view)}",
                               detail={"op": "create", "type": "view", **_rel(stmt.view)})
-    if _is(stmt, ast.IndexStmt) and stmt.idxname and not stmt.concurrent and not stmt.if_not_exists:
+    if _is(stmt, (ast.IndexStmt, ast.DropStmt)) and getattr(stmt, "concurrent", False):
+        # CONCURRENTLY cannot run inside a transaction: it runs on its own, unmeasured and unjournaled.
+        return Classification(effect=Effect.IRREVERSIBLE, reason=f"{kind.removesuffix('Stmt')} CONCURRENTLY runs "
+                              "outside a transaction: it cannot be measured, journaled or undone",
+                              summary=f"{kind.removesuffix('Stmt')} CONCURRENTLY", detail={"op": "autocommit"})
+    if _is(stmt, ast.IndexStmt) and stmt.idxname and not stmt.if_not_exists:
         return Classification(effect=Effect.WRITE, reason=f"CREATE INDEX {stmt.idxname}",
                               summary=f"CREATE INDEX {stmt.idxname}",
                               detail={"op": "create", "type": "index", "schema": stmt.relation.schemaname,

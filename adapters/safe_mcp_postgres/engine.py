@@ -19,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from safe_mcp.errors import AdapterError
+from safe_mcp.errors import AdapterError, TargetUnavailable
 
 __all__ = ["Engine", "qi", "run_one", "translate"]
 
@@ -36,6 +36,15 @@ def where(dsn: str) -> str:
     except psycopg.ProgrammingError:
         return "(unparseable dsn)"
     return f"{d.get('user', '?')}@{d.get('host', 'localhost')}:{d.get('port', 5432)}/{d.get('dbname', '?')}"
+
+
+def host_port(dsn: str) -> str:
+    """HOST:PORT of a DSN, for "cannot reach" messages."""
+    try:
+        d = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "(unparseable dsn)"
+    return f"{d.get('host') or 'localhost'}:{d.get('port') or 5432}"
 
 
 class Engine:
@@ -55,7 +64,9 @@ class Engine:
 
     def _kwargs(self) -> dict[str, Any]:
         opts = " ".join(f"-c {k}={v}" for k, v in self._options.items())
-        kw: dict[str, Any] = {"autocommit": False, "cursor_factory": RawCursor, "options": opts,
+        # No automatic server-side prepared statements: the pool DISCARDs every session before reuse, and
+        # psycopg's cache of what it prepared would then point at statements that no longer exist.
+        kw: dict[str, Any] = {"autocommit": False, "cursor_factory": RawCursor, "options": opts, "prepare_threshold": None,
                               "application_name": f"safe-mcp/{self.target}", "connect_timeout": self._connect_timeout}
         if self._password is not None:
             kw["password"] = self._password
@@ -64,25 +75,56 @@ class Engine:
     def pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         with self._lock:
             if self._pool is None:
+                # One direct attempt first: a server that is down or refuses the login is reported as such at
+                # once, instead of after the pool has waited out its timeout.
+                failure = self._probe()
+                if failure is not None:
+                    raise failure
                 pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
                     self.dsn, kwargs=self._kwargs(), min_size=self._sizes[0], max_size=self._sizes[1], open=False,
-                    configure=_configure,
+                    configure=_configure, reset=_reset,
                     name=f"safe-mcp-{self.target}", timeout=self._connect_timeout)
                 try:
                     pool.open(wait=True, timeout=self._connect_timeout)
                 except PoolTimeout:
                     pool.close()
-                    raise AdapterError(self._connect_failure()) from None
+                    raise self._unreachable() from None
                 self._pool = pool
             return self._pool
 
-    def _connect_failure(self) -> str:
+    def _probe(self) -> AdapterError | None:
+        """None when a connection can be opened now; else why not (TargetUnavailable when down or refused)."""
         try:
             with psycopg.connect(self.dsn, **self._kwargs()):
-                reason = "connections kept failing"
+                pass
+        except psycopg.OperationalError as exc:
+            return self.unavailable(exc)
         except psycopg.Error as exc:
             reason = self.scrub(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
-        return f"cannot connect to target {self.target!r} ({self.shown}): {reason}"
+            return AdapterError(f"cannot connect to target {self.target!r} ({self.shown}): {reason}")
+        return None
+
+    def _unreachable(self) -> AdapterError:
+        """Why no connection could be had: the server refused or is down (TargetUnavailable), or the pool is busy."""
+        failure = self._probe()
+        if failure is not None:
+            return failure
+        return AdapterError(f"all {self._sizes[1]} connections to target {self.target!r} stayed busy for "
+                            f"{self._connect_timeout}s; retry, or a human can raise pool_max_size")
+
+    def unavailable(self, exc: psycopg.Error) -> TargetUnavailable:
+        text = str(exc).strip()
+        reason = self.scrub(text.splitlines()[-1] if text else type(exc).__name__)
+        where_ = host_port(self.dsn)
+        if "database" in reason and "does not exist" in reason:
+            return TargetUnavailable(f"PostgreSQL at {where_} answered, but for target {self.target!r}: {reason}",
+                                     "check the database name in dsn; nothing was run")
+        if "password authentication" in reason or ("role" in reason and "does not exist" in reason):
+            return TargetUnavailable(f"PostgreSQL at {where_} refused the login for target {self.target!r}: {reason}",
+                                     "check the user in dsn and the password reference of the target; nothing was run")
+        return TargetUnavailable(f"Cannot reach PostgreSQL at {where_} (target {self.target!r}): {reason}",
+                                 f"check that PostgreSQL is running and reachable at {where_} (gave up after "
+                                 f"connect_timeout_s = {self._connect_timeout}), then retry; nothing was run")
 
     def scrub(self, text: str) -> str:
         if self._password and len(self._password) >= 4:
@@ -101,10 +143,9 @@ class Engine:
             ctx = pool.connection(timeout=self._connect_timeout)
             conn = ctx.__enter__()
         except PoolTimeout:
-            raise AdapterError(f"no connection to target {self.target!r} became free within "
-                               f"{self._connect_timeout}s; retry") from None
-        except psycopg.OperationalError:
-            raise AdapterError(self._connect_failure()) from None
+            raise self._unreachable() from None
+        except psycopg.OperationalError as exc:
+            raise self.unavailable(exc) from None
         try:
             yield conn
         except BaseException as exc:
@@ -132,6 +173,18 @@ PLAIN_OIDS = frozenset({16, 18, 19, 20, 21, 23, 25, 26, 1042, 1043, 790, 1114, 1
 def _configure(conn: psycopg.Connection[Any]) -> None:
     for name in TEXT_TYPES:
         conn.adapters.register_loader(name, TextLoader)
+
+
+def _reset(conn: psycopg.Connection[Any]) -> None:
+    """Whatever a call left in the session goes before the connection is reused (defence in depth: the
+    classifier refuses temporary objects, SET, PREPARE, cursors, LISTEN and advisory locks already).
+    DISCARD ALL drops temporary objects, settings back to the connect-time options, prepared statements,
+    cursors, LISTEN registrations and session advisory locks. Runs in the pool's worker, off the call path."""
+    conn.autocommit = True
+    try:
+        conn.execute("DISCARD ALL", prepare=False)
+    finally:
+        conn.autocommit = False
 
 
 def _quiet_rollback(conn: psycopg.Connection[Any]) -> None:
@@ -189,8 +242,9 @@ def translate(exc: psycopg.Error, engine: Engine, *, limits: dict[str, int],
                   | errors.InvalidTextRepresentation | errors.UndefinedParameter | errors.AmbiguousColumn):
         hint = engine.scrub(diag.message_hint) if diag is not None and diag.message_hint else ""
         return AdapterError(f"postgres rejected the statement: {primary}{' (' + hint + ')' if hint else ''}")
-    if isinstance(exc, psycopg.OperationalError) and getattr(exc, "sqlstate", None) is None:
-        return AdapterError(f"the connection to target {target!r} ({engine.shown}) failed: {primary}; retry")
+    if (isinstance(exc, psycopg.OperationalError) and getattr(exc, "sqlstate", None) is None) or isinstance(
+            exc, errors.AdminShutdown | errors.CrashShutdown | errors.CannotConnectNow):
+        return engine.unavailable(exc)
     if isinstance(exc, psycopg.ProgrammingError) and "parameter" in primary.lower():
         return AdapterError(f"bad params: {primary}; pass a list with one value per $1, $2, ... placeholder")
     code = getattr(exc, "sqlstate", None)

@@ -61,6 +61,12 @@ class Pg:
         return write_config(directory, text)
 
 
+def journal_ddl() -> str:
+    from safe_mcp_postgres.journal import _DDL
+
+    return _DDL
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[Pg]:
     require_service("postgresql", HOST, PORT)
@@ -82,6 +88,11 @@ def pg() -> Iterator[Pg]:
                 conn.execute(f'GRANT SELECT ON items, nokey, parent, child, big TO "{role}"')
             conn.execute(f'GRANT INSERT, UPDATE, DELETE ON items, nokey, parent, child, big TO "{p.writer}"')
             conn.execute(f'GRANT USAGE ON SEQUENCE items_id_seq TO "{p.writer}"')
+            # What a human does once for a restricted role: give it safe-mcp's journal schema.
+            conn.execute(f'CREATE SCHEMA _safe_mcp AUTHORIZATION "{p.writer}"')
+            conn.execute(f'SET ROLE "{p.writer}"')
+            conn.execute(journal_ddl())
+            conn.execute("RESET ROLE")
         yield p
     finally:
         with psycopg.connect(f"postgresql://postgres@{HOST}:{PORT}/test", autocommit=True) as admin:

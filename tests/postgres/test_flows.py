@@ -107,7 +107,9 @@ async def test_read_write_pending_confirm_undo_over_stdio(pg: Pg, tmp_path: Path
         one = await call(client, "sql_execute", target="r_rw", sql=f"UPDATE {table} SET note = 'a' WHERE id = 5")
         await call(client, "sql_execute", target="r_rw", sql=f"UPDATE {table} SET note = 'b' WHERE id = 5")
         text = await refused(client, "undo", receipt_id=one["receipt_id"])
-        assert "changed again" in text
+        assert "id=5 was changed after this write" in text
+        with pg.connect() as conn:
+            assert conn.execute(f"SELECT note FROM {table} WHERE id = 5").fetchone() == ("b",)
 
         # no key: irreversible, waits for a human
         nokey = await call(client, "sql_execute", target="r_rw", sql="UPDATE nokey SET b = 'z' WHERE a = 1")
@@ -189,8 +191,57 @@ async def test_errors_are_actionable_and_never_leak_secrets(pg: Pg, tmp_path: Pa
                    f'password = "env:SAFE_MCP_TEST_PG_PASSWORD"\nconnect_timeout_s = 2\n[state]\npath = "{bad}/s"\n')
     async with connect(cfg, "memory") as client:
         text = await refused(client, "sql_query", target="down", sql="SELECT 1")
-        assert "cannot connect" in text and "127.0.0.1:1" in text
+        assert "Cannot reach PostgreSQL at 127.0.0.1:1" in text and "no connection became free" not in text
         assert SECRET not in text
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), f"the password leaked into {path}"
+
+
+
+async def journaled_intents(pg: Pg, tmp_path: Path, table: str) -> dict[str, str]:
+    """Run a write and its undo through the gate; the kinds journaled under the two intent receipts."""
+    async with connect(pg.config(tmp_path), "memory") as client:
+        done = await call(client, "sql_execute", target="r_rw", sql=f"UPDATE {table} SET total = 1 WHERE id = 2")
+        await call(client, "undo", receipt_id=done["receipt_id"])
+        latest = (await call(client, "receipts", limit=20))["receipts"]
+    intents = [r["id"] for r in latest if r["outcome"] == "intent"]
+    assert len(intents) == 2, latest
+    with pg.connect() as conn:
+        return dict(conn.execute("SELECT intent_id, kind FROM _safe_mcp.journal WHERE intent_id = ANY(%s)",
+                                 [intents]).fetchall())
+
+
+async def test_a_write_journals_its_intent_receipt_in_the_target(pg: Pg, tmp_path: Path, table: str) -> None:
+    assert "write" in (await journaled_intents(pg, tmp_path, table)).values()
+
+
+@pytest.mark.xfail(strict=True, reason="the gate does not yet pass the undo's intent id to compensate "
+                                       "(core change: budget intent_id in Gate.undo)")
+async def test_an_undo_journals_its_intent_receipt_in_the_target(pg: Pg, tmp_path: Path, table: str) -> None:
+    assert "undo" in (await journaled_intents(pg, tmp_path, table)).values()
+
+
+@pytest.mark.xfail(strict=True, reason="the gate does not yet hand the confirmed preview to the adapter "
+                                       "(core change: Budget.expect at confirm)")
+async def test_confirm_of_a_drifted_delete_comes_back_as_a_new_pending_action(pg: Pg, tmp_path: Path,
+                                                                               table: str) -> None:
+    async with connect(pg.config(tmp_path), "memory") as client:
+        pending = await call(client, "sql_execute", target="r_rw", sql=f"DELETE FROM {table}")
+        assert pending["status"] == "pending" and pending["affected"] == 12
+        with pg.connect() as conn:
+            conn.execute(f"INSERT INTO {table} (id, customer) VALUES (99, 'arrived after the preview')")
+        await anyio.sleep(0.15)
+        again = await call(client, "confirm", action_id=pending["pending"]["action_id"])
+        assert again["status"] == "pending" and again["affected"] == 13
+        assert digest(pg, table)[0] == 13, "nothing may be deleted beyond what was confirmed"
+
+
+async def test_reads_are_capped_in_bytes_over_mcp(pg: Pg, tmp_path: Path) -> None:
+    config = pg.config(tmp_path, "[limits]\nbytes_returned = 2048\n")
+    async with connect(config, "memory") as client:
+        wide = await call(client, "sql_query", target="r_ro",
+                          sql="SELECT g, repeat('x', 1000) FROM generate_series(1, 10) g")
+        assert wide["truncated"] is True and wide["row_count"] == 2
+        narrow = await call(client, "sql_query", target="r_ro", sql="SELECT g FROM generate_series(1, 10) g")
+        assert narrow["truncated"] is False and narrow["row_count"] == 10
