@@ -216,14 +216,10 @@ async def test_a_write_journals_its_intent_receipt_in_the_target(pg: Pg, tmp_pat
     assert "write" in (await journaled_intents(pg, tmp_path, table)).values()
 
 
-@pytest.mark.xfail(strict=True, reason="the gate does not yet pass the undo's intent id to compensate "
-                                       "(core change: budget intent_id in Gate.undo)")
 async def test_an_undo_journals_its_intent_receipt_in_the_target(pg: Pg, tmp_path: Path, table: str) -> None:
     assert "undo" in (await journaled_intents(pg, tmp_path, table)).values()
 
 
-@pytest.mark.xfail(strict=True, reason="the gate does not yet hand the confirmed preview to the adapter "
-                                       "(core change: Budget.expect at confirm)")
 async def test_confirm_of_a_drifted_delete_comes_back_as_a_new_pending_action(pg: Pg, tmp_path: Path,
                                                                                table: str) -> None:
     async with connect(pg.config(tmp_path), "memory") as client:
