@@ -100,7 +100,7 @@ class Engine:
         except psycopg.OperationalError as exc:
             return self.unavailable(exc)
         except psycopg.Error as exc:
-            reason = self.scrub(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
+            reason = _reason(self.scrub, exc)
             return AdapterError(f"cannot connect to target {self.target!r} ({self.shown}): {reason}")
         return None
 
@@ -113,8 +113,7 @@ class Engine:
                             f"{self._connect_timeout}s; retry, or a human can raise pool_max_size")
 
     def unavailable(self, exc: psycopg.Error) -> TargetUnavailable:
-        text = str(exc).strip()
-        reason = self.scrub(text.splitlines()[-1] if text else type(exc).__name__)
+        reason = _reason(self.scrub, exc)
         where_ = host_port(self.dsn)
         if "database" in reason and "does not exist" in reason:
             return TargetUnavailable(f"PostgreSQL at {where_} answered, but for target {self.target!r}: {reason}",
@@ -249,3 +248,10 @@ def translate(exc: psycopg.Error, engine: Engine, *, limits: dict[str, int],
         return AdapterError(f"bad params: {primary}; pass a list with one value per $1, $2, ... placeholder")
     code = getattr(exc, "sqlstate", None)
     return AdapterError(f"postgres: {primary}" + (f" (sqlstate {code})" if code else ""))
+
+
+def _reason(scrub: Any, exc: BaseException) -> str:
+    """Every line of a driver error, joined: libpq puts the cause ("Connection refused") first and a
+    tab-indented hint last; keeping only one of them hid the cause."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return str(scrub("; ".join(lines))) if lines else type(exc).__name__
