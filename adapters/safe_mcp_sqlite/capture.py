@@ -1,14 +1,18 @@
 """Before-images, taken by temporary triggers inside the write's own transaction.
 
 For every table a write may touch (the ones the authorizer reported, and the tables
-whose foreign keys cascade from them) three TEMP triggers copy old rows (deletes,
-updates), new rows (updates) and new rowids (inserts) into TEMP tables. They are
-created after BEGIN and dropped before COMMIT, so nothing of them outlives the call.
+whose foreign keys cascade from them) four TEMP triggers copy old rows (deletes,
+updates), new rows (updates) and new rows with their keys (inserts) into TEMP tables.
+They stay installed on safe-mcp's own write connection while the schema is unchanged
+(creating them costs more than the write of a few rows); the capture tables are emptied
+before and after every write, and no agent statement can reach them (guard.py).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import sqlite3
 from typing import Any
 
@@ -79,12 +83,19 @@ def cascade_children(conn: sqlite3.Connection, tables: set[str]) -> set[str]:
 
 
 class Capture:
-    """Installs capture triggers on `tables`; `rows()` reads what they caught."""
+    """Installs capture triggers on `tables`; `changes()` reads what they caught."""
 
     def __init__(self, conn: sqlite3.Connection, tables: set[str]) -> None:
         self.conn = conn
+        self.tables = frozenset(tables)
         self.infos = [TableInfo(conn, t) for t in sorted(cascade_children(conn, tables))]
         self._objects: list[str] = []
+        self.version = -1
+        """The schema_version the triggers were made for."""
+
+    def clear(self) -> None:
+        for i in range(len(self.infos)):
+            self.conn.execute(f"DELETE FROM temp._safe_mcp_cap_{i}")
 
     def install(self) -> None:
         for i, info in enumerate(self.infos):
@@ -98,53 +109,64 @@ class Capture:
             self.conn.execute(f"CREATE TEMP TABLE {tb} (seq INTEGER PRIMARY KEY, op TEXT, {keys}, "
                               f"{', '.join(f'n{j}' for j in range(len(info.key)))}, {cols})")
             self._objects.append(f"TABLE temp.{tb}")
-            nulls_cols = ", ".join("NULL" for _ in info.columns)
             nulls_keys = ", ".join("NULL" for _ in info.key)
             t = f"main.{q(info.name)}"
             for trig, when, values in (
                 ("d", "BEFORE DELETE", f"'D', {key_old}, {nulls_keys}, {old_cols}"),
                 ("u", "BEFORE UPDATE", f"'U', {key_old}, {nulls_keys}, {old_cols}"),
                 ("a", "AFTER UPDATE", f"'A', {key_old}, {key_new}, {new_cols}"),
-                ("i", "AFTER INSERT", f"'I', {nulls_keys}, {key_new}, {nulls_cols}"),
+                ("i", "AFTER INSERT", f"'I', {nulls_keys}, {key_new}, {new_cols}"),
             ):
                 name = f"{tb}_{trig}"
                 self.conn.execute(f"CREATE TEMP TRIGGER {name} {when} ON {t} BEGIN INSERT INTO {tb} VALUES (NULL, {values}); END")
                 self._objects.append(f"TRIGGER temp.{name}")
 
     def remove(self) -> None:
+        # IF EXISTS: a table dropped or renamed since took its temporary triggers with it.
         for obj in reversed(self._objects):
-            self.conn.execute(f"DROP {obj}")
+            kind, name = obj.split(" ", 1)
+            self.conn.execute(f"DROP {kind} IF EXISTS {name}")
         self._objects.clear()
 
     def changes(self) -> list[dict[str, Any]]:
-        """Per table: deleted rows, updated rows (before and after) and inserted keys."""
+        """Per table: deleted rows, updated rows (before and after) and inserted rows with their keys."""
         out = []
         for i, info in enumerate(self.infos):
             nk = len(info.key)
             rows = self.conn.execute(f"SELECT * FROM temp._safe_mcp_cap_{i} ORDER BY seq").fetchall()
             if not rows:
                 continue
-            deleted, inserted = [], []
+            deleted = []
+            # Rows this write inserted, by key, as they are at its end: a trigger or cascade that changes
+            # or deletes them in the same statement changes what undo must find and remove.
+            inserted: dict[tuple[Any, ...], tuple[Any, ...]] = {}
             before: dict[tuple[Any, ...], tuple[Any, ...]] = {}
             after: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
             kn, nn = 2 + nk, 2 + 2 * nk
             for r in rows:
-                op = r[1]
+                op, key = r[1], r[2:kn]
                 if op == "D":
-                    deleted.append({"key": encode_all(r[2:kn]), "row": encode_all(r[nn:])})
+                    if inserted.pop(key, None) is None:
+                        deleted.append({"key": encode_all(key), "row": encode_all(r[nn:])})
                 elif op == "U":
-                    before.setdefault(r[2:kn], r[nn:])
+                    if key not in inserted:
+                        before.setdefault(key, r[nn:])
                 elif op == "A":
-                    after[r[2:kn]] = (r[kn:nn], r[nn:])
+                    if key in inserted:
+                        del inserted[key]
+                        inserted[r[kn:nn]] = r[nn:]
+                    else:
+                        after[key] = (r[kn:nn], r[nn:])
                 elif op == "I":
-                    inserted.append(encode_all(r[kn:nn]))
+                    inserted[r[kn:nn]] = r[nn:]
             updated = []
             for k, old in before.items():
                 new_key, new_vals = after.get(k, (k, old))
                 updated.append({"key": encode_all(k), "new_key": encode_all(new_key),
                                 "row": encode_all(old), "new_row": encode_all(new_vals)})
+            ins = [{"key": encode_all(k), "row": encode_all(v)} for k, v in inserted.items()]
             out.append({"table": info.name, "key": info.key, "columns": info.columns,
-                        "deleted": deleted, "updated": updated, "inserted": inserted})
+                        "deleted": deleted, "updated": updated, "inserted": ins})
         return out
 
 
@@ -164,11 +186,15 @@ def sample(changes: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
                 if kind == "updated":
                     entry["after"] = dict(zip(c["columns"], item["new_row"], strict=True))
                 out.append(entry)
-        for key in c["inserted"]:
+        for item in c["inserted"]:
             if len(out) >= limit:
                 return out
-            out.append({"table": c["table"], "change": "insert", "key": dict(zip(c["key"], key, strict=True))})
+            out.append({"table": c["table"], "change": "insert", "key": dict(zip(c["key"], item["key"], strict=True))})
     return out
+
+
+def _show(key: list[str], values: list[Any]) -> str:
+    return "(" + ", ".join(f"{k}={v!r}" for k, v in zip(key, values, strict=True)) + ")"
 
 
 def _where(key: list[str]) -> str:
@@ -185,18 +211,27 @@ def restore(conn: sqlite3.Connection, changes: list[dict[str, Any]]) -> int:
     for c in reversed(changes):
         table, key, cols = q(c["table"]), c["key"], c["columns"]
         where = _where(key)
-        for new_key in reversed(c["inserted"]):
-            cur = conn.execute(f"DELETE FROM main.{table} WHERE {where}", [decode(x) for x in new_key])
-            if cur.rowcount != 1:
-                raise AdapterError(f"row {new_key} inserted into {c['table']} is gone already; undo stopped, nothing changed")
+        for item in reversed(c["inserted"]):
+            # Records from before inserted rows were kept whole hold only the key.
+            new_key, new_row = (item["key"], item["row"]) if isinstance(item, dict) else (item, None)
+            current = conn.execute(f"SELECT {', '.join(q(x) for x in cols)} FROM main.{table} WHERE {where}",
+                                   [decode(x) for x in new_key]).fetchone()
+            if current is None:
+                raise AdapterError(f"the row {c['table']} {_show(key, new_key)} this write inserted is gone already "
+                                   "(deleted since); undo stopped and changed nothing")
+            if new_row is not None and list(current) != [decode(x) for x in new_row]:
+                raise AdapterError(f"the row {c['table']} {_show(key, new_key)} this write inserted was changed "
+                                   "since; undo would delete newer data, so it stopped and changed nothing")
+            conn.execute(f"DELETE FROM main.{table} WHERE {where}", [decode(x) for x in new_key])
             n += 1
         for item in reversed(c["updated"]):
             current = conn.execute(f"SELECT {', '.join(q(x) for x in cols)} FROM main.{table} WHERE {where}",
                                    [decode(x) for x in item["new_key"]]).fetchone()
             if current is None or list(current) != [decode(x) for x in item["new_row"]]:
+                what = "was deleted" if current is None else "changed again"
                 raise AdapterError(
-                    f"a row of {c['table']} changed again after this write; undo would overwrite newer data, "
-                    "so it stopped and changed nothing")
+                    f"the row {c['table']} {_show(key, item['new_key'])} {what} after this write; undo would "
+                    "overwrite newer data, so it stopped and changed nothing")
             sets = ", ".join([f"{q(x)} = ?" for x in cols] + (["rowid = ?"] if key == ["rowid"] else []))
             params = [decode(x) for x in item["row"]] + ([decode(item["key"][0])] if key == ["rowid"] else [])
             conn.execute(f"UPDATE main.{table} SET {sets} WHERE {where}", params + [decode(x) for x in item["new_key"]])
@@ -213,3 +248,18 @@ def restore(conn: sqlite3.Connection, changes: list[dict[str, Any]]) -> int:
                     "undo stopped, nothing changed") from None
             n += 1
     return n
+
+
+def fingerprint(changes: list[dict[str, Any]]) -> str:
+    """A digest of exactly which rows a write changes: identity and before-image of every deleted or
+    updated row, and how many rows it inserts (new rows' keys and defaults, a timestamp say, differ
+    from one run to the next without the change being another one)."""
+    h = hashlib.sha256()
+    for c in sorted(changes, key=lambda c: str(c["table"])):
+        h.update(json.dumps([c["table"], len(c["inserted"])]).encode())
+        for kind in ("deleted", "updated"):
+            items = sorted(json.dumps([kind, i["key"], i["row"]], separators=(",", ":"), default=str)
+                           for i in c[kind])
+            for item in items:
+                h.update(item.encode())
+    return h.hexdigest()
