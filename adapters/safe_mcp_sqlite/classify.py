@@ -157,6 +157,10 @@ def classify_actions(acts: Actions) -> Classification:
     if names & {"CREATE_TEMP_TRIGGER", "CREATE_TEMP_TABLE", "CREATE_TEMP_VIEW", "CREATE_TEMP_INDEX",
                 "DROP_TEMP_TRIGGER", "DROP_TEMP_TABLE", "DROP_TEMP_VIEW", "DROP_TEMP_INDEX"}:
         return forbid("temporary schema objects (they would outlive the call on safe-mcp's connection)")
+    if any(n in {"INSERT", "DELETE"} and (db == "temp" or a1 in {"sqlite_temp_master", "sqlite_temp_schema"})
+           for n, a1, _a2, db in every):
+        # `CREATE TRIGGER temp.t ...` is reported as a main CREATE_TRIGGER plus a write to the temp schema.
+        return forbid("temporary schema objects (they would outlive the call on safe-mcp's connection)")
     if names & {"REINDEX", "ANALYZE", "COPY"} and not names & {"CREATE_INDEX"}:
         return forbid("maintenance statements are not run through safe-mcp")
     for name, a1, a2, _db in every:

@@ -43,6 +43,12 @@ class Guard:
     def __init__(self) -> None:
         self.agent = False
         self.denied: str | None = None
+        self.new_indexes: set[str] = set()
+
+    def start(self) -> None:
+        """An agent statement begins compiling."""
+        self.agent, self.denied = True, None
+        self.new_indexes.clear()
 
     def __call__(self, code: int, a1: str | None, a2: str | None, db: str | None, trig: str | None) -> int:
         name = ACTIONS[code] if 0 <= code < len(ACTIONS) else f"CODE{code}"
@@ -58,9 +64,15 @@ class Guard:
             return self._deny(f"{what} belongs to safe-mcp (its journal and trash); no statement may touch it")
         if not self.agent:
             return sqlite3.SQLITE_OK
+        if name == "CREATE_INDEX" and a1 is not None:
+            self.new_indexes.add(a1)
+        if name == "REINDEX" and a1 in self.new_indexes:
+            return sqlite3.SQLITE_OK  # CREATE INDEX fills the new index with a REINDEX of it
         if name in _NEVER:
             return self._deny(f"{name.lower().replace('_', ' ')} is not allowed through safe-mcp")
-        if db == "temp" and a1 not in SCHEMA_TABLES:
+        if db == "temp" and (a1 not in SCHEMA_TABLES or name in {"INSERT", "DELETE"}):
+            # `CREATE TRIGGER temp.t` reports a main CREATE_TRIGGER and an INSERT into sqlite_temp_master.
+            # (A rename rewrites temporary triggers with an UPDATE of it; that one may pass.)
             return self._deny("temporary objects would outlive the call on safe-mcp's connection")
         if name == "FUNCTION" and (a2 or "").lower() in FORBIDDEN_FUNCTIONS:
             return self._deny(f"function {a2}() reaches outside the database")

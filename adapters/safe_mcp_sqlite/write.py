@@ -38,7 +38,7 @@ def run_agent(conn: sqlite3.Connection, guard: Guard, sql: str, params: Any) -> 
         sqlite3.DatabaseError: the statement failed for its own reasons (the caller explains it).
     """
     before_internal, before_code = internal_objects(conn), user_code(conn)
-    guard.agent, guard.denied = True, None
+    guard.start()
     try:
         conn.execute(sql, params if params is not None else ())
     except sqlite3.DatabaseError:
