@@ -1,0 +1,79 @@
+"""The target records its own undo: every write commits with its intent id and compensation in
+_safe_mcp_journal, and `reconcile` answers from it after a crash (here: a fresh adapter)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import budget, rows, sql
+from safe_mcp_sqlite import SqliteAdapter, SqliteSettings
+
+from safe_mcp.adapter import Call
+from safe_mcp.effects import Effect
+from safe_mcp.errors import TargetUnavailable, TooManyRows
+
+
+def fresh(tmp_path: Path) -> SqliteAdapter:
+    """The adapter of a restarted server: nothing in memory but the file."""
+    return SqliteAdapter("admin", SqliteSettings(path="shop.db"), {}, base_dir=str(tmp_path),
+                         state_dir=str(tmp_path / ".safe-mcp"))
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE orders SET status = 'x' WHERE id < 4",
+    "INSERT INTO customers (name, email) VALUES ('n', 'n@example.com')",
+    "DELETE FROM orders WHERE id > 10",
+    "DROP TABLE orders",
+    "CREATE TABLE t AS SELECT * FROM products",
+])
+def test_a_committed_write_reconciles_as_executed_with_an_undo_that_works(
+        adapter: SqliteAdapter, tmp_path: Path, statement: str) -> None:
+    db = tmp_path / "shop.db"
+    snapshot = {t: rows(db, f"SELECT * FROM {t} ORDER BY 1") for t in ("orders", "customers", "products")}
+    call = sql(statement)
+    out = adapter.execute(call, adapter.classify(call), budget(intent_id="intent_a"))
+    adapter.close()  # the process died before its outcome receipt
+    again = fresh(tmp_path)
+    r = again.reconcile("intent_a", call)
+    assert r.state == "executed" and r.outcome is not None
+    assert r.outcome.affected == out.affected and r.outcome.compensation == out.compensation
+    assert r.outcome.compensation is not None
+    again.compensate(r.outcome.compensation, budget(Effect.WRITE, intent_id="intent_undo"))
+    assert {t: rows(db, f"SELECT * FROM {t} ORDER BY 1") for t in snapshot} == snapshot
+    undo = fresh(tmp_path).reconcile("intent_undo", Call(target="admin", tool="undo"))
+    assert undo.state == "executed", "undo journals its own intent"
+    again.close()
+
+
+def test_never_run_and_rolled_back_intents_are_not_executed(adapter: SqliteAdapter, tmp_path: Path) -> None:
+    call = sql("UPDATE orders SET status = 'x'")
+    assert adapter.reconcile("intent_never", call).state == "not_executed"  # no journal yet at all
+    small = sql("UPDATE orders SET status = 'y' WHERE id = 1")
+    adapter.execute(small, adapter.classify(small), budget(intent_id="intent_ok"))
+    with pytest.raises(TooManyRows):
+        adapter.execute(call, adapter.classify(call), budget(intent_id="intent_big", rows_affected=2))
+    assert adapter.reconcile("intent_big", call).state == "not_executed"
+    assert adapter.reconcile("intent_never", call).state == "not_executed"
+    assert adapter.reconcile("intent_ok", small).state == "executed"
+    assert rows(tmp_path / "shop.db", "SELECT count(*) FROM orders WHERE status = 'x'") == [(0,)]
+
+
+def test_a_preview_journals_nothing(adapter: SqliteAdapter) -> None:
+    call = sql("UPDATE orders SET status = 'x' WHERE id = 1")
+    adapter.preview(call, adapter.classify(call), budget(intent_id="intent_p"))
+    assert adapter.reconcile("intent_p", call).state == "not_executed"
+
+
+def test_irreversible_writes_are_journaled_without_a_compensation(adapter: SqliteAdapter) -> None:
+    call = sql("ALTER TABLE orders ADD COLUMN note TEXT")
+    adapter.execute(call, adapter.classify(call), budget(Effect.IRREVERSIBLE, intent_id="intent_alter"))
+    r = adapter.reconcile("intent_alter", call)
+    assert r.state == "executed" and r.outcome is not None and r.outcome.compensation is None
+
+
+def test_reconcile_on_a_missing_file_says_unavailable(tmp_path: Path) -> None:
+    a = SqliteAdapter("gone", SqliteSettings(path="nope.db"), {}, base_dir=str(tmp_path), state_dir=str(tmp_path))
+    with pytest.raises(TargetUnavailable):
+        a.reconcile("intent_x", sql("UPDATE t SET a = 1", "gone"))
+    assert not (tmp_path / "nope.db").exists()
