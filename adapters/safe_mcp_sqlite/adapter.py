@@ -298,8 +298,9 @@ class SqliteAdapter(Adapter):
             cap.remove()
         self._capture = None
         fresh = Capture(conn, set(tables | keep))
-        fresh.version = version
         fresh.install()
+        # Installing may create a journal table, which changes the schema_version it is keyed by.
+        fresh.version = conn.execute("PRAGMA main.schema_version").fetchone()[0]
         self._capture = fresh
         return fresh
 
@@ -322,7 +323,7 @@ class SqliteAdapter(Adapter):
                 # inside this transaction (so they go if it rolls back).
                 self._capture = None
                 cap = Capture(conn, set(cap.tables))
-                cap.install()
+                cap.install()  # not kept: it goes with this transaction if that rolls back
             if op == "drop_table":
                 preview, outcome, fp = write.soft_drop(conn, cls.detail["table"])
             elif op in {"dml", "create"}:

@@ -2,10 +2,10 @@
 
 For every table a write may touch (the ones the authorizer reported, and the tables
 whose foreign keys cascade from them) four TEMP triggers copy old rows (deletes,
-updates), new rows (updates) and new rows with their keys (inserts) into TEMP tables.
-They stay installed on safe-mcp's own write connection while the schema is unchanged
-(creating them costs more than the write of a few rows); the capture tables are emptied
-before and after every write, and no agent statement can reach them (guard.py).
+updates), new rows (updates) and new rows with their keys (inserts) into journal tables
+of the target itself, committed or rolled back with the write. The triggers stay installed
+on safe-mcp's own write connection while the schema is unchanged (creating them costs
+more than the write of a few rows); no agent statement can reach them (guard.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ import sqlite3
 from typing import Any
 
 from safe_mcp.errors import AdapterError
+from safe_mcp_sqlite.classify import INTERNAL_PREFIX
+
+CAPTURE_PREFIX = INTERNAL_PREFIX + "cap_"
 
 
 def q(name: str) -> str:
@@ -71,8 +74,8 @@ def cascade_children(conn: sqlite3.Connection, tables: set[str]) -> set[str]:
     while changed:
         changed = False
         for child in all_tables:
-            if child in found:
-                continue
+            if child in found or child.lower().startswith(INTERNAL_PREFIX):
+                continue  # a cascade into safe-mcp's trash is refused by the guard, never captured
             for fk in conn.execute(f"PRAGMA main.foreign_key_list({q(child)})").fetchall():
                 parent, on_update, on_delete = fk[2], fk[5], fk[6]
                 if parent in found and (on_update != "NO ACTION" or on_delete != "NO ACTION"):
@@ -82,33 +85,39 @@ def cascade_children(conn: sqlite3.Connection, tables: set[str]) -> set[str]:
     return found
 
 
+def store_name(info: TableInfo) -> str:
+    """The journal table that keeps before-images of `info`'s rows, one per table layout."""
+    layout = json.dumps([info.name, info.key, info.columns]).encode()
+    return f"{INTERNAL_PREFIX}undo_{hashlib.sha256(layout).hexdigest()[:16]}"
+
+
 class Capture:
-    """Installs capture triggers on `tables`; `changes()` reads what they caught."""
+    """Capture triggers on `tables` (and the tables their foreign keys cascade to).
+
+    Each trigger copies the old row (deletes, updates) or the new row (updates, inserts) into a journal
+    table of the target (`store_name`), in the write's own transaction: the target keeps its own undo,
+    and nothing of it passes through Python unless a preview, a confirm or an undo reads it back.
+    """
 
     def __init__(self, conn: sqlite3.Connection, tables: set[str]) -> None:
         self.conn = conn
         self.tables = frozenset(tables)
         self.infos = [TableInfo(conn, t) for t in sorted(cascade_children(conn, tables))]
+        self.stores = [store_name(info) for info in self.infos]
         self._objects: list[str] = []
         self.version = -1
         """The schema_version the triggers were made for."""
 
-    def clear(self) -> None:
-        for i in range(len(self.infos)):
-            self.conn.execute(f"DELETE FROM temp._safe_mcp_cap_{i}")
-
     def install(self) -> None:
-        for i, info in enumerate(self.infos):
+        for i, (info, store) in enumerate(zip(self.infos, self.stores, strict=True)):
             key_old = ", ".join(f"old.{q(k)}" if k != "rowid" else "old.rowid" for k in info.key)
             key_new = ", ".join(f"new.{q(k)}" if k != "rowid" else "new.rowid" for k in info.key)
             old_cols = ", ".join(f"old.{q(c)}" for c in info.columns)
             new_cols = ", ".join(f"new.{q(c)}" for c in info.columns)
             keys = ", ".join(f"k{j}" for j in range(len(info.key)))
             cols = ", ".join(f"c{j}" for j in range(len(info.columns)))
-            tb = f"_safe_mcp_cap_{i}"
-            self.conn.execute(f"CREATE TEMP TABLE {tb} (seq INTEGER PRIMARY KEY, op TEXT, {keys}, "
+            self.conn.execute(f"CREATE TABLE IF NOT EXISTS main.{store} (seq INTEGER PRIMARY KEY, op TEXT, {keys}, "
                               f"{', '.join(f'n{j}' for j in range(len(info.key)))}, {cols})")
-            self._objects.append(f"TABLE temp.{tb}")
             nulls_keys = ", ".join("NULL" for _ in info.key)
             t = f"main.{q(info.name)}"
             for trig, when, values in (
@@ -117,8 +126,9 @@ class Capture:
                 ("a", "AFTER UPDATE", f"'A', {key_old}, {key_new}, {new_cols}"),
                 ("i", "AFTER INSERT", f"'I', {nulls_keys}, {key_new}, {new_cols}"),
             ):
-                name = f"{tb}_{trig}"
-                self.conn.execute(f"CREATE TEMP TRIGGER {name} {when} ON {t} BEGIN INSERT INTO {tb} VALUES (NULL, {values}); END")
+                name = f"{CAPTURE_PREFIX}{i}_{trig}"
+                self.conn.execute(f"CREATE TEMP TRIGGER {name} {when} ON {t} BEGIN "
+                                  f"INSERT INTO {store} VALUES (NULL, {values}); END")
                 self._objects.append(f"TRIGGER temp.{name}")
 
     def remove(self) -> None:
@@ -128,46 +138,78 @@ class Capture:
             self.conn.execute(f"DROP {kind} IF EXISTS {name}")
         self._objects.clear()
 
-    def changes(self) -> list[dict[str, Any]]:
-        """Per table: deleted rows, updated rows (before and after) and inserted rows with their keys."""
+    def marks(self) -> list[int]:
+        """Where each journal table ends now; what a write adds comes after."""
+        return [self.conn.execute(f"SELECT coalesce(max(seq), 0) FROM main.{s}").fetchone()[0] for s in self.stores]
+
+    def captured(self, marks: list[int]) -> list[dict[str, Any]]:
+        """What the write since `marks` left in the journal tables: the compensation's pointers, with counts."""
         out = []
-        for i, info in enumerate(self.infos):
-            nk = len(info.key)
-            rows = self.conn.execute(f"SELECT * FROM temp._safe_mcp_cap_{i} ORDER BY seq").fetchall()
-            if not rows:
+        for info, store, mark in zip(self.infos, self.stores, marks, strict=True):
+            counts = dict(self.conn.execute(f"SELECT op, count(*) FROM main.{store} WHERE seq > ? GROUP BY op",
+                                            (mark,)).fetchall())
+            if not counts:
                 continue
-            deleted = []
-            # Rows this write inserted, by key, as they are at its end: a trigger or cascade that changes
-            # or deletes them in the same statement changes what undo must find and remove.
-            inserted: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-            before: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-            after: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
-            kn, nn = 2 + nk, 2 + 2 * nk
-            for r in rows:
-                op, key = r[1], r[2:kn]
-                if op == "D":
-                    if inserted.pop(key, None) is None:
-                        deleted.append({"key": encode_all(key), "row": encode_all(r[nn:])})
-                elif op == "U":
-                    if key not in inserted:
-                        before.setdefault(key, r[nn:])
-                elif op == "A":
-                    if key in inserted:
-                        del inserted[key]
-                        inserted[r[kn:nn]] = r[nn:]
-                    else:
-                        after[key] = (r[kn:nn], r[nn:])
-                elif op == "I":
-                    inserted[r[kn:nn]] = r[nn:]
-            updated = []
-            for k, old in before.items():
-                new_key, new_vals = after.get(k, (k, old))
-                updated.append({"key": encode_all(k), "new_key": encode_all(new_key),
-                                "row": encode_all(old), "new_row": encode_all(new_vals)})
-            ins = [{"key": encode_all(k), "row": encode_all(v)} for k, v in inserted.items()]
-            out.append({"table": info.name, "key": info.key, "columns": info.columns,
-                        "deleted": deleted, "updated": updated, "inserted": ins})
+            upto = self.conn.execute(f"SELECT max(seq) FROM main.{store}").fetchone()[0]
+            out.append({"table": info.name, "key": info.key, "columns": info.columns, "store": store,
+                        "after": mark, "upto": upto, "deleted": counts.get("D", 0), "updated": counts.get("U", 0),
+                        "inserted": counts.get("I", 0)})
         return out
+
+
+def load(conn: sqlite3.Connection, captures: list[dict[str, Any]], limit: int | None = None) -> list[dict[str, Any]]:
+    """Read journaled rows back as changes (per table: deleted, updated, inserted), at most `limit` per table.
+
+    Raises:
+        AdapterError: the journal no longer holds them.
+    """
+    out = []
+    for cap in captures:
+        store = cap["store"]
+        try:
+            rows = conn.execute(f"SELECT * FROM main.{q(store)} WHERE seq > ? AND seq <= ? ORDER BY seq"
+                                + ("" if limit is None else f" LIMIT {int(limit)}"),
+                                (cap["after"], cap["upto"])).fetchall()
+        except sqlite3.OperationalError:
+            raise AdapterError(f"the before-images of {cap['table']} are no longer in the target's journal "
+                               f"({store}); undo is not possible") from None
+        out.append(parse(rows, cap["table"], cap["key"], cap["columns"]))
+    return out
+
+
+def parse(rows: list[Any], table: str, key: list[str], columns: list[str]) -> dict[str, Any]:
+    """Journal rows of one table as deleted rows, updated rows (before and after) and inserted rows."""
+    nk = len(key)
+    deleted = []
+    # Rows this write inserted, by key, as they are at its end: a trigger or cascade that changes
+    # or deletes them in the same statement changes what undo must find and remove.
+    inserted: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    before: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    after: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
+    kn, nn = 2 + nk, 2 + 2 * nk
+    for r in rows:
+        op, k = r[1], r[2:kn]
+        if op == "D":
+            if inserted.pop(k, None) is None:
+                deleted.append({"key": encode_all(k), "row": encode_all(r[nn:])})
+        elif op == "U":
+            if k not in inserted:
+                before.setdefault(k, r[nn:])
+        elif op == "A":
+            if k in inserted:
+                del inserted[k]
+                inserted[r[kn:nn]] = r[nn:]
+            else:
+                after[k] = (r[kn:nn], r[nn:])
+        elif op == "I":
+            inserted[r[kn:nn]] = r[nn:]
+    updated = []
+    for k, old in before.items():
+        new_key, new_vals = after.get(k, (k, old))
+        updated.append({"key": encode_all(k), "new_key": encode_all(new_key),
+                        "row": encode_all(old), "new_row": encode_all(new_vals)})
+    ins = [{"key": encode_all(k), "row": encode_all(v)} for k, v in inserted.items()]
+    return {"table": table, "key": key, "columns": columns, "deleted": deleted, "updated": updated, "inserted": ins}
 
 
 def count_changes(changes: list[dict[str, Any]]) -> int:

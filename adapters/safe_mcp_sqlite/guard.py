@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 
 from safe_mcp.errors import AdapterError
+from safe_mcp_sqlite.capture import CAPTURE_PREFIX
 from safe_mcp_sqlite.classify import (
     ACTIONS,
     ARG_PRAGMAS,
@@ -22,7 +23,6 @@ from safe_mcp_sqlite.classify import (
     names_internal,
 )
 
-CAPTURE_PREFIX = INTERNAL_PREFIX + "cap_"
 TRASH_PREFIX = INTERNAL_PREFIX + "trash_"
 
 # Actions an agent statement never performs on the write connection, whatever the classifier said.

@@ -17,7 +17,7 @@ from safe_mcp.adapter import Classification, Outcome, Preview
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError
 from safe_mcp.receipts import new_id
-from safe_mcp_sqlite.capture import Capture, count_changes, encode, fingerprint, q, restore, sample
+from safe_mcp_sqlite.capture import Capture, encode, fingerprint, load, q, restore, sample
 from safe_mcp_sqlite.classify import INTERNAL_PREFIX
 from safe_mcp_sqlite.guard import Guard, check_untouched, internal_objects, user_code
 
@@ -55,26 +55,28 @@ def dml(conn: sqlite3.Connection, guard: Guard, cap: Capture, sql: str, params: 
     verbs = cls.detail.get("verbs", [])
     counts_before = {t: conn.execute(f"SELECT count(*) FROM main.{q(t)}").fetchone()[0]
                      for t in cap.tables if "DELETE" in verbs or "UPDATE" in verbs}
-    cap.clear()
+    marks = cap.marks()
     run_agent(conn, guard, sql, params)
-    changes = cap.changes()
-    cap.clear()  # before-images leave the connection's temporary tables with the call
-    affected = count_changes(changes)
+    captured = cap.captured(marks)
+    # Counted per row event (a row a trigger updates twice counts twice): never fewer than changed.
+    affected = sum(c["deleted"] + c["updated"] + c["inserted"] for c in captured)
     effect, notes = cls.effect, []
-    for c in changes:
+    for c in captured:
         before = counts_before.get(c["table"], 0)
-        touched = len(c["deleted"]) + len(c["updated"])
-        if before > 1 and touched >= before and effect.rank < Effect.DESTRUCTIVE.rank:
+        if before > 1 and c["deleted"] + c["updated"] >= before and effect.rank < Effect.DESTRUCTIVE.rank:
             effect = Effect.DESTRUCTIVE
             notes.append(f"it changes every row of {c['table']} ({before} rows)")
-    preview = Preview(effect=effect, affected=affected, sample=sample(changes, SAMPLE), notes=notes)
-    comp: dict[str, Any] = {"op": "rows", "changes": changes, "affected": affected}
+    shown = sample(load(conn, captured, limit=4 * SAMPLE), SAMPLE) if captured else []
+    preview = Preview(effect=effect, affected=affected, sample=shown, notes=notes)
+    # The before-images stay in the target's journal tables; the compensation points at them.
+    comp: dict[str, Any] = {"op": "journal", "captures": captured, "affected": affected}
     if cls.detail.get("op") == "create":
         row = conn.execute("SELECT sql FROM main.sqlite_schema WHERE type = ? AND name = ?",
                            (cls.detail["type"], cls.detail["name"])).fetchone()
         comp = {"op": "drop_created", "type": cls.detail["type"], "name": cls.detail["name"],
                 "sql": row[0] if row else None, "affected": 0}
-    return preview, Outcome(affected=affected, compensation=comp, summary=cls.summary), lambda: fingerprint(changes)
+    return (preview, Outcome(affected=affected, compensation=comp, summary=cls.summary),
+            lambda: fingerprint(load(conn, captured)))
 
 
 def soft_drop(conn: sqlite3.Connection, table: str) -> Measured:
@@ -137,7 +139,10 @@ def compensate(conn: sqlite3.Connection, comp: Mapping[str, Any]) -> tuple[int, 
         AdapterError: the target moved on (names the conflict); the caller rolls back.
     """
     op = comp.get("op")
-    if op == "rows":
+    if op == "journal":
+        n = restore(conn, load(conn, comp["captures"]))
+        return n, f"{n} rows restored"
+    if op == "rows":  # kept inline by earlier versions
         n = restore(conn, comp["changes"])
         return n, f"{n} rows restored"
     if op == "restore_table":

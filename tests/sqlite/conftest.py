@@ -79,3 +79,10 @@ def budget(effect: Effect = Effect.DESTRUCTIVE, intent_id: str | None = None, ro
 
 def sql(text: str, target: str = "admin") -> Call:
     return Call(target=target, tool="sql_execute", args={"sql": text})
+
+
+def untouched(before: dict[str, object], after: dict[str, object]) -> bool:
+    """safe-mcp's objects as they were; the only new ones are empty before-image tables made for a write."""
+    new = {n: v for n, v in after.items() if n not in before}
+    return ({n: after.get(n) for n in before} == before
+            and all(n.startswith("_safe_mcp_undo_") and v[2] in ([], None) for n, v in new.items()))  # type: ignore[index]

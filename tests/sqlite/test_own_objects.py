@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import app, budget, internal, rows, sql
+from conftest import app, budget, internal, rows, sql, untouched
 from safe_mcp_sqlite import SqliteAdapter
 from support import call, connect, refused
 
@@ -47,6 +47,10 @@ ATTACKS = [
     "CREATE INDEX ti ON {trash}(name)",
     "CREATE TRIGGER tt AFTER INSERT ON {trash} BEGIN SELECT 1; END",
     "SELECT * FROM {trash}",
+    "DELETE FROM {undo}",
+    "UPDATE {undo} SET c2 = 'forged'",
+    "DROP TABLE {undo}",
+    "CREATE TRIGGER forge AFTER UPDATE ON orders BEGIN UPDATE {undo} SET c4 = 'forged'; END",
     "CREATE TABLE _safe_mcp_mine (a)",
     "CREATE TABLE _Safe_Mcp_trash_x AS SELECT 1 AS a",
     "INSERT INTO temp._safe_mcp_cap_0 VALUES (1)",
@@ -60,6 +64,10 @@ ATTACKS = [
     "ALTER TABLE customers RENAME TO _safe_mcp_trash_fake",
     f"CREATE TABLE child (a REFERENCES {J}(intent_id) ON DELETE CASCADE)",
 ]
+
+
+def _undo(db: Path) -> str:
+    return next(n for n in internal(db) if n.startswith("_safe_mcp_undo_"))
 
 
 async def _setup(shop: Path) -> tuple[Path, str, str]:
@@ -81,24 +89,25 @@ async def test_attacks_on_the_journal_and_trash_change_nothing(shop: Path, attac
     async with connect(shop) as c:
         for target in ("admin", "shop"):
             r = await c.call_tool("sql_execute" if target == "admin" else "sql_query",
-                                  {"target": target, "sql": attack.format(trash=trash)})
+                                  {"target": target, "sql": attack.format(trash=trash, undo=_undo(db))})
             if not r.is_error:
                 assert r.structured_content is not None
                 assert r.structured_content["status"] == "pending", r.structured_content
                 assert r.structured_content["pending"]["confirm_by"] == "human"
-            assert internal(db) == before, attack
+            assert untouched(before, internal(db)), attack
         # the recovery area still works: the dropped table comes back whole
         await call(c, "undo", receipt_id=dropped)
     assert rows(db, "SELECT count(*) FROM products") == [(3,)]
 
 
 @pytest.mark.parametrize("attack", [a for a in ATTACKS if a.startswith(("CREATE TRIGGER bomb", "CREATE VIEW leak",
+                                                                        "CREATE TRIGGER forge",
                                                                         "ALTER TABLE customers", "CREATE TABLE child",
                                                                         "ALTER TABLE"))])
 async def test_a_human_approval_does_not_open_them_either(shop: Path, adapter: SqliteAdapter, attack: str) -> None:
     db, trash, _ = await _setup(shop)
     before = internal(db)
-    statement = sql(attack.format(trash=trash))
+    statement = sql(attack.format(trash=trash, undo=_undo(db)))
     try:
         cls = adapter.classify(statement)
     except AdapterError:
@@ -107,7 +116,7 @@ async def test_a_human_approval_does_not_open_them_either(shop: Path, adapter: S
         cls = Classification(effect=Effect.IRREVERSIBLE, reason="forged", detail={"op": "irreversible"})
     with pytest.raises(AdapterError):
         adapter.execute(statement, cls, budget(Effect.IRREVERSIBLE))
-    assert internal(db) == before
+    assert untouched(before, internal(db))
 
 
 async def test_triggers_and_views_the_app_made_cannot_reach_them(shop: Path) -> None:
@@ -125,7 +134,7 @@ async def test_triggers_and_views_the_app_made_cannot_reach_them(shop: Path) -> 
         assert "safe-mcp" in text or "forbidden" in text
         # undo fires the app's trigger too: it is refused rather than let the trigger wipe the journal
         await refused(c, "undo", receipt_id=earlier["receipt_id"])
-    assert internal(db) == before
+    assert untouched(before, internal(db))
     assert rows(db, "SELECT status FROM orders WHERE id = 2") == status
     assert rows(db, "SELECT quantity FROM orders WHERE id = 3") == [(9,)]
 
@@ -140,5 +149,5 @@ async def test_a_cascade_into_the_trash_is_refused(shop: Path) -> None:
         await call(c, "confirm", action_id=p["pending"]["action_id"])
         before = internal(db)
         await refused(c, "sql_execute", target="admin", sql="DELETE FROM customers WHERE id = 1")
-    assert internal(db) == before
+    assert untouched(before, internal(db))
     assert rows(db, "SELECT count(*) FROM customers WHERE id = 1") == [(1,)]
