@@ -87,7 +87,7 @@ def cascade_children(conn: sqlite3.Connection, tables: set[str]) -> set[str]:
 
 def store_name(info: TableInfo) -> str:
     """The journal table that keeps before-images of `info`'s rows, one per table layout."""
-    layout = json.dumps([info.name, info.key, info.columns]).encode()
+    layout = json.dumps(["v2", info.name, info.key, info.columns]).encode()
     return f"{INTERNAL_PREFIX}undo_{hashlib.sha256(layout).hexdigest()[:16]}"
 
 
@@ -114,17 +114,19 @@ class Capture:
             key_new = ", ".join(f"new.{q(k)}" if k != "rowid" else "new.rowid" for k in info.key)
             old_cols = ", ".join(f"old.{q(c)}" for c in info.columns)
             new_cols = ", ".join(f"new.{q(c)}" for c in info.columns)
-            keys = ", ".join(f"k{j}" for j in range(len(info.key)))
-            cols = ", ".join(f"c{j}" for j in range(len(info.columns)))
-            self.conn.execute(f"CREATE TABLE IF NOT EXISTS main.{store} (seq INTEGER PRIMARY KEY, op TEXT, {keys}, "
-                              f"{', '.join(f'n{j}' for j in range(len(info.key)))}, {cols})")
             nulls_keys = ", ".join("NULL" for _ in info.key)
+            nulls_cols = ", ".join("NULL" for _ in info.columns)
+            nk, nc = len(info.key), len(info.columns)
+            # One row per row event: old key, new key, old row, new row (AFTER triggers still see old.*).
+            self.conn.execute(
+                f"CREATE TABLE IF NOT EXISTS main.{store} (seq INTEGER PRIMARY KEY, op TEXT, "
+                + ", ".join([f"k{j}" for j in range(nk)] + [f"n{j}" for j in range(nk)]
+                            + [f"c{j}" for j in range(nc)] + [f"d{j}" for j in range(nc)]) + ")")
             t = f"main.{q(info.name)}"
             for trig, when, values in (
-                ("d", "BEFORE DELETE", f"'D', {key_old}, {nulls_keys}, {old_cols}"),
-                ("u", "BEFORE UPDATE", f"'U', {key_old}, {nulls_keys}, {old_cols}"),
-                ("a", "AFTER UPDATE", f"'A', {key_old}, {key_new}, {new_cols}"),
-                ("i", "AFTER INSERT", f"'I', {nulls_keys}, {key_new}, {new_cols}"),
+                ("d", "AFTER DELETE", f"'D', {key_old}, {nulls_keys}, {old_cols}, {nulls_cols}"),
+                ("u", "AFTER UPDATE", f"'U', {key_old}, {key_new}, {old_cols}, {new_cols}"),
+                ("i", "AFTER INSERT", f"'I', {nulls_keys}, {key_new}, {nulls_cols}, {new_cols}"),
             ):
                 name = f"{CAPTURE_PREFIX}{i}_{trig}"
                 self.conn.execute(f"CREATE TEMP TRIGGER {name} {when} ON {t} BEGIN "
@@ -179,37 +181,40 @@ def load(conn: sqlite3.Connection, captures: list[dict[str, Any]], limit: int | 
 
 def parse(rows: list[Any], table: str, key: list[str], columns: list[str]) -> dict[str, Any]:
     """Journal rows of one table as deleted rows, updated rows (before and after) and inserted rows."""
-    nk = len(key)
+    nk, nc = len(key), len(columns)
+    kn, nn, cn = 2 + nk, 2 + 2 * nk, 2 + 2 * nk + nc
     deleted = []
     # Rows this write inserted, by key, as they are at its end: a trigger or cascade that changes
     # or deletes them in the same statement changes what undo must find and remove.
     inserted: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-    before: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-    after: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
-    kn, nn = 2 + nk, 2 + 2 * nk
+    # Updated rows by their key before the write: (before-image, key now, row now).
+    updated: dict[tuple[Any, ...], list[Any]] = {}
+    origin: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # key now -> key before the write
     for r in rows:
-        op, k = r[1], r[2:kn]
+        op, old_key, new_key = r[1], r[2:kn], r[kn:nn]
         if op == "D":
-            if inserted.pop(k, None) is None:
-                deleted.append({"key": encode_all(k), "row": encode_all(r[nn:])})
-        elif op == "U":
-            if k not in inserted:
-                before.setdefault(k, r[nn:])
-        elif op == "A":
-            if k in inserted:
-                del inserted[k]
-                inserted[r[kn:nn]] = r[nn:]
+            if inserted.pop(old_key, None) is not None:
+                continue
+            first = origin.pop(old_key, None)
+            if first is not None:  # updated, then deleted: what undo restores is the first before-image
+                deleted.append({"key": encode_all(first), "row": encode_all(updated.pop(first)[0])})
             else:
-                after[k] = (r[kn:nn], r[nn:])
+                deleted.append({"key": encode_all(old_key), "row": encode_all(r[nn:cn])})
+        elif op == "U":
+            if old_key in inserted:
+                del inserted[old_key]
+                inserted[new_key] = r[cn:]
+                continue
+            first = origin.pop(old_key, old_key)
+            entry = updated.setdefault(first, [r[nn:cn], new_key, r[cn:]])
+            entry[1], entry[2] = new_key, r[cn:]
+            origin[new_key] = first
         elif op == "I":
-            inserted[r[kn:nn]] = r[nn:]
-    updated = []
-    for k, old in before.items():
-        new_key, new_vals = after.get(k, (k, old))
-        updated.append({"key": encode_all(k), "new_key": encode_all(new_key),
-                        "row": encode_all(old), "new_row": encode_all(new_vals)})
+            inserted[new_key] = r[cn:]
+    upd = [{"key": encode_all(k), "new_key": encode_all(v[1]), "row": encode_all(v[0]), "new_row": encode_all(v[2])}
+           for k, v in updated.items()]
     ins = [{"key": encode_all(k), "row": encode_all(v)} for k, v in inserted.items()]
-    return {"table": table, "key": key, "columns": columns, "deleted": deleted, "updated": updated, "inserted": ins}
+    return {"table": table, "key": key, "columns": columns, "deleted": deleted, "updated": upd, "inserted": ins}
 
 
 def count_changes(changes: list[dict[str, Any]]) -> int:
