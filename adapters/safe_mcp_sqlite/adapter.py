@@ -18,7 +18,7 @@ from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Drifted, Escalated, TargetUnavailable, TooManyRows
 from safe_mcp.receipts import new_id
 from safe_mcp_sqlite import journal, write
-from safe_mcp_sqlite.capture import Capture, encode, q
+from safe_mcp_sqlite.capture import Capture, encode, purge, q
 from safe_mcp_sqlite.classify import (
     ACTIONS,
     ARG_PRAGMAS,
@@ -161,19 +161,21 @@ class SqliteAdapter(Adapter):
 
     def compensate(self, compensation: Mapping[str, Any], budget: Budget) -> Outcome:
         with self._lock:
+            self._drop_stale_capture(self._connect_rw())
             conn = self._begin()
             try:
                 n, summary = write.compensate(conn, compensation)
                 journal.ensure(conn)
                 journal.record(conn, budget.intent_id or new_id("intent"), "undo", n, summary, None)
             except BaseException as exc:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
                     raise self._db_error(exc, "undo failed and was rolled back: ") from None
                 if isinstance(exc, AdapterError) and not isinstance(exc, TargetUnavailable):
                     raise AdapterError(f"undo refused: {exc}") from None
                 raise
-            conn.execute("COMMIT")
+            self._finish(conn, commit=True)
             return Outcome(affected=n, summary=summary, result={"restored": n})
 
     def reconcile(self, intent_id: str, call: Call) -> Reconciled:
@@ -284,6 +286,21 @@ class SqliteAdapter(Adapter):
     def _db_error(self, exc: sqlite3.Error, prefix: str = "") -> AdapterError:
         return state_error(exc, self.name, self.path) or AdapterError(prefix + _explain_error(exc, self._deadline))
 
+    def _drop_stale_capture(self, conn: sqlite3.Connection) -> None:
+        """Capture triggers made for another schema would fail on (or miss columns of) any later write,
+        safe-mcp's own included: drop them before the write's transaction begins.
+
+        Raises:
+            TargetUnavailable: the schema could not be read (locked, damaged).
+        """
+        try:
+            version = conn.execute("PRAGMA main.schema_version").fetchone()[0]
+            if self._capture is None or self._capture.version != version:
+                self._capture = None
+                purge(conn)
+        except sqlite3.Error as exc:
+            raise self._db_error(exc) from None
+
     def _capture_for(self, conn: sqlite3.Connection, tables: set[str]) -> Capture:
         """Capture triggers for `tables`, kept installed on the write connection while the schema is unchanged.
 
@@ -310,6 +327,7 @@ class SqliteAdapter(Adapter):
         op = cls.detail.get("op")
         cap: Capture | None = None
         conn = self._connect_rw()
+        self._drop_stale_capture(conn)
         if op in {"dml", "create"}:
             try:
                 cap = self._capture_for(conn, set(cls.detail.get("tables", [])))
@@ -348,12 +366,25 @@ class SqliteAdapter(Adapter):
                 journal.record(conn, budget.intent_id or new_id("intent"), call.tool, outcome.affected,
                                outcome.summary, outcome.compensation)
         except BaseException as exc:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # some errors (an interrupt, a full disk) have rolled back already
+                conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
                 raise self._db_error(exc) from None
             raise
-        conn.execute("COMMIT" if commit else "ROLLBACK")
+        self._finish(conn, commit)
         return preview, outcome
+
+    def _finish(self, conn: sqlite3.Connection, commit: bool) -> None:
+        """
+        Raises:
+            TargetUnavailable: COMMIT could not get its lock (readers held on); rolled back.
+        """
+        try:
+            conn.execute("COMMIT" if commit else "ROLLBACK")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise self._db_error(exc, "the write could not commit and was rolled back: ") from None
 
     @staticmethod
     def _check_drift(now: Preview, fp: Callable[[], str | None], cls: Classification, budget: Budget) -> None:

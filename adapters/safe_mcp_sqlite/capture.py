@@ -85,6 +85,13 @@ def cascade_children(conn: sqlite3.Connection, tables: set[str]) -> set[str]:
     return found
 
 
+def purge(conn: sqlite3.Connection) -> None:
+    """Drop every capture trigger on `conn` (outside a transaction, or inside the one that needs it)."""
+    for (name,) in conn.execute("SELECT name FROM temp.sqlite_schema WHERE type = 'trigger' "
+                                "AND substr(name, 1, ?) = ?", (len(CAPTURE_PREFIX), CAPTURE_PREFIX)).fetchall():
+        conn.execute(f"DROP TRIGGER IF EXISTS temp.{q(name)}")
+
+
 def store_name(info: TableInfo) -> str:
     """The journal table that keeps before-images of `info`'s rows, one per table layout."""
     layout = json.dumps(["v2", info.name, info.key, info.columns]).encode()
@@ -109,6 +116,7 @@ class Capture:
         """The schema_version the triggers were made for."""
 
     def install(self) -> None:
+        purge(self.conn)  # left by a capture whose removal was rolled back, or that failed half-way
         for i, (info, store) in enumerate(zip(self.infos, self.stores, strict=True)):
             key_old = ", ".join(f"old.{q(k)}" if k != "rowid" else "old.rowid" for k in info.key)
             key_new = ", ".join(f"new.{q(k)}" if k != "rowid" else "new.rowid" for k in info.key)

@@ -4,11 +4,12 @@ kept connection, whatever the spelling. Every case checks the database file (or 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import app, budget, objects, rows, sql
 from safe_mcp_sqlite import SqliteAdapter
+from sqlite_helpers import app, budget, make_adapter, make_shop, objects, rows, sql
 from support import call, connect, refused
 
 from safe_mcp.adapter import Classification
@@ -16,6 +17,16 @@ from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Path:
+    return make_shop(tmp_path)
+
+
+@pytest.fixture
+def adapter(tmp_path: Path) -> Iterator[SqliteAdapter]:
+    yield from make_adapter(tmp_path)
 
 CREATES = [
     ("CREATE TRIGGER t1 AFTER INSERT ON orders BEGIN UPDATE customers SET name = 'x'; END", "t1"),

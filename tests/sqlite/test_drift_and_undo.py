@@ -4,11 +4,12 @@ table unchanged), and undo refuses when the target is no longer as the write lef
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import app, budget, rows, sql
 from safe_mcp_sqlite import SqliteAdapter
+from sqlite_helpers import app, budget, make_adapter, make_shop, rows, sql
 from support import call, connect, refused
 
 from safe_mcp.effects import Effect
@@ -16,6 +17,16 @@ from safe_mcp.errors import Drifted
 from safe_mcp.gate import Gate
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Path:
+    return make_shop(tmp_path)
+
+
+@pytest.fixture
+def adapter(tmp_path: Path) -> Iterator[SqliteAdapter]:
+    yield from make_adapter(tmp_path)
 
 STATEMENT = "UPDATE orders SET status = 'archived' WHERE status = 'paid'"
 
@@ -135,3 +146,18 @@ async def test_undo_of_an_insert_a_trigger_changed_in_the_same_write_works(shop:
         assert rows(db, "SELECT name FROM customers WHERE email = 'zed@example.com'") == [("ZED",)]
         await call(c, "undo", receipt_id=w["receipt_id"])
     assert rows(db, "SELECT count(*) FROM customers WHERE email = 'zed@example.com'") == [(0,)]
+
+
+async def test_capture_follows_schema_changes_the_app_makes_between_writes(shop: Path) -> None:
+    db = shop.parent / "shop.db"
+    before = orders(db)
+    async with connect(shop) as c:
+        first = await call(c, "sql_execute", target="admin", sql="UPDATE orders SET status = 'a' WHERE id = 1")
+        app(db, "ALTER TABLE orders ADD COLUMN note TEXT")
+        second = await call(c, "sql_execute", target="admin", sql="UPDATE orders SET note = 'n', status = 'b' WHERE id = 1")
+        assert rows(db, "SELECT status, note FROM orders WHERE id = 1") == [("b", "n")]
+        await call(c, "undo", receipt_id=second["receipt_id"])
+        assert rows(db, "SELECT status, note FROM orders WHERE id = 1") == [("a", None)]
+        app(db, "ALTER TABLE orders DROP COLUMN note")
+        await call(c, "undo", receipt_id=first["receipt_id"])
+    assert orders(db) == before

@@ -13,10 +13,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import app, rows
+from sqlite_helpers import app, make_shop, rows
 from support import call, connect, refused, write_config
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Path:
+    return make_shop(tmp_path)
 
 # Begins a write in rollback-journal mode with a cache so small that changed pages spill into the
 # database file before commit, says so, and waits to be killed.

@@ -4,11 +4,12 @@ the journal's and the trash's definitions and content in the file before and aft
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import app, budget, internal, rows, sql, untouched
 from safe_mcp_sqlite import SqliteAdapter
+from sqlite_helpers import app, budget, internal, make_adapter, make_shop, rows, sql, untouched
 from support import call, connect, refused
 
 from safe_mcp.adapter import Classification
@@ -16,6 +17,16 @@ from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Path:
+    return make_shop(tmp_path)
+
+
+@pytest.fixture
+def adapter(tmp_path: Path) -> Iterator[SqliteAdapter]:
+    yield from make_adapter(tmp_path)
 
 J = "_safe_mcp_journal"
 

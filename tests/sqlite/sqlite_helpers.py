@@ -1,4 +1,7 @@
-"""The demo shop behind a gate (`shop`: config path) or bare (`adapter`), and a look at the file itself."""
+"""The demo shop behind a gate (`make_shop`: config path) or bare (`make_adapter`), and a look at the file itself.
+
+Not a conftest.py: other test folders import names `from conftest`, and a second conftest module
+would shadow theirs when the folders run together."""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from safe_mcp_sqlite import SqliteAdapter, SqliteSettings
 from support import SHOP_TARGETS, write_config
 
@@ -23,14 +25,12 @@ min_delay_s = 0
 """
 
 
-@pytest.fixture
-def shop(tmp_path: Path) -> Path:
+def make_shop(tmp_path: Path) -> Path:
     create_shop(tmp_path / "shop.db")
     return write_config(tmp_path, CONFIG)
 
 
-@pytest.fixture
-def adapter(tmp_path: Path) -> Iterator[SqliteAdapter]:
+def make_adapter(tmp_path: Path) -> Iterator[SqliteAdapter]:
     if not (tmp_path / "shop.db").exists():
         create_shop(tmp_path / "shop.db")
     a = SqliteAdapter("admin", SqliteSettings(path="shop.db"), {}, base_dir=str(tmp_path),

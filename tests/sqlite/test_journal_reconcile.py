@@ -3,15 +3,22 @@ _safe_mcp_journal, and `reconcile` answers from it after a crash (here: a fresh 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import budget, rows, sql
 from safe_mcp_sqlite import SqliteAdapter, SqliteSettings
+from sqlite_helpers import budget, make_adapter, rows, sql
 
 from safe_mcp.adapter import Call
 from safe_mcp.effects import Effect
 from safe_mcp.errors import TargetUnavailable, TooManyRows
+
+
+@pytest.fixture
+def adapter(tmp_path: Path) -> Iterator[SqliteAdapter]:
+    yield from make_adapter(tmp_path)
+
 
 
 def fresh(tmp_path: Path) -> SqliteAdapter:
