@@ -109,7 +109,10 @@ class Capture:
     def __init__(self, conn: sqlite3.Connection, tables: set[str]) -> None:
         self.conn = conn
         self.tables = frozenset(tables)
-        self.infos = [TableInfo(conn, t) for t in sorted(cascade_children(conn, tables))]
+        # A view written through INSTEAD OF triggers changes nothing itself; the tables its triggers
+        # write are reported by the authorizer and captured.
+        real = {r[0] for r in conn.execute("SELECT name FROM main.sqlite_schema WHERE type = 'table'").fetchall()}
+        self.infos = [TableInfo(conn, t) for t in sorted(cascade_children(conn, tables & real))]
         self.stores = [store_name(info) for info in self.infos]
         self._objects: list[str] = []
         self.version = -1

@@ -161,3 +161,17 @@ async def test_capture_follows_schema_changes_the_app_makes_between_writes(shop:
         app(db, "ALTER TABLE orders DROP COLUMN note")
         await call(c, "undo", receipt_id=first["receipt_id"])
     assert orders(db) == before
+
+
+async def test_a_write_through_a_view_is_captured_in_the_tables_its_trigger_writes(shop: Path) -> None:
+    db = shop.parent / "shop.db"
+    app(db, "CREATE VIEW open_orders AS SELECT id, status FROM orders WHERE status = 'paid'")
+    app(db, "CREATE TRIGGER close_order INSTEAD OF UPDATE ON open_orders BEGIN "
+            "UPDATE orders SET status = new.status WHERE id = old.id; END")
+    before = orders(db)
+    async with connect(shop) as c:
+        w = await call(c, "sql_execute", target="admin", sql="UPDATE open_orders SET status = 'closed' WHERE id = 1")
+        assert w["affected"] == 1 and w["undo"]
+        assert rows(db, "SELECT status FROM orders WHERE id = 1") == [("closed",)]
+        await call(c, "undo", receipt_id=w["receipt_id"])
+    assert orders(db) == before
