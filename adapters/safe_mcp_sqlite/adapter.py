@@ -362,9 +362,12 @@ class SqliteAdapter(Adapter):
                 if preview.effect.rank > budget.allowed_effect.rank:
                     raise Escalated(preview.effect, "; ".join(preview.notes) or cls.reason,
                                     preview.model_copy(update={"fingerprint": fp()}))
+                intent = budget.intent_id or new_id("intent")
+                if outcome.compensation is not None and outcome.compensation.get("op") == "journal":
+                    # Undo checks that this entry is still there before trusting the ranges it points at.
+                    outcome = outcome.model_copy(update={"compensation": {**outcome.compensation, "intent_id": intent}})
                 journal.ensure(conn)
-                journal.record(conn, budget.intent_id or new_id("intent"), call.tool, outcome.affected,
-                               outcome.summary, outcome.compensation)
+                journal.record(conn, intent, call.tool, outcome.affected, outcome.summary, outcome.compensation)
         except BaseException as exc:
             if conn.in_transaction:  # some errors (an interrupt, a full disk) have rolled back already
                 conn.execute("ROLLBACK")

@@ -17,6 +17,7 @@ from safe_mcp.adapter import Classification, Outcome, Preview
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError
 from safe_mcp.receipts import new_id
+from safe_mcp_sqlite import journal
 from safe_mcp_sqlite.capture import Capture, encode, fingerprint, load, q, restore, sample
 from safe_mcp_sqlite.classify import INTERNAL_PREFIX
 from safe_mcp_sqlite.guard import Guard, check_untouched, internal_objects, user_code
@@ -140,6 +141,9 @@ def compensate(conn: sqlite3.Connection, comp: Mapping[str, Any]) -> tuple[int, 
     """
     op = comp.get("op")
     if op == "journal":
+        if journal.lookup(conn, str(comp.get("intent_id"))) is None:
+            raise AdapterError("the before-images of this write are no longer in the target's journal "
+                               f"({journal.JOURNAL}); undo is not possible")
         n = restore(conn, load(conn, comp["captures"]))
         return n, f"{n} rows restored"
     if op == "rows":  # kept inline by earlier versions
