@@ -17,18 +17,11 @@ from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classificat
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Drifted, Escalated, TargetUnavailable, TooManyRows
 from safe_mcp.receipts import new_id
-from safe_mcp_sqlite import journal, write
-from safe_mcp_sqlite.capture import Capture, encode, purge, q
+from safe_mcp_sqlite import journal, read, write
+from safe_mcp_sqlite.capture import Capture, purge
 from safe_mcp_sqlite.classify import (
-    ACTIONS,
-    ARG_PRAGMAS,
-    FORBIDDEN_FUNCTIONS,
-    INTERNAL_PREFIX,
-    READ_PRAGMAS,
-    SCHEMA_TABLES,
     classify_actions,
     collect,
-    names_internal,
 )
 from safe_mcp_sqlite.engine import check_file, roll_back_hot_journal, state_error
 from safe_mcp_sqlite.guard import Guard
@@ -40,22 +33,6 @@ class SqliteSettings(AdapterSettings):
     path: str = Field(description="the database file, relative to the config file's folder")
     foreign_keys: bool = Field(True, description="enforce foreign keys (and their cascades) on writes")
     statement_timeout_s: float = Field(30, gt=0, description="a statement running longer is interrupted")
-
-
-def _read_authorizer(code: int, a1: str | None, a2: str | None, db: str | None, trig: str | None) -> int:
-    """The engine-side guard for reads: anything but reading is denied, whatever the text said."""
-    name = ACTIONS[code] if 0 <= code < len(ACTIONS) else ""
-    if names_internal(name, a1, a2):
-        return sqlite3.SQLITE_DENY  # safe-mcp's journal and trash, read directly or through a view
-    if name in {"SELECT", "READ", "RECURSIVE"}:
-        return sqlite3.SQLITE_OK
-    if name == "FUNCTION" and (a2 or "").lower() not in FORBIDDEN_FUNCTIONS:
-        return sqlite3.SQLITE_OK
-    if name == "PRAGMA" and (a1 or "").lower() in READ_PRAGMAS and (a2 is None or a1 in ARG_PRAGMAS):
-        return sqlite3.SQLITE_OK
-    if name == "UPDATE" and a1 in SCHEMA_TABLES and trig is None:
-        return sqlite3.SQLITE_OK  # schema bookkeeping while compiling; query_only stops any real write
-    return sqlite3.SQLITE_DENY
 
 
 class SqliteAdapter(Adapter):
@@ -227,50 +204,19 @@ class SqliteAdapter(Adapter):
         sql, params = _sql_args(call)
         with self._lock:
             conn = self._connect_ro()
-            conn.set_authorizer(_read_authorizer)
             self._start_clock()
             try:
-                cur = conn.execute(sql, params if params is not None else ())
-                rows = cur.fetchmany(budget.rows_returned + 1)
-                columns = [d[0] for d in cur.description or ()]
-                cur.close()
+                return read.read(conn, sql, params, budget)
             except sqlite3.DatabaseError as exc:
                 raise self._db_error(exc) from None
-            finally:
-                conn.set_authorizer(None)
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-        truncated = len(rows) > budget.rows_returned
-        rows = rows[: budget.rows_returned]
-        return Outcome(
-            result={"columns": columns, "rows": [[encode(v) for v in r] for r in rows],
-                    "row_count": len(rows), "truncated": truncated},
-            summary=f"{len(rows)} rows" + (f" (truncated at rows_returned={budget.rows_returned})" if truncated else ""),
-        )
 
     def _schema(self, table: str | None) -> Outcome:
         with self._lock:
             conn = self._connect_ro()
             try:
-                names = [r[0] for r in conn.execute(
-                    "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' "
-                    "AND lower(substr(name, 1, ?)) <> ? ORDER BY name",
-                    (len(INTERNAL_PREFIX), INTERNAL_PREFIX)).fetchall()]
-                if table is not None and table not in names:
-                    raise AdapterError(f"no table named {table!r}; tables: {', '.join(names) or 'none'}")
-                tables = []
-                for name in [table] if table else names:
-                    cols = [{"name": r[1], "type": r[2], "not_null": bool(r[3]), "default": r[4], "pk": r[5]}
-                            for r in conn.execute(f"PRAGMA main.table_info({q(name)})").fetchall()]
-                    entry: dict[str, Any] = {"name": name, "columns": cols}
-                    if table:
-                        entry["indexes"] = [r[1] for r in conn.execute(f"PRAGMA main.index_list({q(name)})")]
-                        entry["foreign_keys"] = [{"column": r[3], "references": f"{r[2]}.{r[4]}", "on_delete": r[6]}
-                                                 for r in conn.execute(f"PRAGMA main.foreign_key_list({q(name)})")]
-                    tables.append(entry)
+                return read.schema(conn, table)
             except sqlite3.DatabaseError as exc:
                 raise self._db_error(exc, "could not read the schema: ") from None
-        return Outcome(result={"tables": tables}, summary=f"{len(tables)} tables")
 
     # -------------------------------------------------------------- writes
 

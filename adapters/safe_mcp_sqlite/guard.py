@@ -33,6 +33,22 @@ _NEVER = frozenset({
 })
 
 
+def read_authorizer(code: int, a1: str | None, a2: str | None, db: str | None, trig: str | None) -> int:
+    """The engine-side guard for reads: anything but reading is denied, whatever the text said."""
+    name = ACTIONS[code] if 0 <= code < len(ACTIONS) else ""
+    if names_internal(name, a1, a2):
+        return sqlite3.SQLITE_DENY  # safe-mcp's journal and trash, read directly or through a view
+    if name in {"SELECT", "READ", "RECURSIVE"}:
+        return sqlite3.SQLITE_OK
+    if name == "FUNCTION" and (a2 or "").lower() not in FORBIDDEN_FUNCTIONS:
+        return sqlite3.SQLITE_OK
+    if name == "PRAGMA" and (a1 or "").lower() in READ_PRAGMAS and (a2 is None or a1 in ARG_PRAGMAS):
+        return sqlite3.SQLITE_OK
+    if name == "UPDATE" and a1 in SCHEMA_TABLES and trig is None:
+        return sqlite3.SQLITE_OK  # schema bookkeeping while compiling; query_only stops any real write
+    return sqlite3.SQLITE_DENY
+
+
 class Guard:
     """The authorizer of the write connection. `agent` is True while an agent statement compiles.
 

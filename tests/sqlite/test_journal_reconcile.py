@@ -3,6 +3,7 @@ _safe_mcp_journal, and `reconcile` answers from it after a crash (here: a fresh 
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from safe_mcp_sqlite import SqliteAdapter, SqliteSettings
 from sqlite_helpers import budget, make_adapter, rows, sql
 
-from safe_mcp.adapter import Call
+from safe_mcp.adapter import Budget, Call
 from safe_mcp.effects import Effect
 from safe_mcp.errors import TargetUnavailable, TooManyRows
 
@@ -84,3 +85,19 @@ def test_reconcile_on_a_missing_file_says_unavailable(tmp_path: Path) -> None:
     with pytest.raises(TargetUnavailable):
         a.reconcile("intent_x", sql("UPDATE t SET a = 1", "gone"))
     assert not (tmp_path / "nope.db").exists()
+
+
+def test_a_read_stops_at_bytes_returned_as_well_as_rows(adapter: SqliteAdapter, tmp_path: Path) -> None:
+    db = tmp_path / "shop.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE blobs (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.executemany("INSERT INTO blobs (body) VALUES (?)", [("x" * 10_000,) for _ in range(50)])
+    conn.commit()
+    conn.close()
+    call = Call(target="admin", tool="sql_query", args={"sql": "SELECT * FROM blobs"})
+    b = Budget(rows_returned=500, rows_affected=0, allowed_effect=Effect.READ, bytes_returned=35_000)
+    out = adapter.execute(call, adapter.classify(call), b)
+    assert out.result["truncated"] and out.result["row_count"] == 3
+    assert "bytes_returned" in out.summary
+    one = Budget(rows_returned=500, rows_affected=0, allowed_effect=Effect.READ, bytes_returned=1024)
+    assert adapter.execute(call, adapter.classify(call), one).result["row_count"] == 1, "one row always comes back"
