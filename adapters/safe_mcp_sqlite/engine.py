@@ -74,6 +74,9 @@ def roll_back_hot_journal(target: str, path: Path, timeout_s: float) -> None:
         with closing(sqlite3.connect(path, timeout=timeout_s, isolation_level=None)) as conn:
             conn.execute("SELECT count(*) FROM main.sqlite_schema").fetchone()
     except sqlite3.Error as exc:
+        busy = state_error(exc, target, path)
+        if busy is not None and str(getattr(exc, "sqlite_errorname", "")).startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            raise busy from None  # a live writer holds it: its journal is not hot
         raise TargetUnavailable(
             f"a writer left a journal ({journal}) that could not be rolled back: {exc}",
             "make the database file and its folder writable by safe-mcp (or open it once with a read-write "
