@@ -7,15 +7,9 @@ from typing import Any
 
 from safe_mcp.adapter import Budget, Outcome
 from safe_mcp.errors import AdapterError
-from safe_mcp_sqlite.capture import encode, q
+from safe_mcp_sqlite.capture import encode_all, q
 from safe_mcp_sqlite.classify import INTERNAL_PREFIX
 from safe_mcp_sqlite.guard import read_authorizer
-
-
-def _size(value: Any) -> int:
-    if isinstance(value, (str, bytes)):
-        return len(value) + 2
-    return 8
 
 
 def read(conn: sqlite3.Connection, sql: str, params: Any, budget: Budget) -> Outcome:
@@ -36,7 +30,7 @@ def read(conn: sqlite3.Connection, sql: str, params: Any, budget: Budget) -> Out
             if not batch:
                 break
             for r in batch:
-                row_size = sum(_size(v) for v in r)
+                row_size = len(repr(r))  # about the row's bytes, at C speed
                 if len(rows) >= budget.rows_returned:
                     truncated, why = True, f"rows_returned={budget.rows_returned}"
                     break
@@ -44,7 +38,7 @@ def read(conn: sqlite3.Connection, sql: str, params: Any, budget: Budget) -> Out
                     truncated, why = True, f"bytes_returned={budget.bytes_returned}"
                     break
                 size += row_size
-                rows.append([encode(v) for v in r])
+                rows.append(encode_all(r))
         cur.close()
     finally:
         conn.set_authorizer(None)
