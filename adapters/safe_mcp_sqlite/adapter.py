@@ -196,7 +196,8 @@ class SqliteAdapter(Adapter):
     def describe(cls, settings: AdapterSettings) -> dict[str, str]:
         assert isinstance(settings, SqliteSettings)
         return {"reaches": f"sqlite file {settings.path}",
-                "compensation": "before-images of changed rows; dropped tables kept aside (soft drop)"}
+                "compensation": "before-images of changed rows, journaled in the file with each write; dropped "
+                                "tables kept aside (soft drop); dropped triggers, views and indexes recreated"}
 
     # -------------------------------------------------------------- reads
 
