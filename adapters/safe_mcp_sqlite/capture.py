@@ -251,63 +251,6 @@ def sample(changes: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
     return out
 
 
-def _show(key: list[str], values: list[Any]) -> str:
-    return "(" + ", ".join(f"{k}={v!r}" for k, v in zip(key, values, strict=True)) + ")"
-
-
-def _where(key: list[str]) -> str:
-    return " AND ".join(f"{'rowid' if k == 'rowid' else q(k)} IS ?" for k in key)
-
-
-def restore(conn: sqlite3.Connection, changes: list[dict[str, Any]]) -> int:
-    """Put back what `changes` recorded, newest first; refuse if rows moved on since.
-
-    Raises:
-        AdapterError: a row no longer matches what the write left, so undo would destroy newer data.
-    """
-    n = 0
-    for c in reversed(changes):
-        table, key, cols = q(c["table"]), c["key"], c["columns"]
-        where = _where(key)
-        for item in reversed(c["inserted"]):
-            # Records from before inserted rows were kept whole hold only the key.
-            new_key, new_row = (item["key"], item["row"]) if isinstance(item, dict) else (item, None)
-            current = conn.execute(f"SELECT {', '.join(q(x) for x in cols)} FROM main.{table} WHERE {where}",
-                                   [decode(x) for x in new_key]).fetchone()
-            if current is None:
-                raise AdapterError(f"the row {c['table']} {_show(key, new_key)} this write inserted is gone already "
-                                   "(deleted since); undo stopped and changed nothing")
-            if new_row is not None and list(current) != [decode(x) for x in new_row]:
-                raise AdapterError(f"the row {c['table']} {_show(key, new_key)} this write inserted was changed "
-                                   "since; undo would delete newer data, so it stopped and changed nothing")
-            conn.execute(f"DELETE FROM main.{table} WHERE {where}", [decode(x) for x in new_key])
-            n += 1
-        for item in reversed(c["updated"]):
-            current = conn.execute(f"SELECT {', '.join(q(x) for x in cols)} FROM main.{table} WHERE {where}",
-                                   [decode(x) for x in item["new_key"]]).fetchone()
-            if current is None or list(current) != [decode(x) for x in item["new_row"]]:
-                what = "was deleted" if current is None else "changed again"
-                raise AdapterError(
-                    f"the row {c['table']} {_show(key, item['new_key'])} {what} after this write; undo would "
-                    "overwrite newer data, so it stopped and changed nothing")
-            sets = ", ".join([f"{q(x)} = ?" for x in cols] + (["rowid = ?"] if key == ["rowid"] else []))
-            params = [decode(x) for x in item["row"]] + ([decode(item["key"][0])] if key == ["rowid"] else [])
-            conn.execute(f"UPDATE main.{table} SET {sets} WHERE {where}", params + [decode(x) for x in item["new_key"]])
-            n += 1
-        for item in reversed(c["deleted"]):
-            names = ([] if key != ["rowid"] else ["rowid"]) + [q(x) for x in cols]
-            values = ([decode(item["key"][0])] if key == ["rowid"] else []) + [decode(x) for x in item["row"]]
-            try:
-                conn.execute(f"INSERT INTO main.{table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
-                             values)
-            except sqlite3.IntegrityError as exc:
-                raise AdapterError(
-                    f"cannot restore a deleted row of {c['table']}: {exc} (a newer row took its place); "
-                    "undo stopped, nothing changed") from None
-            n += 1
-    return n
-
-
 def fingerprint(changes: list[dict[str, Any]]) -> str:
     """A digest of exactly which rows a write changes: identity and before-image of every deleted or
     updated row, and how many rows it inserts (new rows' keys and defaults, a timestamp say, differ

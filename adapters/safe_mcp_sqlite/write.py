@@ -18,9 +18,10 @@ from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError
 from safe_mcp.receipts import new_id
 from safe_mcp_sqlite import journal
-from safe_mcp_sqlite.capture import Capture, encode, fingerprint, load, q, restore, sample
+from safe_mcp_sqlite.capture import Capture, encode, fingerprint, load, q, sample
 from safe_mcp_sqlite.classify import INTERNAL_PREFIX
 from safe_mcp_sqlite.guard import Guard, check_untouched, internal_objects, user_code
+from safe_mcp_sqlite.restore import restore
 
 SAMPLE = 5
 

@@ -175,3 +175,47 @@ async def test_a_write_through_a_view_is_captured_in_the_tables_its_trigger_writ
         assert rows(db, "SELECT status FROM orders WHERE id = 1") == [("closed",)]
         await call(c, "undo", receipt_id=w["receipt_id"])
     assert orders(db) == before
+
+
+@pytest.mark.parametrize("setup", [
+    # a trigger of the app writes another table
+    # (it fires again when undo restores orders; undo puts products back all the same)
+    ["CREATE TRIGGER audit AFTER UPDATE ON orders BEGIN UPDATE products SET price_cents = price_cents + 1 "
+     "WHERE id = new.product_id; END"],
+    # a trigger that deletes a row of another table when an order changes
+    ["CREATE TABLE flags (id INTEGER PRIMARY KEY, order_id INTEGER)",
+     "INSERT INTO flags (order_id) VALUES (1), (2), (3)",
+     "CREATE TRIGGER unflag AFTER UPDATE ON orders BEGIN DELETE FROM flags WHERE order_id = old.id; END"],
+    # a foreign key cascades into a table the statement never names
+    ["CREATE TABLE notes (id INTEGER PRIMARY KEY, order_id INTEGER REFERENCES orders(id) ON UPDATE CASCADE, body TEXT)",
+     "INSERT INTO notes (order_id, body) VALUES (1, 'a'), (1, 'b'), (2, 'c')"],
+])
+async def test_undo_restores_rows_moved_by_triggers_and_cascades(shop: Path, setup: list[str]) -> None:
+    db = shop.parent / "shop.db"
+    for s in setup:
+        app(db, s)
+    tables = [t for (t,) in rows(db, "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE '\\_%' ESCAPE '\\'")]
+    before = {t: rows(db, f"SELECT * FROM {t} ORDER BY 1") for t in tables}
+    async with connect(shop) as c:
+        w = await call(c, "sql_execute", target="admin", sql="UPDATE orders SET id = id + 100, status = 'z' WHERE id IN (1, 2)")
+        assert {t: rows(db, f"SELECT * FROM {t} ORDER BY 1") for t in tables} != before
+        await call(c, "undo", receipt_id=w["receipt_id"])
+    assert {t: rows(db, f"SELECT * FROM {t} ORDER BY 1") for t in tables} == before
+
+
+async def test_undo_refuses_when_a_trigger_keeps_moving_a_restored_row(shop: Path) -> None:
+    db = shop.parent / "shop.db"
+    async with connect(shop) as c:
+        w = await call(c, "sql_execute", target="admin", sql="UPDATE products SET price_cents = 1 WHERE id = 1")
+        # the app adds a trigger that rewrites every change of products
+        app(db, "CREATE TRIGGER stuck AFTER UPDATE ON products BEGIN "
+                "UPDATE products SET price_cents = 777 WHERE id = new.id AND new.price_cents <> 777; END")
+        app(db, "UPDATE products SET price_cents = 1 WHERE id = 1")  # leaves it as the write did (the trigger: 777)
+        app(db, "DROP TRIGGER stuck")
+        app(db, "UPDATE products SET price_cents = 1 WHERE id = 1")
+        app(db, "CREATE TRIGGER stuck AFTER UPDATE ON products BEGIN "
+                "UPDATE products SET price_cents = 777 WHERE id = new.id AND new.price_cents <> 777; END")
+        state = rows(db, "SELECT * FROM products ORDER BY id")
+        text = await refused(c, "undo", receipt_id=w["receipt_id"])
+        assert "moves it again" in text, text
+    assert rows(db, "SELECT * FROM products ORDER BY id") == state
