@@ -6,28 +6,25 @@ import hashlib
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
-from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview
+from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview, Reconciled
 from safe_mcp.effects import Effect
-from safe_mcp.errors import AdapterError, Escalated, TooManyRows
+from safe_mcp.errors import AdapterError, Drifted, Escalated, TargetUnavailable, TooManyRows
 from safe_mcp.receipts import new_id
-from safe_mcp_sqlite.capture import Capture, count_changes, encode, q, restore, sample
+from safe_mcp_sqlite import journal, read, write
+from safe_mcp_sqlite.capture import Capture, purge
 from safe_mcp_sqlite.classify import (
-    ACTIONS,
-    ARG_PRAGMAS,
-    FORBIDDEN_FUNCTIONS,
-    INTERNAL_PREFIX,
-    READ_PRAGMAS,
-    SCHEMA_TABLES,
     classify_actions,
     collect,
 )
+from safe_mcp_sqlite.engine import check_file, roll_back_hot_journal, state_error
+from safe_mcp_sqlite.guard import Guard
 
 _SAMPLE = 5
 
@@ -38,24 +35,11 @@ class SqliteSettings(AdapterSettings):
     statement_timeout_s: float = Field(30, gt=0, description="a statement running longer is interrupted")
 
 
-def _read_authorizer(code: int, a1: str | None, a2: str | None, db: str | None, trig: str | None) -> int:
-    """The engine-side guard for reads: anything but reading is denied, whatever the text said."""
-    name = ACTIONS[code] if 0 <= code < len(ACTIONS) else ""
-    if name in {"SELECT", "READ", "RECURSIVE"}:
-        return sqlite3.SQLITE_OK
-    if name == "FUNCTION" and (a2 or "").lower() not in FORBIDDEN_FUNCTIONS:
-        return sqlite3.SQLITE_OK
-    if name == "PRAGMA" and (a1 or "").lower() in READ_PRAGMAS and (a2 is None or a1 in ARG_PRAGMAS):
-        return sqlite3.SQLITE_OK
-    if name == "UPDATE" and a1 in SCHEMA_TABLES and trig is None:
-        return sqlite3.SQLITE_OK  # schema bookkeeping while compiling; query_only stops any real write
-    return sqlite3.SQLITE_DENY
-
-
 class SqliteAdapter(Adapter):
     kind = "sqlite"
     settings_model = SqliteSettings
     tools = frozenset({"sql_query", "sql_execute", "sql_schema"})
+    journals: ClassVar[bool] = True
 
     def __init__(self, name: str, settings: AdapterSettings, secrets: Mapping[str, str], *,
                  base_dir: str, state_dir: str) -> None:
@@ -66,33 +50,53 @@ class SqliteAdapter(Adapter):
         self._lock = threading.RLock()
         self._ro: sqlite3.Connection | None = None
         self._rw: sqlite3.Connection | None = None
+        self._guard = Guard()
+        self._capture: Capture | None = None
         self._deadline = 0.0
 
     # -------------------------------------------------------------- connections
 
-    def _check_file(self) -> None:
-        if not self.path.exists():
-            raise AdapterError(f"the database file for target {self.name!r} does not exist ({self.s.path})")
-
     def _connect_ro(self) -> sqlite3.Connection:
+        """The read-only connection, after rolling back any journal a crashed writer left.
+
+        Raises:
+            TargetUnavailable: the file is missing, or its journal cannot be rolled back.
+        """
+        check_file(self.name, self.path, self.s.path)
+        roll_back_hot_journal(self.name, self.path, timeout_s=5)
         if self._ro is None:
-            self._check_file()
-            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA query_only = 1")
+            try:
+                conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                       check_same_thread=False)
+                conn.execute("PRAGMA query_only = 1")
+            except sqlite3.Error as exc:
+                raise self._unavailable(exc) from None
             conn.set_progress_handler(self._timed_out, 10_000)
             self._ro = conn
         return self._ro
 
     def _connect_rw(self) -> sqlite3.Connection:
+        """The write connection; every statement on it passes `self._guard`.
+
+        Raises:
+            TargetUnavailable: the file is missing or cannot be opened.
+        """
+        check_file(self.name, self.path, self.s.path)
         if self._rw is None:
-            self._check_file()
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5)
-            conn.execute("PRAGMA recursive_triggers = 1")  # REPLACE's implicit deletes fire capture triggers
-            conn.execute(f"PRAGMA foreign_keys = {1 if self.s.foreign_keys else 0}")
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5)
+                conn.execute("PRAGMA recursive_triggers = 1")  # REPLACE's implicit deletes fire capture triggers
+                conn.execute(f"PRAGMA foreign_keys = {1 if self.s.foreign_keys else 0}")
+            except sqlite3.Error as exc:
+                raise self._unavailable(exc) from None
             conn.set_progress_handler(self._timed_out, 10_000)
+            conn.set_authorizer(self._guard)
             self._rw = conn
         return self._rw
+
+    def _unavailable(self, exc: sqlite3.Error) -> TargetUnavailable:
+        return state_error(exc, self.name, self.path) or TargetUnavailable(
+            f"sqlite cannot open {self.path}: {exc}", f"check the file and the `path` key of [targets.{self.name}]")
 
     def _timed_out(self) -> int:
         return 1 if self._deadline and time.monotonic() > self._deadline else 0
@@ -106,6 +110,7 @@ class SqliteAdapter(Adapter):
                 if conn is not None:
                     conn.close()
             self._ro = self._rw = None
+            self._capture = None
 
     # -------------------------------------------------------------- contract
 
@@ -114,7 +119,7 @@ class SqliteAdapter(Adapter):
             return Classification(effect=Effect.READ, reason="schema", summary="schema", detail={"op": "schema"})
         sql, params = _sql_args(call)
         with self._lock:
-            acts = collect(self._connect_ro(), sql, params)
+            acts = collect(self._connect_ro(), sql, params, state=lambda exc: state_error(exc, self.name, self.path))
         return classify_actions(acts)
 
     def preview(self, call: Call, classification: Classification, budget: Budget) -> Preview:
@@ -133,19 +138,44 @@ class SqliteAdapter(Adapter):
 
     def compensate(self, compensation: Mapping[str, Any], budget: Budget) -> Outcome:
         with self._lock:
-            conn = self._connect_rw()
-            self._start_clock()
+            self._drop_stale_capture(self._connect_rw())
+            conn = self._begin()
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    n, summary = self._apply_compensation(conn, compensation)
-                except BaseException:
+                n, summary = write.compensate(conn, compensation)
+                journal.ensure(conn)
+                journal.record(conn, budget.intent_id or new_id("intent"), "undo", n, summary, None)
+            except BaseException as exc:
+                if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise AdapterError(f"undo failed and was rolled back: {exc}") from None
+                if isinstance(exc, sqlite3.Error):
+                    raise self._db_error(exc, "undo failed and was rolled back: ") from None
+                if isinstance(exc, AdapterError) and not isinstance(exc, TargetUnavailable):
+                    raise AdapterError(f"undo refused: {exc}") from None
+                raise
+            self._finish(conn, commit=True)
             return Outcome(affected=n, summary=summary, result={"restored": n})
+
+    def reconcile(self, intent_id: str, call: Call) -> Reconciled:
+        """From the journal committed with each write: a row for `intent_id` means it committed.
+
+        Raises:
+            TargetUnavailable: the database cannot be read now; ask again later.
+        """
+        with self._lock:
+            conn = self._connect_ro()
+            try:
+                found = journal.lookup(conn, intent_id)
+            except sqlite3.Error as exc:
+                raise self._db_error(exc, "could not read safe-mcp's journal: ") from None
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        if found is None:
+            return Reconciled(state="not_executed",
+                              detail=f"no journal entry for {intent_id} in {self.path}: the write rolled back or never ran")
+        affected, summary, comp = found
+        return Reconciled(state="executed", outcome=Outcome(affected=affected, compensation=comp, summary=summary),
+                          detail=f"journaled in {self.path} with the write")
 
     @classmethod
     def sandbox_copy(cls, settings: AdapterSettings, base_dir: str, sandbox_dir: str) -> AdapterSettings | None:
@@ -166,7 +196,8 @@ class SqliteAdapter(Adapter):
     def describe(cls, settings: AdapterSettings) -> dict[str, str]:
         assert isinstance(settings, SqliteSettings)
         return {"reaches": f"sqlite file {settings.path}",
-                "compensation": "before-images of changed rows; dropped tables kept aside (soft drop)"}
+                "compensation": "before-images of changed rows, journaled in the file with each write; dropped "
+                                "tables kept aside (soft drop); dropped triggers, views and indexes recreated"}
 
     # -------------------------------------------------------------- reads
 
@@ -174,163 +205,158 @@ class SqliteAdapter(Adapter):
         sql, params = _sql_args(call)
         with self._lock:
             conn = self._connect_ro()
-            conn.set_authorizer(_read_authorizer)
             self._start_clock()
             try:
-                cur = conn.execute(sql, params if params is not None else ())
-                rows = cur.fetchmany(budget.rows_returned + 1)
-                columns = [d[0] for d in cur.description or ()]
-                cur.close()
+                return read.read(conn, sql, params, budget)
             except sqlite3.DatabaseError as exc:
-                raise AdapterError(_explain_error(exc, self._deadline)) from None
-            finally:
-                conn.set_authorizer(None)
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-        truncated = len(rows) > budget.rows_returned
-        rows = rows[: budget.rows_returned]
-        return Outcome(
-            result={"columns": columns, "rows": [[encode(v) for v in r] for r in rows],
-                    "row_count": len(rows), "truncated": truncated},
-            summary=f"{len(rows)} rows" + (f" (truncated at rows_returned={budget.rows_returned})" if truncated else ""),
-        )
+                raise self._db_error(exc) from None
 
     def _schema(self, table: str | None) -> Outcome:
         with self._lock:
             conn = self._connect_ro()
             try:
-                names = [r[0] for r in conn.execute(
-                    "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' "
-                    "AND name NOT LIKE ? ORDER BY name", (INTERNAL_PREFIX + "%",)).fetchall()]
-                if table is not None and table not in names:
-                    raise AdapterError(f"no table named {table!r}; tables: {', '.join(names) or 'none'}")
-                tables = []
-                for name in [table] if table else names:
-                    cols = [{"name": r[1], "type": r[2], "not_null": bool(r[3]), "default": r[4], "pk": r[5]}
-                            for r in conn.execute(f"PRAGMA main.table_info({q(name)})").fetchall()]
-                    entry: dict[str, Any] = {"name": name, "columns": cols}
-                    if table:
-                        entry["indexes"] = [r[1] for r in conn.execute(f"PRAGMA main.index_list({q(name)})")]
-                        entry["foreign_keys"] = [{"column": r[3], "references": f"{r[2]}.{r[4]}", "on_delete": r[6]}
-                                                 for r in conn.execute(f"PRAGMA main.foreign_key_list({q(name)})")]
-                    tables.append(entry)
+                return read.schema(conn, table)
             except sqlite3.DatabaseError as exc:
-                raise AdapterError(f"could not read the schema: {exc}") from None
-        return Outcome(result={"tables": tables}, summary=f"{len(tables)} tables")
+                raise self._db_error(exc, "could not read the schema: ") from None
 
     # -------------------------------------------------------------- writes
 
-    def _write(self, call: Call, cls: Classification, budget: Budget, *, commit: bool) -> tuple[Preview, Outcome]:
-        """Run a write in one transaction; commit only when `commit` and within `budget`."""
-        sql, params = _sql_args(call)
-        op = cls.detail.get("op")
+    def _begin(self) -> sqlite3.Connection:
         conn = self._connect_rw()
         self._start_clock()
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise AdapterError(f"the database is busy ({exc}); retry in a moment") from None
+        except sqlite3.Error as exc:
+            raise self._db_error(exc, "could not start the write: ") from None
+        return conn
+
+    def _db_error(self, exc: sqlite3.Error, prefix: str = "") -> AdapterError:
+        return state_error(exc, self.name, self.path) or AdapterError(prefix + _explain_error(exc, self._deadline))
+
+    def _drop_stale_capture(self, conn: sqlite3.Connection) -> None:
+        """Capture triggers made for another schema would fail on (or miss columns of) any later write,
+        safe-mcp's own included: drop them before the write's transaction begins.
+
+        Raises:
+            TargetUnavailable: the schema could not be read (locked, damaged).
+        """
         try:
+            version = conn.execute("PRAGMA main.schema_version").fetchone()[0]
+            if self._capture is None or self._capture.version != version:
+                self._capture = None
+                purge(conn)
+        except sqlite3.Error as exc:
+            raise self._db_error(exc) from None
+
+    def _capture_for(self, conn: sqlite3.Connection, tables: set[str]) -> Capture:
+        """Capture triggers for `tables`, kept installed on the write connection while the schema is unchanged.
+
+        Called outside any transaction: the temporary triggers then survive the ROLLBACK of a preview.
+        """
+        version = conn.execute("PRAGMA main.schema_version").fetchone()[0]
+        cap = self._capture
+        if cap is not None and cap.version == version and tables <= cap.tables:
+            return cap
+        keep = cap.tables if cap is not None and cap.version == version else frozenset()
+        if cap is not None:
+            cap.remove()
+        self._capture = None
+        fresh = Capture(conn, set(tables | keep))
+        fresh.install()
+        # Installing may create a journal table, which changes the schema_version it is keyed by.
+        fresh.version = conn.execute("PRAGMA main.schema_version").fetchone()[0]
+        self._capture = fresh
+        return fresh
+
+    def _write(self, call: Call, cls: Classification, budget: Budget, *, commit: bool) -> tuple[Preview, Outcome]:
+        """Run a write in one transaction; commit only when `commit` and within `budget`, with its journal entry."""
+        sql, params = _sql_args(call)
+        op = cls.detail.get("op")
+        cap: Capture | None = None
+        conn = self._connect_rw()
+        self._drop_stale_capture(conn)
+        if op in {"dml", "create"}:
+            try:
+                cap = self._capture_for(conn, set(cls.detail.get("tables", [])))
+            except sqlite3.Error as exc:
+                self._capture = None
+                raise self._db_error(exc) from None
+        conn = self._begin()
+        try:
+            if cap is not None and conn.execute("PRAGMA main.schema_version").fetchone()[0] != cap.version:
+                # Another connection changed the schema after the triggers were made: make them again,
+                # inside this transaction (so they go if it rolls back).
+                self._capture = None
+                cap = Capture(conn, set(cap.tables))
+                cap.install()  # not kept: it goes with this transaction if that rolls back
             if op == "drop_table":
-                preview, outcome = self._soft_drop(conn, cls.detail["table"])
+                preview, outcome, fp = write.soft_drop(conn, cls.detail["table"])
             elif op in {"dml", "create"}:
-                preview, outcome = self._dml(conn, sql, params, cls, budget)
+                assert cap is not None
+                preview, outcome, fp = write.dml(conn, self._guard, cap, sql, params, cls)
             elif op == "drop_object":
-                preview, outcome = self._drop_object(conn, sql, params, cls)
+                preview, outcome, fp = write.drop_object(conn, self._guard, sql, params, cls)
             elif op == "irreversible":
-                conn.execute(sql, params if params is not None else ())
-                preview = Preview(effect=Effect.IRREVERSIBLE, affected=0,
-                                  notes=[f"{cls.summary} cannot be undone by safe-mcp"])
-                outcome = Outcome(affected=0, summary=cls.summary)
+                preview, outcome, fp = write.irreversible(conn, self._guard, sql, params, cls)
             else:
                 raise AdapterError(f"{cls.reason}: safe-mcp has no way to run or undo this on SQLite")
             if preview.affected is not None and preview.affected > budget.rows_affected:
                 raise TooManyRows(preview.affected, budget.rows_affected)
-            if commit and preview.effect.rank > budget.allowed_effect.rank:
-                raise Escalated(preview.effect, "; ".join(preview.notes) or cls.reason, preview)
+            if not commit:
+                preview = preview.model_copy(update={"fingerprint": fp()})
+            else:
+                self._check_drift(preview, fp, cls, budget)
+                if preview.effect.rank > budget.allowed_effect.rank:
+                    raise Escalated(preview.effect, "; ".join(preview.notes) or cls.reason,
+                                    preview.model_copy(update={"fingerprint": fp()}))
+                intent = budget.intent_id or new_id("intent")
+                if outcome.compensation is not None and outcome.compensation.get("op") == "journal":
+                    # Undo checks that this entry is still there before trusting the ranges it points at.
+                    outcome = outcome.model_copy(update={"compensation": {**outcome.compensation, "intent_id": intent}})
+                journal.ensure(conn)
+                journal.record(conn, intent, call.tool, outcome.affected, outcome.summary, outcome.compensation)
         except BaseException as exc:
-            conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise AdapterError(_explain_error(exc, self._deadline)) from None
+            if conn.in_transaction:  # some errors (an interrupt, a full disk) have rolled back already
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise self._db_error(exc) from None
             raise
-        conn.execute("COMMIT" if commit else "ROLLBACK")
+        self._finish(conn, commit)
         return preview, outcome
 
-    def _dml(self, conn: sqlite3.Connection, sql: str, params: Any, cls: Classification,
-             budget: Budget) -> tuple[Preview, Outcome]:
-        tables = set(cls.detail.get("tables", []))
-        cap = Capture(conn, tables)
-        cap.install()
-        counts_before = {t: conn.execute(f"SELECT count(*) FROM main.{q(t)}").fetchone()[0]
-                         for t in tables if "DELETE" in cls.detail.get("verbs", []) or
-                         "UPDATE" in cls.detail.get("verbs", [])}
-        conn.execute(sql, params if params is not None else ())
-        changes = cap.changes()
-        cap.remove()
-        affected = count_changes(changes)
-        effect, notes = cls.effect, []
-        for c in changes:
-            before = counts_before.get(c["table"], 0)
-            touched = len(c["deleted"]) + len(c["updated"])
-            if before > 1 and touched >= before and effect.rank < Effect.DESTRUCTIVE.rank:
-                effect = Effect.DESTRUCTIVE
-                notes.append(f"it changes every row of {c['table']} ({before} rows)")
-        preview = Preview(effect=effect, affected=affected, sample=sample(changes, _SAMPLE), notes=notes)
-        comp: dict[str, Any] = {"op": "rows", "changes": changes, "affected": affected}
-        if cls.detail.get("op") == "create":
-            comp = {"op": "drop_created", "type": cls.detail["type"], "name": cls.detail["name"], "affected": 0}
-        return preview, Outcome(affected=affected, compensation=comp, summary=cls.summary)
+    def _finish(self, conn: sqlite3.Connection, commit: bool) -> None:
+        """
+        Raises:
+            TargetUnavailable: COMMIT could not get its lock (readers held on); rolled back.
+        """
+        try:
+            conn.execute("COMMIT" if commit else "ROLLBACK")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise self._db_error(exc, "the write could not commit and was rolled back: ") from None
 
-    def _soft_drop(self, conn: sqlite3.Connection, table: str) -> tuple[Preview, Outcome]:
-        count = conn.execute(f"SELECT count(*) FROM main.{q(table)}").fetchone()[0]
-        cur = conn.execute(f"SELECT * FROM main.{q(table)} LIMIT {_SAMPLE}")
-        cols = [d[0] for d in cur.description]
-        rows = [{"table": table, "change": "drop", "before": dict(zip(cols, [encode(v) for v in r], strict=True))}
-                for r in cur.fetchall()]
-        trash = f"{INTERNAL_PREFIX}trash_{new_id('t').split('_', 1)[1]}_{table}"[:120]
-        conn.execute(f"ALTER TABLE main.{q(table)} RENAME TO {q(trash)}")
-        preview = Preview(effect=Effect.DESTRUCTIVE, affected=count, sample=rows,
-                          notes=[f"table {table} ({count} rows) is moved aside, not destroyed; undo restores it"])
-        outcome = Outcome(affected=count, summary=f"DROP TABLE {table} (kept as {trash})",
-                          compensation={"op": "restore_table", "table": table, "trash": trash, "affected": count},
-                          result={"dropped": table, "rows": count})
-        return preview, outcome
+    @staticmethod
+    def _check_drift(now: Preview, fp: Callable[[], str | None], cls: Classification, budget: Budget) -> None:
+        """At confirm: the change about to commit must be the one previewed, or a smaller part of it.
 
-    def _drop_object(self, conn: sqlite3.Connection, sql: str, params: Any,
-                     cls: Classification) -> tuple[Preview, Outcome]:
-        row = conn.execute("SELECT sql FROM sqlite_schema WHERE type = ? AND name = ?",
-                           (cls.detail["type"], cls.detail["name"])).fetchone()
-        if row is None or row[0] is None:
-            raise AdapterError(f"{cls.detail['type']} {cls.detail['name']} has no definition to keep; not dropped")
-        conn.execute(sql, params if params is not None else ())
-        preview = Preview(effect=Effect.WRITE, affected=0, notes=[f"the definition of {cls.detail['name']} is kept"])
-        return preview, Outcome(affected=0, summary=cls.summary, compensation={"op": "recreate", "sql": row[0],
-                                                                                 "affected": 0})
-
-    def _apply_compensation(self, conn: sqlite3.Connection, comp: Mapping[str, Any]) -> tuple[int, str]:
-        op = comp.get("op")
-        if op == "rows":
-            n = restore(conn, comp["changes"])
-            return n, f"{n} rows restored"
-        if op == "restore_table":
-            table, trash = comp["table"], comp["trash"]
-            exists = conn.execute("SELECT 1 FROM sqlite_schema WHERE name = ?", (table,)).fetchone()
-            if exists:
-                raise AdapterError(f"a table named {table} exists again; rename or drop it, then undo")
-            conn.execute(f"ALTER TABLE main.{q(trash)} RENAME TO {q(table)}")
-            return int(comp.get("affected", 0)), f"table {table} restored"
-        if op == "drop_created":
-            kind, name = comp["type"], comp["name"]
-            if kind == "table":
-                trash = f"{INTERNAL_PREFIX}trash_{new_id('t').split('_', 1)[1]}_{name}"[:120]
-                conn.execute(f"ALTER TABLE main.{q(name)} RENAME TO {q(trash)}")
-                return 0, f"table {name} moved aside as {trash}"
-            conn.execute(f"DROP {kind.upper()} main.{q(name)}")
-            return 0, f"{kind} {name} dropped"
-        if op == "recreate":
-            conn.execute(comp["sql"])
-            return 0, "definition restored"
-        raise AdapterError(f"unknown compensation {op!r}")
+        Raises:
+            Drifted: more rows, or other rows (or rows whose content changed since), than the preview showed.
+        """
+        shown = budget.expect
+        if shown is None:
+            return
+        current = fp()
+        more = shown.affected is not None and now.affected is not None and now.affected > shown.affected
+        other = shown.fingerprint is not None and current != shown.fingerprint
+        if not (more or other):
+            return
+        why = (f"it would now change {now.affected} rows where the preview showed {shown.affected}" if more
+               else "the rows it would change are not the ones the preview showed (they changed since)")
+        effect = max(now.effect, budget.allowed_effect, key=lambda e: e.rank)
+        raise Drifted(effect, f"the target changed between the preview and the confirmation: {why}; "
+                              "nothing was committed, check the new preview",
+                      now.model_copy(update={"effect": effect, "fingerprint": current}))
 
 
 def _sql_args(call: Call) -> tuple[str, Any]:

@@ -1,18 +1,25 @@
 """Before-images, taken by temporary triggers inside the write's own transaction.
 
 For every table a write may touch (the ones the authorizer reported, and the tables
-whose foreign keys cascade from them) three TEMP triggers copy old rows (deletes,
-updates), new rows (updates) and new rowids (inserts) into TEMP tables. They are
-created after BEGIN and dropped before COMMIT, so nothing of them outlives the call.
+whose foreign keys cascade from them) four TEMP triggers copy old rows (deletes,
+updates), new rows (updates) and new rows with their keys (inserts) into journal tables
+of the target itself, committed or rolled back with the write. The triggers stay installed
+on safe-mcp's own write connection while the schema is unchanged (creating them costs
+more than the write of a few rows); no agent statement can reach them (guard.py).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import sqlite3
 from typing import Any
 
 from safe_mcp.errors import AdapterError
+from safe_mcp_sqlite.classify import INTERNAL_PREFIX
+
+CAPTURE_PREFIX = INTERNAL_PREFIX + "cap_"
 
 
 def q(name: str) -> str:
@@ -67,8 +74,8 @@ def cascade_children(conn: sqlite3.Connection, tables: set[str]) -> set[str]:
     while changed:
         changed = False
         for child in all_tables:
-            if child in found:
-                continue
+            if child in found or child.lower().startswith(INTERNAL_PREFIX):
+                continue  # a cascade into safe-mcp's trash is refused by the guard, never captured
             for fk in conn.execute(f"PRAGMA main.foreign_key_list({q(child)})").fetchall():
                 parent, on_update, on_delete = fk[2], fk[5], fk[6]
                 if parent in found and (on_update != "NO ACTION" or on_delete != "NO ACTION"):
@@ -78,74 +85,147 @@ def cascade_children(conn: sqlite3.Connection, tables: set[str]) -> set[str]:
     return found
 
 
+def purge(conn: sqlite3.Connection) -> None:
+    """Drop every capture trigger on `conn` (outside a transaction, or inside the one that needs it)."""
+    for (name,) in conn.execute("SELECT name FROM temp.sqlite_schema WHERE type = 'trigger' "
+                                "AND substr(name, 1, ?) = ?", (len(CAPTURE_PREFIX), CAPTURE_PREFIX)).fetchall():
+        conn.execute(f"DROP TRIGGER IF EXISTS temp.{q(name)}")
+
+
+def store_name(info: TableInfo) -> str:
+    """The journal table that keeps before-images of `info`'s rows, one per table layout."""
+    layout = json.dumps(["v2", info.name, info.key, info.columns]).encode()
+    return f"{INTERNAL_PREFIX}undo_{hashlib.sha256(layout).hexdigest()[:16]}"
+
+
 class Capture:
-    """Installs capture triggers on `tables`; `rows()` reads what they caught."""
+    """Capture triggers on `tables` (and the tables their foreign keys cascade to).
+
+    Each trigger copies the old row (deletes, updates) or the new row (updates, inserts) into a journal
+    table of the target (`store_name`), in the write's own transaction: the target keeps its own undo,
+    and nothing of it passes through Python unless a preview, a confirm or an undo reads it back.
+    """
 
     def __init__(self, conn: sqlite3.Connection, tables: set[str]) -> None:
         self.conn = conn
-        self.infos = [TableInfo(conn, t) for t in sorted(cascade_children(conn, tables))]
+        self.tables = frozenset(tables)
+        # A view written through INSTEAD OF triggers changes nothing itself; the tables its triggers
+        # write are reported by the authorizer and captured.
+        real = {r[0] for r in conn.execute("SELECT name FROM main.sqlite_schema WHERE type = 'table'").fetchall()}
+        self.infos = [TableInfo(conn, t) for t in sorted(cascade_children(conn, tables & real))]
+        self.stores = [store_name(info) for info in self.infos]
         self._objects: list[str] = []
+        self.version = -1
+        """The schema_version the triggers were made for."""
 
     def install(self) -> None:
-        for i, info in enumerate(self.infos):
+        purge(self.conn)  # left by a capture whose removal was rolled back, or that failed half-way
+        for i, (info, store) in enumerate(zip(self.infos, self.stores, strict=True)):
             key_old = ", ".join(f"old.{q(k)}" if k != "rowid" else "old.rowid" for k in info.key)
             key_new = ", ".join(f"new.{q(k)}" if k != "rowid" else "new.rowid" for k in info.key)
             old_cols = ", ".join(f"old.{q(c)}" for c in info.columns)
             new_cols = ", ".join(f"new.{q(c)}" for c in info.columns)
-            keys = ", ".join(f"k{j}" for j in range(len(info.key)))
-            cols = ", ".join(f"c{j}" for j in range(len(info.columns)))
-            tb = f"_safe_mcp_cap_{i}"
-            self.conn.execute(f"CREATE TEMP TABLE {tb} (seq INTEGER PRIMARY KEY, op TEXT, {keys}, "
-                              f"{', '.join(f'n{j}' for j in range(len(info.key)))}, {cols})")
-            self._objects.append(f"TABLE temp.{tb}")
-            nulls_cols = ", ".join("NULL" for _ in info.columns)
             nulls_keys = ", ".join("NULL" for _ in info.key)
+            nulls_cols = ", ".join("NULL" for _ in info.columns)
+            nk, nc = len(info.key), len(info.columns)
+            # One row per row event: old key, new key, old row, new row (AFTER triggers still see old.*).
+            self.conn.execute(
+                f"CREATE TABLE IF NOT EXISTS main.{store} (seq INTEGER PRIMARY KEY, op TEXT, "
+                + ", ".join([f"k{j}" for j in range(nk)] + [f"n{j}" for j in range(nk)]
+                            + [f"c{j}" for j in range(nc)] + [f"d{j}" for j in range(nc)]) + ")")
             t = f"main.{q(info.name)}"
             for trig, when, values in (
-                ("d", "BEFORE DELETE", f"'D', {key_old}, {nulls_keys}, {old_cols}"),
-                ("u", "BEFORE UPDATE", f"'U', {key_old}, {nulls_keys}, {old_cols}"),
-                ("a", "AFTER UPDATE", f"'A', {key_old}, {key_new}, {new_cols}"),
-                ("i", "AFTER INSERT", f"'I', {nulls_keys}, {key_new}, {nulls_cols}"),
+                ("d", "AFTER DELETE", f"'D', {key_old}, {nulls_keys}, {old_cols}, {nulls_cols}"),
+                ("u", "AFTER UPDATE", f"'U', {key_old}, {key_new}, {old_cols}, {new_cols}"),
+                ("i", "AFTER INSERT", f"'I', {nulls_keys}, {key_new}, {nulls_cols}, {new_cols}"),
             ):
-                name = f"{tb}_{trig}"
-                self.conn.execute(f"CREATE TEMP TRIGGER {name} {when} ON {t} BEGIN INSERT INTO {tb} VALUES (NULL, {values}); END")
+                name = f"{CAPTURE_PREFIX}{i}_{trig}"
+                self.conn.execute(f"CREATE TEMP TRIGGER {name} {when} ON {t} BEGIN "
+                                  f"INSERT INTO {store} VALUES (NULL, {values}); END")
                 self._objects.append(f"TRIGGER temp.{name}")
 
     def remove(self) -> None:
+        # IF EXISTS: a table dropped or renamed since took its temporary triggers with it.
         for obj in reversed(self._objects):
-            self.conn.execute(f"DROP {obj}")
+            kind, name = obj.split(" ", 1)
+            self.conn.execute(f"DROP {kind} IF EXISTS {name}")
         self._objects.clear()
 
-    def changes(self) -> list[dict[str, Any]]:
-        """Per table: deleted rows, updated rows (before and after) and inserted keys."""
+    def marks(self) -> list[int]:
+        """Where each journal table ends now; what a write adds comes after."""
+        return [self.conn.execute(f"SELECT coalesce(max(seq), 0) FROM main.{s}").fetchone()[0] for s in self.stores]
+
+    def captured(self, marks: list[int]) -> list[dict[str, Any]]:
+        """What the write since `marks` left in the journal tables: the compensation's pointers, with counts."""
         out = []
-        for i, info in enumerate(self.infos):
-            nk = len(info.key)
-            rows = self.conn.execute(f"SELECT * FROM temp._safe_mcp_cap_{i} ORDER BY seq").fetchall()
-            if not rows:
+        for info, store, mark in zip(self.infos, self.stores, marks, strict=True):
+            counts = dict(self.conn.execute(f"SELECT op, count(*) FROM main.{store} WHERE seq > ? GROUP BY op",
+                                            (mark,)).fetchall())
+            if not counts:
                 continue
-            deleted, inserted = [], []
-            before: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-            after: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
-            kn, nn = 2 + nk, 2 + 2 * nk
-            for r in rows:
-                op = r[1]
-                if op == "D":
-                    deleted.append({"key": encode_all(r[2:kn]), "row": encode_all(r[nn:])})
-                elif op == "U":
-                    before.setdefault(r[2:kn], r[nn:])
-                elif op == "A":
-                    after[r[2:kn]] = (r[kn:nn], r[nn:])
-                elif op == "I":
-                    inserted.append(encode_all(r[kn:nn]))
-            updated = []
-            for k, old in before.items():
-                new_key, new_vals = after.get(k, (k, old))
-                updated.append({"key": encode_all(k), "new_key": encode_all(new_key),
-                                "row": encode_all(old), "new_row": encode_all(new_vals)})
-            out.append({"table": info.name, "key": info.key, "columns": info.columns,
-                        "deleted": deleted, "updated": updated, "inserted": inserted})
+            upto = self.conn.execute(f"SELECT max(seq) FROM main.{store}").fetchone()[0]
+            out.append({"table": info.name, "key": info.key, "columns": info.columns, "store": store,
+                        "after": mark, "upto": upto, "deleted": counts.get("D", 0), "updated": counts.get("U", 0),
+                        "inserted": counts.get("I", 0)})
         return out
+
+
+def load(conn: sqlite3.Connection, captures: list[dict[str, Any]], limit: int | None = None) -> list[dict[str, Any]]:
+    """Read journaled rows back as changes (per table: deleted, updated, inserted), at most `limit` per table.
+
+    Raises:
+        AdapterError: the journal no longer holds them.
+    """
+    out = []
+    for cap in captures:
+        store = cap["store"]
+        try:
+            rows = conn.execute(f"SELECT * FROM main.{q(store)} WHERE seq > ? AND seq <= ? ORDER BY seq"
+                                + ("" if limit is None else f" LIMIT {int(limit)}"),
+                                (cap["after"], cap["upto"])).fetchall()
+        except sqlite3.OperationalError:
+            raise AdapterError(f"the before-images of {cap['table']} are no longer in the target's journal "
+                               f"({store}); undo is not possible") from None
+        out.append(parse(rows, cap["table"], cap["key"], cap["columns"]))
+    return out
+
+
+def parse(rows: list[Any], table: str, key: list[str], columns: list[str]) -> dict[str, Any]:
+    """Journal rows of one table as deleted rows, updated rows (before and after) and inserted rows."""
+    nk, nc = len(key), len(columns)
+    kn, nn, cn = 2 + nk, 2 + 2 * nk, 2 + 2 * nk + nc
+    deleted = []
+    # Rows this write inserted, by key, as they are at its end: a trigger or cascade that changes
+    # or deletes them in the same statement changes what undo must find and remove.
+    inserted: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    # Updated rows by their key before the write: (before-image, key now, row now).
+    updated: dict[tuple[Any, ...], list[Any]] = {}
+    origin: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # key now -> key before the write
+    for r in rows:
+        op, old_key, new_key = r[1], r[2:kn], r[kn:nn]
+        if op == "D":
+            if inserted.pop(old_key, None) is not None:
+                continue
+            first = origin.pop(old_key, None)
+            if first is not None:  # updated, then deleted: what undo restores is the first before-image
+                deleted.append({"key": encode_all(first), "row": encode_all(updated.pop(first)[0])})
+            else:
+                deleted.append({"key": encode_all(old_key), "row": encode_all(r[nn:cn])})
+        elif op == "U":
+            if old_key in inserted:
+                del inserted[old_key]
+                inserted[new_key] = r[cn:]
+                continue
+            first = origin.pop(old_key, old_key)
+            entry = updated.setdefault(first, [r[nn:cn], new_key, r[cn:]])
+            entry[1], entry[2] = new_key, r[cn:]
+            origin[new_key] = first
+        elif op == "I":
+            inserted[new_key] = r[cn:]
+    upd = [{"key": encode_all(k), "new_key": encode_all(v[1]), "row": encode_all(v[0]), "new_row": encode_all(v[2])}
+           for k, v in updated.items()]
+    ins = [{"key": encode_all(k), "row": encode_all(v)} for k, v in inserted.items()]
+    return {"table": table, "key": key, "columns": columns, "deleted": deleted, "updated": upd, "inserted": ins}
 
 
 def count_changes(changes: list[dict[str, Any]]) -> int:
@@ -164,52 +244,23 @@ def sample(changes: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
                 if kind == "updated":
                     entry["after"] = dict(zip(c["columns"], item["new_row"], strict=True))
                 out.append(entry)
-        for key in c["inserted"]:
+        for item in c["inserted"]:
             if len(out) >= limit:
                 return out
-            out.append({"table": c["table"], "change": "insert", "key": dict(zip(c["key"], key, strict=True))})
+            out.append({"table": c["table"], "change": "insert", "key": dict(zip(c["key"], item["key"], strict=True))})
     return out
 
 
-def _where(key: list[str]) -> str:
-    return " AND ".join(f"{'rowid' if k == 'rowid' else q(k)} IS ?" for k in key)
-
-
-def restore(conn: sqlite3.Connection, changes: list[dict[str, Any]]) -> int:
-    """Put back what `changes` recorded, newest first; refuse if rows moved on since.
-
-    Raises:
-        AdapterError: a row no longer matches what the write left, so undo would destroy newer data.
-    """
-    n = 0
-    for c in reversed(changes):
-        table, key, cols = q(c["table"]), c["key"], c["columns"]
-        where = _where(key)
-        for new_key in reversed(c["inserted"]):
-            cur = conn.execute(f"DELETE FROM main.{table} WHERE {where}", [decode(x) for x in new_key])
-            if cur.rowcount != 1:
-                raise AdapterError(f"row {new_key} inserted into {c['table']} is gone already; undo stopped, nothing changed")
-            n += 1
-        for item in reversed(c["updated"]):
-            current = conn.execute(f"SELECT {', '.join(q(x) for x in cols)} FROM main.{table} WHERE {where}",
-                                   [decode(x) for x in item["new_key"]]).fetchone()
-            if current is None or list(current) != [decode(x) for x in item["new_row"]]:
-                raise AdapterError(
-                    f"a row of {c['table']} changed again after this write; undo would overwrite newer data, "
-                    "so it stopped and changed nothing")
-            sets = ", ".join([f"{q(x)} = ?" for x in cols] + (["rowid = ?"] if key == ["rowid"] else []))
-            params = [decode(x) for x in item["row"]] + ([decode(item["key"][0])] if key == ["rowid"] else [])
-            conn.execute(f"UPDATE main.{table} SET {sets} WHERE {where}", params + [decode(x) for x in item["new_key"]])
-            n += 1
-        for item in reversed(c["deleted"]):
-            names = ([] if key != ["rowid"] else ["rowid"]) + [q(x) for x in cols]
-            values = ([decode(item["key"][0])] if key == ["rowid"] else []) + [decode(x) for x in item["row"]]
-            try:
-                conn.execute(f"INSERT INTO main.{table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
-                             values)
-            except sqlite3.IntegrityError as exc:
-                raise AdapterError(
-                    f"cannot restore a deleted row of {c['table']}: {exc} (a newer row took its place); "
-                    "undo stopped, nothing changed") from None
-            n += 1
-    return n
+def fingerprint(changes: list[dict[str, Any]]) -> str:
+    """A digest of exactly which rows a write changes: identity and before-image of every deleted or
+    updated row, and how many rows it inserts (new rows' keys and defaults, a timestamp say, differ
+    from one run to the next without the change being another one)."""
+    h = hashlib.sha256()
+    for c in sorted(changes, key=lambda c: str(c["table"])):
+        h.update(json.dumps([c["table"], len(c["inserted"])]).encode())
+        for kind in ("deleted", "updated"):
+            items = sorted(json.dumps([kind, i["key"], i["row"]], separators=(",", ":"), default=str)
+                           for i in c[kind])
+            for item in items:
+                h.update(item.encode())
+    return h.hexdigest()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,31 @@ READ_PRAGMAS = frozenset({
 ARG_PRAGMAS = frozenset({"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
                          "foreign_key_list", "foreign_key_check", "table_list", "integrity_check", "quick_check"})
 
+# Actions whose first argument names a table (the second is a column).
+_TABLE_FIRST = frozenset({"DELETE", "INSERT", "READ", "UPDATE"})
+# Actions whose first argument names the object and the second its table.
+_OBJECT_TABLE = frozenset({"CREATE_INDEX", "CREATE_TABLE", "CREATE_TRIGGER", "CREATE_VIEW", "DROP_INDEX", "DROP_TABLE",
+                           "DROP_TRIGGER", "DROP_VIEW"})
+
+
+def internal(name: str | None) -> bool:
+    """True for names safe-mcp keeps for itself (SQLite folds ASCII case, so must we)."""
+    return name is not None and name.lower().startswith(INTERNAL_PREFIX)
+
+
+def names_internal(action: str, a1: str | None, a2: str | None) -> bool:
+    """True when an authorizer action reaches one of safe-mcp's own objects (journal, trash, capture)."""
+    if action in _TABLE_FIRST:
+        return internal(a1)
+    if action in _OBJECT_TABLE:
+        return internal(a1) or internal(a2)
+    if action == "ALTER_TABLE":
+        return internal(a2)
+    if action == "PRAGMA":
+        return internal(a2)
+    return False
+
+
 _EXPLAIN_NESTED = re.compile(r'near "explain": syntax error', re.IGNORECASE)
 
 
@@ -54,11 +80,14 @@ class Actions:
     opcodes: set[str] = field(default_factory=set)
 
 
-def collect(conn: sqlite3.Connection, sql: str, params: Any) -> Actions:
-    """Compile `sql` under a recording authorizer without running it.
+def collect(conn: sqlite3.Connection, sql: str, params: Any,
+            state: Callable[[sqlite3.Error], AdapterError | None] = lambda exc: None) -> Actions:
+    """Compile `sql` under a recording authorizer without running it. `state` turns an error about the
+    database's own state (locked, hot journal, damaged) into the error to raise instead.
 
     Raises:
         AdapterError: more than one statement, a syntax error, or wrong parameters.
+        TargetUnavailable: from `state`; the statement may be fine.
     """
     acts = Actions()
 
@@ -86,12 +115,20 @@ def collect(conn: sqlite3.Connection, sql: str, params: Any) -> Actions:
             ) from None
         raise AdapterError(f"bad parameters: {text}") from None
     except sqlite3.OperationalError as exc:
+        unavailable = state(exc)
+        if unavailable is not None:
+            raise unavailable from None
         if _EXPLAIN_NESTED.search(str(exc)):
             acts.opcodes = {"__explain__"}
             return acts
         hint = "; the sql_schema tool lists the tables and columns" if "no such" in str(exc) else ""
         raise AdapterError(f"sqlite rejected the statement: {exc}{hint}") from None
     except sqlite3.Warning as exc:
+        raise AdapterError(f"sqlite rejected the statement: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        unavailable = state(exc)
+        if unavailable is not None:
+            raise unavailable from None
         raise AdapterError(f"sqlite rejected the statement: {exc}") from None
     finally:
         conn.set_authorizer(None)
@@ -120,6 +157,10 @@ def classify_actions(acts: Actions) -> Classification:
     if names & {"CREATE_TEMP_TRIGGER", "CREATE_TEMP_TABLE", "CREATE_TEMP_VIEW", "CREATE_TEMP_INDEX",
                 "DROP_TEMP_TRIGGER", "DROP_TEMP_TABLE", "DROP_TEMP_VIEW", "DROP_TEMP_INDEX"}:
         return forbid("temporary schema objects (they would outlive the call on safe-mcp's connection)")
+    if any(n in {"INSERT", "DELETE"} and (db == "temp" or a1 in {"sqlite_temp_master", "sqlite_temp_schema"})
+           for n, a1, _a2, db in every):
+        # `CREATE TRIGGER temp.t ...` is reported as a main CREATE_TRIGGER plus a write to the temp schema.
+        return forbid("temporary schema objects (they would outlive the call on safe-mcp's connection)")
     if names & {"REINDEX", "ANALYZE", "COPY"} and not names & {"CREATE_INDEX"}:
         return forbid("maintenance statements are not run through safe-mcp")
     for name, a1, a2, _db in every:
@@ -131,8 +172,9 @@ def classify_actions(acts: Actions) -> Classification:
                 return forbid(f"PRAGMA {pragma} can change how the database behaves")
             if a2 is not None and pragma not in ARG_PRAGMAS:
                 return forbid(f"PRAGMA {pragma} = {a2} writes a setting")
-        if name in {"INSERT", "UPDATE", "DELETE"} and a1 and a1.startswith(INTERNAL_PREFIX):
-            return forbid(f"{a1} is safe-mcp's own trash; restore it with the undo tool")
+        if names_internal(name, a1, a2):
+            return forbid(f"{a2 if name in {'ALTER_TABLE', 'PRAGMA'} else a1} is safe-mcp's own (its journal and "
+                          "trash); undo restores what is kept there")
     if not every:
         return forbid("SQLite reports no action for this statement (does the object it names exist?)")
 
@@ -143,24 +185,38 @@ def classify_actions(acts: Actions) -> Classification:
     if "DROP_TABLE" in top_names:
         table = next(a1 for n, a1, _a2, _db in acts.top if n == "DROP_TABLE")
         return Classification(effect=Effect.DESTRUCTIVE, reason=f"DROP TABLE {table} (kept restorable: soft drop)",
-                              summary=f"DROP TABLE {table}", detail={"op": "drop_table", "table": table})
+                              summary=f"DROP TABLE {table}", detail={"op": "drop_table", "table": table},
+                              compensable=True)
     if "ALTER_TABLE" in top_names:
         table = next(a2 for n, _a1, a2, _db in acts.top if n == "ALTER_TABLE")
         return Classification(effect=Effect.IRREVERSIBLE, reason=f"ALTER TABLE {table}: no compensation is recorded",
                               summary=f"ALTER TABLE {table}", detail={"op": "irreversible"})
-    for verb, kind in (("CREATE_TABLE", "table"), ("CREATE_INDEX", "index"), ("CREATE_VIEW", "view"),
-                       ("CREATE_TRIGGER", "trigger")):
+    for verb, kind in (("CREATE_TRIGGER", "trigger"), ("CREATE_VIEW", "view")):
+        if verb in top_names:
+            # Code that runs later (a trigger) or that other code reads (a view): what it did before an
+            # undo cannot be taken back, so creating one is irreversible.
+            obj = next(a1 for n, a1, _a2, _db in acts.top if n == verb)
+            return Classification(effect=Effect.IRREVERSIBLE,
+                                  reason=f"CREATE {kind.upper()} {obj}: "
+                                         + ("it runs on later writes" if kind == "trigger" else "other code reads it")
+                                         + ", and what it did then cannot be undone",
+                                  summary=f"CREATE {kind.upper()} {obj}", detail={"op": "irreversible"})
+    for verb, kind in (("CREATE_TABLE", "table"), ("CREATE_INDEX", "index")):
         if verb in top_names:
             obj = next(a1 for n, a1, _a2, _db in acts.top if n == verb)
             return Classification(effect=Effect.WRITE, reason=f"CREATE {kind.upper()} {obj}",
                                   summary=f"CREATE {kind.upper()} {obj}",
-                                  detail={"op": "create", "type": kind, "name": obj, "tables": user_writes})
+                                  detail={"op": "create", "type": kind, "name": obj, "tables": user_writes},
+                                  compensable=True)
     for verb, kind in (("DROP_INDEX", "index"), ("DROP_VIEW", "view"), ("DROP_TRIGGER", "trigger")):
         if verb in top_names:
             obj = next(a1 for n, a1, _a2, _db in acts.top if n == verb)
-            return Classification(effect=Effect.WRITE, reason=f"DROP {kind.upper()} {obj} (its definition is kept)",
+            # Without its trigger or view, code that relied on it behaves differently until undo.
+            effect = Effect.WRITE if kind == "index" else Effect.DESTRUCTIVE
+            return Classification(effect=effect, reason=f"DROP {kind.upper()} {obj} (its definition is kept; undo "
+                                                        "restores it)",
                                   summary=f"DROP {kind.upper()} {obj}", detail={"op": "drop_object", "type": kind,
-                                                                              "name": obj})
+                                                                              "name": obj}, compensable=True)
     dml = [(n, a1) for n, a1, _a2, db in acts.top if n in {"INSERT", "UPDATE", "DELETE"} and a1 not in SCHEMA_TABLES]
     if dml:
         verbs = sorted({n for n, _ in dml})
@@ -168,9 +224,10 @@ def classify_actions(acts: Actions) -> Classification:
         summary = f"{'/'.join(verbs)} on {', '.join(tables)}"
         if "DELETE" in verbs and "Clear" in acts.opcodes:
             return Classification(effect=Effect.DESTRUCTIVE, reason=f"DELETE without WHERE on {', '.join(tables)}",
-                                  summary=summary, detail={"op": "dml", "tables": user_writes, "verbs": verbs})
+                                  summary=summary, detail={"op": "dml", "tables": user_writes, "verbs": verbs},
+                                  compensable=True)
         return Classification(effect=Effect.WRITE, reason=summary, summary=summary,
-                              detail={"op": "dml", "tables": user_writes, "verbs": verbs})
+                              detail={"op": "dml", "tables": user_writes, "verbs": verbs}, compensable=True)
     writes = names & {"INSERT", "UPDATE", "DELETE", "CREATE_TABLE", "CREATE_INDEX", "CREATE_VIEW", "CREATE_TRIGGER",
                       "DROP_TABLE", "DROP_INDEX", "DROP_VIEW", "DROP_TRIGGER", "ALTER_TABLE"}
     schema_bookkeeping = all(a1 in SCHEMA_TABLES for n, a1, _a2, _db in every if n in writes)

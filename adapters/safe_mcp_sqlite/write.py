@@ -1,0 +1,192 @@
+"""The kinds of write, each measured inside the caller's open transaction, and their undo.
+
+Every function here runs between BEGIN IMMEDIATE and COMMIT/ROLLBACK on the write connection; it
+returns the preview, the outcome with its compensation, and a digest of exactly what changes (for the
+re-check at confirm).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from safe_mcp.adapter import Classification, Outcome, Preview
+from safe_mcp.effects import Effect
+from safe_mcp.errors import AdapterError
+from safe_mcp.receipts import new_id
+from safe_mcp_sqlite import journal
+from safe_mcp_sqlite.capture import Capture, encode, fingerprint, load, q, sample
+from safe_mcp_sqlite.classify import INTERNAL_PREFIX
+from safe_mcp_sqlite.guard import Guard, check_untouched, internal_objects, user_code
+from safe_mcp_sqlite.restore import restore
+
+SAMPLE = 5
+
+Measured = tuple[Preview, Outcome, Callable[[], str | None]]
+
+
+def digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def run_agent(conn: sqlite3.Connection, guard: Guard, sql: str, params: Any) -> None:
+    """Run the agent's statement under the guard; safe-mcp's objects must be untouched afterwards.
+
+    Raises:
+        AdapterError: the engine denied an action (what and why), or safe-mcp's objects were reached.
+        sqlite3.DatabaseError: the statement failed for its own reasons (the caller explains it).
+    """
+    before_internal, before_code = internal_objects(conn), user_code(conn)
+    guard.start()
+    try:
+        conn.execute(sql, params if params is not None else ())
+    except sqlite3.DatabaseError:
+        if guard.denied:
+            raise AdapterError(f"refused by the engine: {guard.denied}; nothing was changed") from None
+        raise
+    finally:
+        guard.agent = False
+    check_untouched(conn, before_internal, before_code)
+
+
+def dml(conn: sqlite3.Connection, guard: Guard, cap: Capture, sql: str, params: Any,
+        cls: Classification) -> Measured:
+    verbs = cls.detail.get("verbs", [])
+    counts_before = {t: conn.execute(f"SELECT count(*) FROM main.{q(t)}").fetchone()[0]
+                     for t in cap.tables if "DELETE" in verbs or "UPDATE" in verbs}
+    marks = cap.marks()
+    run_agent(conn, guard, sql, params)
+    captured = cap.captured(marks)
+    # Counted per row event (a row a trigger updates twice counts twice): never fewer than changed.
+    affected = sum(c["deleted"] + c["updated"] + c["inserted"] for c in captured)
+    effect, notes = cls.effect, []
+    for c in captured:
+        before = counts_before.get(c["table"], 0)
+        if before > 1 and c["deleted"] + c["updated"] >= before and effect.rank < Effect.DESTRUCTIVE.rank:
+            effect = Effect.DESTRUCTIVE
+            notes.append(f"it changes every row of {c['table']} ({before} rows)")
+    shown = sample(load(conn, captured, limit=4 * SAMPLE), SAMPLE) if captured else []
+    preview = Preview(effect=effect, affected=affected, sample=shown, notes=notes)
+    # The before-images stay in the target's journal tables; the compensation points at them.
+    comp: dict[str, Any] = {"op": "journal", "captures": captured, "affected": affected}
+    if cls.detail.get("op") == "create":
+        row = conn.execute("SELECT sql FROM main.sqlite_schema WHERE type = ? AND name = ?",
+                           (cls.detail["type"], cls.detail["name"])).fetchone()
+        comp = {"op": "drop_created", "type": cls.detail["type"], "name": cls.detail["name"],
+                "sql": row[0] if row else None, "affected": 0}
+    return (preview, Outcome(affected=affected, compensation=comp, summary=cls.summary),
+            lambda: fingerprint(load(conn, captured)))
+
+
+def soft_drop(conn: sqlite3.Connection, table: str) -> Measured:
+    count = conn.execute(f"SELECT count(*) FROM main.{q(table)}").fetchone()[0]
+    definition = conn.execute("SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?",
+                              (table,)).fetchone()
+    cur = conn.execute(f"SELECT * FROM main.{q(table)} LIMIT {SAMPLE}")
+    cols = [d[0] for d in cur.description]
+    rows = [{"table": table, "change": "drop", "before": dict(zip(cols, [encode(v) for v in r], strict=True))}
+            for r in cur.fetchall()]
+    trash = f"{INTERNAL_PREFIX}trash_{new_id('t').split('_', 1)[1]}_{table}"[:120]
+    conn.execute(f"ALTER TABLE main.{q(table)} RENAME TO {q(trash)}")
+    preview = Preview(effect=Effect.DESTRUCTIVE, affected=count, sample=rows,
+                      notes=[f"table {table} ({count} rows) is moved aside, not destroyed; undo restores it"])
+    outcome = Outcome(affected=count, summary=f"DROP TABLE {table} (kept as {trash})",
+                      compensation={"op": "restore_table", "table": table, "trash": trash, "affected": count},
+                      result={"dropped": table, "rows": count})
+
+    def fp() -> str:
+        # Which rows go: the table's content as a whole (cheap enough for a table about to be dropped).
+        h = hashlib.sha256()
+        for r in conn.execute(f"SELECT * FROM main.{q(trash)} ORDER BY rowid" if _has_rowid(conn, trash)
+                              else f"SELECT * FROM main.{q(trash)}"):
+            h.update(repr(r).encode())
+        return digest("drop", table, definition[0] if definition else None, count, h.hexdigest())
+
+    return preview, outcome, fp
+
+
+def _has_rowid(conn: sqlite3.Connection, table: str) -> bool:
+    listed = [r for r in conn.execute("PRAGMA main.table_list").fetchall() if r[1] == table]
+    return not (listed and listed[0][4])
+
+
+def drop_object(conn: sqlite3.Connection, guard: Guard, sql: str, params: Any, cls: Classification) -> Measured:
+    kind, name = cls.detail["type"], cls.detail["name"]
+    row = conn.execute("SELECT sql FROM main.sqlite_schema WHERE type = ? AND name = ?", (kind, name)).fetchone()
+    if row is None or row[0] is None:
+        raise AdapterError(f"{kind} {name} has no definition to keep; not dropped")
+    run_agent(conn, guard, sql, params)
+    note = f"the definition of {kind} {name} is kept; undo recreates it"
+    if kind in {"trigger", "view"}:
+        note += " (until then, code that relies on it behaves differently)"
+    preview = Preview(effect=cls.effect, affected=0, notes=[note], sample=[{"definition": row[0]}])
+    outcome = Outcome(affected=0, summary=cls.summary,
+                      compensation={"op": "recreate", "type": kind, "name": name, "sql": row[0], "affected": 0})
+    return preview, outcome, lambda: digest("drop_object", kind, name, row[0])
+
+
+def irreversible(conn: sqlite3.Connection, guard: Guard, sql: str, params: Any, cls: Classification) -> Measured:
+    run_agent(conn, guard, sql, params)
+    preview = Preview(effect=Effect.IRREVERSIBLE, affected=0, notes=[f"{cls.summary} cannot be undone by safe-mcp"])
+    return preview, Outcome(affected=0, summary=cls.summary), lambda: None
+
+
+def compensate(conn: sqlite3.Connection, comp: Mapping[str, Any]) -> tuple[int, str]:
+    """Undo `comp` inside the caller's transaction, after checking the target is as the write left it.
+
+    Raises:
+        AdapterError: the target moved on (names the conflict); the caller rolls back.
+    """
+    op = comp.get("op")
+    if op == "journal":
+        if journal.lookup(conn, str(comp.get("intent_id"))) is None:
+            raise AdapterError("the before-images of this write are no longer in the target's journal "
+                               f"({journal.JOURNAL}); undo is not possible")
+        n = restore(conn, load(conn, comp["captures"]))
+        return n, f"{n} rows restored"
+    if op == "rows":  # kept inline by earlier versions
+        n = restore(conn, comp["changes"])
+        return n, f"{n} rows restored"
+    if op == "restore_table":
+        table, trash = comp["table"], comp["trash"]
+        if _exists(conn, None, trash) is None:
+            raise AdapterError(f"the kept copy of table {table} ({trash}) is gone; nothing to restore")
+        taken = _exists(conn, None, table)
+        if taken:
+            raise AdapterError(f"a {taken} named {table} exists again; rename or drop it, then undo")
+        conn.execute(f"ALTER TABLE main.{q(trash)} RENAME TO {q(table)}")
+        return int(comp.get("affected", 0)), f"table {table} restored"
+    if op == "drop_created":
+        kind, name = comp["type"], comp["name"]
+        current = _exists(conn, kind, name)
+        if current is None:
+            raise AdapterError(f"{kind} {name} created by this write is gone already; nothing to undo")
+        if comp.get("sql") is not None and current != comp["sql"]:
+            raise AdapterError(f"{kind} {name} was changed since this write created it; undo stopped, nothing changed")
+        if kind == "table":
+            trash = f"{INTERNAL_PREFIX}trash_{new_id('t').split('_', 1)[1]}_{name}"[:120]
+            conn.execute(f"ALTER TABLE main.{q(name)} RENAME TO {q(trash)}")
+            return 0, f"table {name} moved aside as {trash}"
+        conn.execute(f"DROP {kind.upper()} main.{q(name)}")
+        return 0, f"{kind} {name} dropped"
+    if op == "recreate":
+        name = comp.get("name")
+        if name is not None:
+            taken = _exists(conn, None, name)
+            if taken:
+                raise AdapterError(f"a {taken} named {name} exists again; rename or drop it, then undo")
+        conn.execute(comp["sql"])
+        return 0, "definition restored"
+    raise AdapterError(f"unknown compensation {op!r}")
+
+
+def _exists(conn: sqlite3.Connection, kind: str | None, name: str) -> str | None:
+    """The definition (or, without `kind`, the type) of the main-schema object `name`, or None."""
+    if kind is None:
+        row = conn.execute("SELECT type FROM main.sqlite_schema WHERE lower(name) = lower(?)", (name,)).fetchone()
+    else:
+        row = conn.execute("SELECT sql FROM main.sqlite_schema WHERE type = ? AND name = ?", (kind, name)).fetchone()
+    return None if row is None else str(row[0])
