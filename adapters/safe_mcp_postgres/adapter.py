@@ -130,9 +130,11 @@ class PostgresAdapter(Adapter):
         Raises:
             AdapterError: the target could not be asked.
         """
+        journaled = False
         if call.tool == "sql_execute":
             try:
-                op = self.classify(call).detail.get("op")
+                classified = self.classify(call)
+                op, journaled = classified.detail.get("op"), classified.compensable
             except AdapterError:
                 op = None
             if op == "autocommit":
@@ -144,6 +146,10 @@ class PostgresAdapter(Adapter):
                 try:
                     found = journal.lookup(conn, intent_id)
                 except AdapterError as exc:
+                    if journaled or call.tool == "undo":
+                        # A journaled write commits together with its journal row (and the journal itself),
+                        # so no journal at all means it never committed.
+                        return Reconciled(state="not_executed", detail=f"{exc}: the write never committed")
                     return Reconciled(state="unknown", detail=f"{exc}; check target {self.name!r} by hand")
         except psycopg.errors.InsufficientPrivilege:
             return Reconciled(state="unknown", detail=f"the role of target {self.name!r} cannot read the journal "

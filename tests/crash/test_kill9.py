@@ -69,6 +69,15 @@ class Stdio:
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except BrokenPipeError:
+                    pass
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -79,6 +88,7 @@ class Stdio:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        self._close_pipes()
 
 
 @dataclass
@@ -162,7 +172,7 @@ def _play(engine: Engine, tmp_path: Path) -> dict[str, int]:
             rid = server.start("tools/call", {"name": "sql_execute", "arguments": args})
             calls += 1
             if rng.random() < 0.7:
-                time.sleep(rng.uniform(0, 0.025))
+                time.sleep(rng.uniform(0, 0.08))
                 server.kill()
                 kills += 1
                 server = Stdio(engine.config, log)
@@ -204,9 +214,10 @@ def _check(engine: Engine, tmp_path: Path, figures: dict[str, int]) -> None:
     verify = subprocess.run([sys.executable, "-m", "safe_mcp", "receipts", "verify", "--config", str(engine.config)],
                             capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0, verify.stdout
-    reconciled = sum(1 for r in receipts if "reconciled after a crash" in r.get("reason", ""))
-    print(f"\n{engine.name}: {figures['kills']} kills over {figures['calls']} calls; "
-          f"{reconciled} intents settled from the target's journal; 0 stuck keys; 0 doubled")
+    committed = sum(1 for r in receipts if "reconciled after a crash" in r.get("reason", "") and r["outcome"] == "executed")
+    rolled = sum(1 for r in receipts if r["outcome"] == "not_executed")
+    print(f"\n{engine.name}: {figures['kills']} kills over {figures['calls']} calls; settled from the target's journal: "
+          f"{committed} committed (executed, with undo), {rolled} not committed (key released); 0 stuck keys; 0 doubled")
 
 
 @pytest.mark.parametrize("journal_mode", ["wal", "delete"])
