@@ -32,14 +32,20 @@ def digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
-def run_agent(conn: sqlite3.Connection, guard: Guard, sql: str, params: Any) -> None:
+def run_agent(conn: sqlite3.Connection, guard: Guard, sql: str, params: Any, *, ddl: bool = True) -> None:
     """Run the agent's statement under the guard; safe-mcp's objects must be untouched afterwards.
+
+    For a statement classified as DML (`ddl` False) the schema must not change at all, which one
+    PRAGMA tells; a DDL statement is checked object by object.
 
     Raises:
         AdapterError: the engine denied an action (what and why), or safe-mcp's objects were reached.
         sqlite3.DatabaseError: the statement failed for its own reasons (the caller explains it).
     """
-    before_internal, before_code = internal_objects(conn), user_code(conn)
+    if ddl:
+        before_internal, before_code = internal_objects(conn), user_code(conn)
+    else:
+        version = conn.execute("PRAGMA main.schema_version").fetchone()[0]
     guard.start()
     try:
         conn.execute(sql, params if params is not None else ())
@@ -49,7 +55,11 @@ def run_agent(conn: sqlite3.Connection, guard: Guard, sql: str, params: Any) -> 
         raise
     finally:
         guard.agent = False
-    check_untouched(conn, before_internal, before_code)
+    if ddl:
+        check_untouched(conn, before_internal, before_code)
+    elif conn.execute("PRAGMA main.schema_version").fetchone()[0] != version:
+        raise AdapterError("the statement changed the schema although it was classified as a data change; "
+                           "nothing was changed")
 
 
 def dml(conn: sqlite3.Connection, guard: Guard, cap: Capture, sql: str, params: Any,
@@ -58,7 +68,7 @@ def dml(conn: sqlite3.Connection, guard: Guard, cap: Capture, sql: str, params: 
     counts_before = {t: conn.execute(f"SELECT count(*) FROM main.{q(t)}").fetchone()[0]
                      for t in cap.tables if "DELETE" in verbs or "UPDATE" in verbs}
     marks = cap.marks()
-    run_agent(conn, guard, sql, params)
+    run_agent(conn, guard, sql, params, ddl=cls.detail.get("op") == "create")
     captured = cap.captured(marks)
     # Counted per row event (a row a trigger updates twice counts twice): never fewer than changed.
     affected = sum(c["deleted"] + c["updated"] + c["inserted"] for c in captured)
