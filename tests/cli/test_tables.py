@@ -15,8 +15,8 @@ from helpers import run, shop
 
 from safe_mcp.cli_table import plural, table
 
-LONG = ("DELETE FROM orders WHERE status = 'paid' AND quantity > 0 AND customer_id IN "
-        "(SELECT id FROM customers WHERE name LIKE '%a%' OR email LIKE '%example.com')")
+LONG = ("CREATE VIEW paid_orders_of_some_customers AS SELECT * FROM orders WHERE status = 'paid' AND quantity > 0 "
+        "AND customer_id IN (SELECT id FROM customers WHERE name LIKE '%a%' OR email LIKE '%example.com')")
 
 
 def _pending(cfg: Path, *statements: str) -> list[str]:
