@@ -12,6 +12,7 @@ client would. At the end, from the target and the ledger:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -74,10 +75,8 @@ class Stdio:
     def _close_pipes(self) -> None:
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
-                try:
+                with contextlib.suppress(BrokenPipeError):
                     pipe.close()
-                except BrokenPipeError:
-                    pass
 
     def close(self) -> None:
         if self.proc.poll() is None:
