@@ -22,10 +22,10 @@ import psycopg
 from safe_mcp_postgres.adapter import PostgresAdapter
 
 from safe_mcp.adapter import Budget, Call
-from safe_mcp.config import Limits, load_config
 from safe_mcp.effects import Effect
-from safe_mcp.gate import Caller
-from safe_mcp.runtime import Runtime
+from safe_mcp.gate.pipeline import Caller
+from safe_mcp.gate.runtime import Runtime
+from safe_mcp.trust.config import Limits, load_config
 
 
 def median_ms(fn: Callable[[], object], n: int, warmup: int = 3) -> float:

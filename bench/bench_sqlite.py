@@ -23,9 +23,9 @@ import anyio
 from mcp import Client, StdioServerParameters
 
 from safe_mcp.adapter import Call
-from safe_mcp.config import load_config
-from safe_mcp.gate import Caller
-from safe_mcp.runtime import Runtime
+from safe_mcp.gate.pipeline import Caller
+from safe_mcp.gate.runtime import Runtime
+from safe_mcp.trust.config import load_config
 
 
 def per_call(fn: Callable[[], object], n: int) -> float:

@@ -1,3 +1,3 @@
-from safe_mcp.cli import main
+from safe_mcp.faces.cli import main
 
 raise SystemExit(main())

@@ -123,9 +123,9 @@ def serving(config: Path, transport: str, env: dict[str, str] | None = None) -> 
 async def connect(config: Path, transport: str = "memory", env: dict[str, str] | None = None) -> AsyncIterator[Client]:
     """An MCP client connected to safe-mcp serving `config` over `transport`."""
     if transport == "memory":
-        from safe_mcp.config import load_config
-        from safe_mcp.runtime import Runtime
-        from safe_mcp.server import build_server
+        from safe_mcp.faces.server import build_server
+        from safe_mcp.gate.runtime import Runtime
+        from safe_mcp.trust.config import load_config
 
         async with Client(build_server(Runtime(load_config(config)))) as client:
             yield client
@@ -190,8 +190,8 @@ async def refused(client: Client, tool: str, **args: Any) -> str:
 
 def ledger_rows(config_path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
     """Rows of one read on the state store of a config, wherever it lives (SQLite file or PostgreSQL)."""
-    from safe_mcp.config import load_config
-    from safe_mcp.runtime import open_state
+    from safe_mcp.gate.runtime import open_state
+    from safe_mcp.trust.config import load_config
 
     store = open_state(load_config(config_path))
     try:
@@ -204,8 +204,8 @@ def tamper_pending(config_path: Path, action_id: str | None = None, **changes: o
     """Someone with write access to the state store edits a pending action's call behind safe-mcp's back."""
     import json
 
-    from safe_mcp.config import load_config
-    from safe_mcp.runtime import open_state
+    from safe_mcp.gate.runtime import open_state
+    from safe_mcp.trust.config import load_config
 
     store = open_state(load_config(config_path))
     try:

@@ -16,7 +16,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from safe_mcp.errors import AdapterError
-from safe_mcp.receipts import new_id
+from safe_mcp.state.receipts import new_id
 
 __all__ = ["HANDLERS", "apply", "ec2_instance_states", "ec2_sg_record", "ec2_tags_record", "s3_keep", "s3_state"]
 

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from safe_mcp.errors import AdapterError, TargetUnavailable
-from safe_mcp.receipts import new_id
 from safe_mcp.sqlitetx import immediate
+from safe_mcp.state.receipts import new_id
 
 __all__ = ["Outbox", "Queued", "RateLimited", "Row"]
 

@@ -16,7 +16,7 @@ from typing import Any
 from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview, Reconciled
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, ConfigError, Drifted, TargetUnavailable, TooManyRows
-from safe_mcp.secrets import resolve_ref
+from safe_mcp.trust.secrets import resolve_ref
 from safe_mcp_http import undo
 from safe_mcp_http.client import Response, Sender, Unanswered
 from safe_mcp_http.openapi import load_document

@@ -14,7 +14,7 @@ from safe_mcp_http.templates import placeholders
 
 __all__ = ["HttpSettings", "Operation", "RequestSpec"]
 
-# The same reference syntax as every other secret key (safe_mcp.config.SECRET_REF).
+# The same reference syntax as every other secret key (safe_mcp.trust.config.SECRET_REF).
 SECRET_REF = re.compile(r"^(keyring|env):[A-Za-z0-9_.\-/]+$")
 _HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$"

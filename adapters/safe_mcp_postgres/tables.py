@@ -10,7 +10,7 @@ import psycopg
 from safe_mcp.adapter import Classification, Outcome, Preview
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError
-from safe_mcp.receipts import new_id
+from safe_mcp.state.receipts import new_id
 from safe_mcp_postgres.capture import table_info
 from safe_mcp_postgres.classify import JOURNAL_SCHEMA
 from safe_mcp_postgres.engine import qi, run_one

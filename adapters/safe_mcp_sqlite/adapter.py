@@ -16,7 +16,7 @@ from pydantic import Field
 from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview, Reconciled
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Drifted, Escalated, TargetUnavailable, TooManyRows
-from safe_mcp.receipts import new_id
+from safe_mcp.state.receipts import new_id
 from safe_mcp_sqlite import journal, read, write
 from safe_mcp_sqlite.capture import Capture, purge
 from safe_mcp_sqlite.classify import (

@@ -16,7 +16,7 @@ from typing import Any
 from safe_mcp.adapter import Classification, Outcome, Preview
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError
-from safe_mcp.receipts import new_id
+from safe_mcp.state.receipts import new_id
 from safe_mcp_sqlite import journal
 from safe_mcp_sqlite.capture import Capture, encode, fingerprint, load, q, sample
 from safe_mcp_sqlite.classify import INTERNAL_PREFIX

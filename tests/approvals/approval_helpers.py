@@ -13,7 +13,7 @@ from pathlib import Path
 import pyotp
 from support import write_config
 
-from safe_mcp.demo import create_shop
+from safe_mcp.faces.demo import create_shop
 
 # No OS keyring on test machines: the documented key-file fallback is what these tests exercise.
 ENV = {**os.environ, "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}

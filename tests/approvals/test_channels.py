@@ -101,9 +101,9 @@ def elicit_and_count(answers: list[str]) -> Any:
 
 
 async def test_elicitation_counts_only_where_trusted(tmp_path: Path) -> None:
-    from safe_mcp.config import load_config
-    from safe_mcp.runtime import Runtime
-    from safe_mcp.server import build_server
+    from safe_mcp.faces.server import build_server
+    from safe_mcp.gate.runtime import Runtime
+    from safe_mcp.trust.config import load_config
 
     cfg = make(tmp_path)
     asked: list[str] = []

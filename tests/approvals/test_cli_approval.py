@@ -110,10 +110,10 @@ async def test_team_rules_two_approvers_and_no_self_approval(tmp_path: Path) -> 
 
     # A caller authenticated by a per-caller token (HTTP mode) cannot approve what it requested.
     from safe_mcp.adapter import Call
-    from safe_mcp.config import load_config
     from safe_mcp.errors import Refused
-    from safe_mcp.gate import Caller
-    from safe_mcp.runtime import Runtime
+    from safe_mcp.gate.pipeline import Caller
+    from safe_mcp.gate.runtime import Runtime
+    from safe_mcp.trust.config import load_config
 
     rt = Runtime(load_config(cfg))
     try:

@@ -15,7 +15,7 @@ import pytest
 from conftest import ACCOUNT, REGION, unique
 from support import HELD_MAIL_TARGET, call, connect, require_service, write_config
 
-from safe_mcp.demo import create_shop
+from safe_mcp.faces.demo import create_shop
 
 pytestmark = pytest.mark.anyio
 

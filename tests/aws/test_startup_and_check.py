@@ -11,7 +11,7 @@ import pytest
 from conftest import aws_config
 from support import write_config
 
-from safe_mcp.cli import main
+from safe_mcp.faces.cli import main
 
 
 def imported_by_serve(config: Path) -> set[str]:

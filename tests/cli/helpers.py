@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from safe_mcp.demo import create_shop
+from safe_mcp.faces.demo import create_shop
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -136,8 +136,8 @@ async def test_bundle_is_a_valid_mcpb_that_starts_the_server(tmp_path: Path) -> 
 
 def test_client_config_does_not_start_anything_heavy() -> None:
     """Printing a snippet imports no driver and no MCP server code."""
-    code = ("import sys\nfrom safe_mcp.cli_clients import client_entry\n"
-            "print(','.join(m for m in ('boto3', 'psycopg', 'mcp.server', 'safe_mcp.gate') if m in sys.modules))")
+    code = ("import sys\nfrom safe_mcp.faces.cli_clients import client_entry\n"
+            "print(','.join(m for m in ('boto3', 'psycopg', 'mcp.server', 'safe_mcp.gate.pipeline') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr
 
@@ -145,8 +145,8 @@ def test_client_config_does_not_start_anything_heavy() -> None:
 def test_the_cli_parser_loads_no_command_modules() -> None:
     """`serve` is started often by clients: the CLI itself imports the table, view and client modules
     only for the commands that print them."""
-    code = ("import sys\nimport safe_mcp.cli as c\nc._parser()\n"
-            "print(','.join(m for m in ('pydantic', 'mcp', 'zipfile', 'safe_mcp.cli_table', 'safe_mcp.cli_views', "
-            "'safe_mcp.cli_clients', 'safe_mcp.inventory') if m in sys.modules))")
+    code = ("import sys\nimport safe_mcp.faces.cli as c\nc._parser()\n"
+            "print(','.join(m for m in ('pydantic', 'mcp', 'zipfile', 'safe_mcp.faces.cli_table', 'safe_mcp.faces.cli_views', "
+            "'safe_mcp.faces.cli_clients', 'safe_mcp.trust.inventory') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr

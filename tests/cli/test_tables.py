@@ -13,7 +13,7 @@ from pathlib import Path
 import pyotp
 from helpers import run, shop
 
-from safe_mcp.cli_table import plural, table
+from safe_mcp.faces.cli_table import plural, table
 
 LONG = ("CREATE VIEW paid_orders_of_some_customers AS SELECT * FROM orders WHERE status = 'paid' AND quantity > 0 "
         "AND customer_id IN (SELECT id FROM customers WHERE name LIKE '%a%' OR email LIKE '%example.com')")
@@ -21,9 +21,9 @@ LONG = ("CREATE VIEW paid_orders_of_some_customers AS SELECT * FROM orders WHERE
 
 def _pending(cfg: Path, *statements: str) -> list[str]:
     from safe_mcp.adapter import Call
-    from safe_mcp.config import load_config
-    from safe_mcp.gate import Caller
-    from safe_mcp.runtime import Runtime
+    from safe_mcp.gate.pipeline import Caller
+    from safe_mcp.gate.runtime import Runtime
+    from safe_mcp.trust.config import load_config
 
     rt = Runtime(load_config(cfg))
     try:
@@ -95,7 +95,7 @@ def test_receipts_list_has_a_header_a_total_and_aligned_columns(tmp_path: Path) 
 
 
 def test_check_aligns_long_keys() -> None:
-    from safe_mcp.inventory import _pairs
+    from safe_mcp.trust.inventory import _pairs
 
     out = _pairs([("read", "allowed"), ("statement_timeout_ms", "30000")], None)
     assert out == ["  read:                 allowed", "  statement_timeout_ms: 30000"]

@@ -21,10 +21,10 @@ from support import write_config
 
 import safe_mcp.registry
 from safe_mcp.adapter import Adapter, Call
-from safe_mcp.config import load_config
 from safe_mcp.errors import Refused
-from safe_mcp.gate import Caller
-from safe_mcp.runtime import Runtime
+from safe_mcp.gate.pipeline import Caller
+from safe_mcp.gate.runtime import Runtime
+from safe_mcp.trust.config import load_config
 
 HERE = Path(__file__).parent
 
@@ -36,9 +36,9 @@ from kvadapter import KvAdapter
 real = safe_mcp.registry.load_adapter
 safe_mcp.registry.load_adapter = lambda kind, **kw: KvAdapter if kind == "kv" else real(kind, **kw)
 from safe_mcp.adapter import Call
-from safe_mcp.config import load_config
-from safe_mcp.gate import Caller
-from safe_mcp.runtime import Runtime
+from safe_mcp.trust.config import load_config
+from safe_mcp.gate.pipeline import Caller
+from safe_mcp.gate.runtime import Runtime
 rt = Runtime(load_config({cfg!r}))
 r = rt.gate.run(Call(target="kv", tool="sql_execute", args=json.loads({args!r})), Caller(session="s1", run_id="run1"))
 print(r.model_dump_json())
@@ -201,6 +201,6 @@ import safe_mcp.registry
 from kvadapter import KvAdapter
 real = safe_mcp.registry.load_adapter
 safe_mcp.registry.load_adapter = lambda kind, **kw: KvAdapter if kind == "kv" else real(kind, **kw)
-from safe_mcp.cli import main
+from safe_mcp.faces.cli import main
 sys.exit(main(sys.argv[1:]))
 """

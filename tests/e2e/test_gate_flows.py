@@ -12,7 +12,7 @@ import anyio
 import pytest
 from support import SHOP_TARGETS, call, connect, refused, write_config
 
-from safe_mcp.demo import create_shop
+from safe_mcp.faces.demo import create_shop
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from support import SHOP_TARGETS, require, write_config
 
-from safe_mcp.demo import create_shop
+from safe_mcp.faces.demo import create_shop
 
 INSPECTOR = Path(__file__).resolve().parents[2] / ".tools" / "node_modules" / ".bin" / "mcp-inspector"
 

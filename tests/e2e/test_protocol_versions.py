@@ -19,7 +19,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from support import SHOP_TARGETS, call, create_token, refused, serve_cmd, serving, write_config
 
-from safe_mcp.demo import create_shop
+from safe_mcp.faces.demo import create_shop
 
 pytestmark = pytest.mark.anyio
 

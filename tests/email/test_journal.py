@@ -19,7 +19,7 @@ from support import free_port
 from safe_mcp.adapter import Budget, Call, Classification
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Drifted
-from safe_mcp.gate import enforce_effect_table
+from safe_mcp.gate.pipeline import enforce_effect_table
 
 SEND = {"to": ["Bob <bob@Example.COM>"], "subject": "s", "body": "b"}
 

@@ -108,7 +108,7 @@ async def test_ses_refuses_credentials_of_another_account(tmp_path: Path, ses_en
 
 
 def test_check_shows_allow_list_hold_and_rate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from safe_mcp.cli import main
+    from safe_mcp.faces.cli import main
 
     cfg = write_config(tmp_path, """
 [targets.mail]
@@ -138,7 +138,7 @@ messages_per_hour = 30
     ('host = "127.0.0.1"\nallow_recipients = []', "allow_recipients"),
 ])
 def test_config_mistakes_are_named(tmp_path: Path, body: str, says: str) -> None:
-    from safe_mcp.config import load_config
+    from safe_mcp.trust.config import load_config
 
     text = "[targets.mail]\nkind = \"smtp\"\nfrom = \"a@example.com\"\n" + body + "\n"
     if "allow_recipients" not in body:
@@ -150,7 +150,7 @@ def test_config_mistakes_are_named(tmp_path: Path, body: str, says: str) -> None
 
 
 def test_config_schema_lists_the_mail_kinds() -> None:
-    from safe_mcp.schema import config_schema
+    from safe_mcp.trust.schema import config_schema
 
     kinds = {v["properties"]["kind"]["const"] for v in
              config_schema()["properties"]["targets"]["additionalProperties"]["oneOf"]}

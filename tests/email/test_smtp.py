@@ -146,7 +146,7 @@ async def test_cancel_inside_the_window_delivers_nothing_and_after_it_left_undo_
 
 
 async def test_cli_outbox_cancel_and_list(tmp_path: Path, port: int, capsys: pytest.CaptureFixture[str]) -> None:
-    from safe_mcp.cli import main
+    from safe_mcp.faces.cli import main
 
     with Server(port) as smtp:
         cfg = config(tmp_path, port, hold_s=1.5)

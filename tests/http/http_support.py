@@ -100,9 +100,9 @@ def hosting_target(url: str) -> str:
 @asynccontextmanager
 async def gated(config: Path, policy: Path | None = None) -> AsyncIterator[Client]:
     """An in-memory MCP client on safe-mcp serving `config` clamped by the org policy `policy`."""
-    from safe_mcp.orgpolicy import effective_config
-    from safe_mcp.runtime import Runtime
-    from safe_mcp.server import build_server
+    from safe_mcp.faces.server import build_server
+    from safe_mcp.gate.runtime import Runtime
+    from safe_mcp.trust.orgpolicy import effective_config
 
     async with Client(build_server(Runtime(effective_config(config, str(policy) if policy else None)))) as client:
         yield client

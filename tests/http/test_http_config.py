@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from support import write_config
 
-from safe_mcp.config import load_config
 from safe_mcp.errors import ConfigError
-from safe_mcp.orgpolicy import effective_config
+from safe_mcp.trust.config import load_config
+from safe_mcp.trust.orgpolicy import effective_config
 
 TARGET = """
 [targets.api]

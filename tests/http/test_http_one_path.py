@@ -12,7 +12,7 @@ from http_support import billing, gated
 from safe_mcp_http import HttpAdapter
 from support import call, write_config
 
-from safe_mcp.gate import inside_gate
+from safe_mcp.gate.pipeline import inside_gate
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ from safe_mcp_http.templates import TemplateError, fill_body, render_path
 from support import call, refused, write_config
 
 from safe_mcp.adapter import Call
-from safe_mcp.config import load_config
+from safe_mcp.trust.config import load_config
 
 pytestmark = pytest.mark.anyio
 

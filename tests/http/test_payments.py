@@ -13,7 +13,7 @@ from apis import Payments
 from http_support import billing, gated
 from support import call, connect, refused, write_config
 
-from safe_mcp.demo import create_shop
+from safe_mcp.faces.demo import create_shop
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,7 @@ import pytest
 from support import call, refused, write_config
 
 from safe_mcp.errors import ConfigError
-from safe_mcp.orgpolicy import effective_config, sql_functions
+from safe_mcp.trust.orgpolicy import effective_config, sql_functions
 
 pytestmark = pytest.mark.anyio
 
@@ -106,8 +106,8 @@ async def test_org_forbid_reaches_the_gate(tmp_path: Path) -> None:
 
     from mcp import Client
 
-    from safe_mcp.runtime import Runtime
-    from safe_mcp.server import build_server
+    from safe_mcp.faces.server import build_server
+    from safe_mcp.gate.runtime import Runtime
     db = sqlite3.connect(tmp_path / "shop.db")
     db.execute("CREATE TABLE t (x TEXT)")
     db.execute("INSERT INTO t VALUES ('a')")

@@ -50,7 +50,7 @@ def test_signed_policy_accepted_one_byte_edit_refused(tmp_path: Path) -> None:
 
 
 async def test_policy_digest_in_every_receipt(tmp_path: Path) -> None:
-    from safe_mcp.orgpolicy import effective_config
+    from safe_mcp.trust.orgpolicy import effective_config
 
     cfg = write_config(tmp_path, SQLITE)
     pol = write_config(tmp_path, '[max_limits]\nrows_returned = 10\n', name="org.toml")

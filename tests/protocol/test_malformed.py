@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from support import SHOP_TARGETS, create_token, free_port, serve_cmd, serving, wait_port, write_config
 
-from safe_mcp.demo import create_shop
+from safe_mcp.faces.demo import create_shop
 
 PROTOCOL = "2025-11-25"
 

@@ -14,7 +14,7 @@ import pytest
 from mcp import Client
 from support import SHOP_TARGETS, call, connect, refused, write_config
 
-from safe_mcp.demo import create_shop
+from safe_mcp.faces.demo import create_shop
 
 pytestmark = pytest.mark.anyio
 
@@ -135,9 +135,9 @@ async def test_values_no_driver_binds_are_refused_at_the_boundary(shop: Path, tr
 
 async def test_a_crash_inside_a_tool_is_a_receipted_refusal(shop: Path, tmp_path: Path) -> None:
     """Anything unexpected inside a tool is answered and receipted; its own text stays on the server."""
-    from safe_mcp.config import load_config
-    from safe_mcp.runtime import Runtime
-    from safe_mcp.server import build_server
+    from safe_mcp.faces.server import build_server
+    from safe_mcp.gate.runtime import Runtime
+    from safe_mcp.trust.config import load_config
 
     server = build_server(Runtime(load_config(shop)))
 

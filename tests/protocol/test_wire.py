@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from safe_mcp.strict_args import MAX_DEPTH, SURROGATE_STAND_IN, check_values
-from safe_mcp.wire import ParseError, envelope, load, oversize_error, tame
+from safe_mcp.faces.strict_args import MAX_DEPTH, SURROGATE_STAND_IN, check_values
+from safe_mcp.faces.wire import ParseError, envelope, load, oversize_error, tame
 
 
 def depth(value: Any) -> int:

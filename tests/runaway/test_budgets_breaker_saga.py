@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from support import HELD_MAIL_TARGET, SHOP_TARGETS, call, connect, refused, write_config
 
-from safe_mcp.demo import create_shop
+from safe_mcp.faces.demo import create_shop
 
 pytestmark = pytest.mark.anyio
 

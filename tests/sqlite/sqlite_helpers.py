@@ -13,8 +13,8 @@ from safe_mcp_sqlite import SqliteAdapter, SqliteSettings
 from support import SHOP_TARGETS, write_config
 
 from safe_mcp.adapter import Budget, Call
-from safe_mcp.demo import create_shop
 from safe_mcp.effects import Effect
+from safe_mcp.faces.demo import create_shop
 
 CONFIG = SHOP_TARGETS + """
 [limits]

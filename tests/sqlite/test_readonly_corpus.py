@@ -11,9 +11,9 @@ import pytest
 from support import call, connect, refused, write_config
 
 from safe_mcp.adapter import Budget, Call, Classification
-from safe_mcp.demo import create_shop
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError
+from safe_mcp.faces.demo import create_shop
 
 pytestmark = pytest.mark.anyio
 

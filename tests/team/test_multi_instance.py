@@ -22,7 +22,7 @@ import anyio
 import pytest
 from support import create_token, free_port, http_client, require_service, serve_cmd, serving, write_config
 
-from safe_mcp.demo import create_shop
+from safe_mcp.faces.demo import create_shop
 
 pytestmark = pytest.mark.anyio
 
@@ -298,9 +298,9 @@ def test_a_sqlite_ledger_migrates_to_postgresql_with_its_chain(tmp_path: Path, s
     cfg = write_config(tmp_path, '[targets.admin]\nkind = "sqlite"\npath = "shop.db"\naccess = "read-write"\n')
     create_shop(tmp_path / "shop.db")
     from safe_mcp.adapter import Call
-    from safe_mcp.config import load_config
-    from safe_mcp.gate import Caller
-    from safe_mcp.runtime import Runtime
+    from safe_mcp.gate.pipeline import Caller
+    from safe_mcp.gate.runtime import Runtime
+    from safe_mcp.trust.config import load_config
 
     rt = Runtime(load_config(cfg))
     try:

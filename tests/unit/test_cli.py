@@ -30,7 +30,7 @@ def test_demo_runs_to_the_end(tmp_path: Path) -> None:
 
 
 def test_check_prints_the_blast_radius(tmp_path: Path) -> None:
-    from safe_mcp.demo import create_shop
+    from safe_mcp.faces.demo import create_shop
 
     create_shop(tmp_path / "shop.db")
     cfg = write_config(tmp_path, (ROOT / "config" / "demo.toml").read_text())
@@ -71,9 +71,9 @@ def test_serving_sqlite_imports_no_heavy_driver(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, '[targets.db]\nkind = "sqlite"\npath = "x.db"\n')
     code = (
         "import sys\n"
-        "from safe_mcp.config import load_config\n"
-        "from safe_mcp.runtime import Runtime\n"
-        "from safe_mcp.server import build_server\n"
+        "from safe_mcp.trust.config import load_config\n"
+        "from safe_mcp.gate.runtime import Runtime\n"
+        "from safe_mcp.faces.server import build_server\n"
         f"build_server(Runtime(load_config({str(cfg)!r})))\n"
         "heavy = sorted(m for m in ('boto3', 'botocore', 'psycopg', 'psycopg_pool', 'pglast', 'keyring') if m in sys.modules)\n"
         "print(','.join(heavy))\n"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from support import write_config
 
-from safe_mcp.config import Access, load_config
 from safe_mcp.errors import ConfigError
-from safe_mcp.schema import config_schema
+from safe_mcp.trust.config import Access, load_config
+from safe_mcp.trust.schema import config_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,7 +102,7 @@ def test_example_configs_validate_against_schema_and_load() -> None:
 
 
 def test_demo_config_file_matches_the_demo() -> None:
-    from safe_mcp.demo import DEMO_CONFIG
+    from safe_mcp.faces.demo import DEMO_CONFIG
 
     assert (ROOT / "config" / "demo.toml").read_text() == DEMO_CONFIG
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from support import write_config
 
-from safe_mcp.config import Config, load_config
 from safe_mcp.errors import ConfigError
+from safe_mcp.trust.config import Config, load_config
 
 DB = '[targets.db]\nkind = "sqlite"\npath = "x.db"\n'
 PG = '[targets.pg]\nkind = "postgres"\ndsn = "postgresql://app@db.internal:5432/app"\n'

@@ -17,11 +17,11 @@ from support import write_config
 
 import safe_mcp.registry
 from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview
-from safe_mcp.config import load_config
 from safe_mcp.effects import Effect
 from safe_mcp.errors import Drifted, Refused
-from safe_mcp.gate import Caller
-from safe_mcp.runtime import Runtime
+from safe_mcp.gate.pipeline import Caller
+from safe_mcp.gate.runtime import Runtime
+from safe_mcp.trust.config import load_config
 
 # A target of this name breaches the contract on purpose; the suite-wide breach check (conftest) spares it.
 BREACH_ON_PURPOSE = "breach_probe"

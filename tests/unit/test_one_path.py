@@ -13,11 +13,11 @@ from support import write_config
 
 import safe_mcp.registry
 from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview
-from safe_mcp.config import load_config
 from safe_mcp.effects import Effect
-from safe_mcp.gate import inside_gate
-from safe_mcp.runtime import Runtime
-from safe_mcp.server import build_server
+from safe_mcp.faces.server import build_server
+from safe_mcp.gate.pipeline import inside_gate
+from safe_mcp.gate.runtime import Runtime
+from safe_mcp.trust.config import load_config
 
 pytestmark = pytest.mark.anyio
 
@@ -95,7 +95,7 @@ async def test_every_tool_reaches_adapters_only_through_the_gate(tmp_path: Path,
 
 def test_the_server_module_never_touches_an_adapter() -> None:
     """Structural half of the proof: server.py names no adapter method and imports no adapter."""
-    source = Path(__file__).resolve().parents[2] / "safe_mcp" / "server.py"
+    source = Path(__file__).resolve().parents[2] / "safe_mcp" / "faces" / "server.py"
     tree = ast.parse(source.read_text())
     attrs = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
     assert not attrs & {"classify", "preview", "execute", "compensate", "_adapter", "_adapters"}

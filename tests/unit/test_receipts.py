@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from support import require_service, write_config
 
-from safe_mcp.config import load_config
-from safe_mcp.receipts import GENESIS, receipt_hash
-from safe_mcp.runtime import open_state
-from safe_mcp.state import StateStore
+from safe_mcp.gate.runtime import open_state
+from safe_mcp.state.receipts import GENESIS, receipt_hash
+from safe_mcp.state.store import StateStore
+from safe_mcp.trust.config import load_config
 
 
 def _fill(store: StateStore, n: int) -> list[str]:
@@ -37,7 +37,7 @@ def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StateStore
         s.close()
         return
     require_service("postgresql", "127.0.0.1", 5432)
-    from safe_mcp.statedb import PostgresDb
+    from safe_mcp.state.db import PostgresDb
 
     schema = f"t_{uuid.uuid4().hex[:12]}"
     s = StateStore(db=PostgresDb("postgresql://postgres@127.0.0.1:5432/test", schema=schema))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from safe_mcp.errors import ConfigError
-from safe_mcp.secrets import REDACTED, Scrubber, resolve_ref
+from safe_mcp.trust.secrets import REDACTED, Scrubber, resolve_ref
 
 
 def test_env_reference_resolves(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,7 +38,7 @@ def test_log_scrubber_keeps_uvicorn_access_records_formattable() -> None:
 
     from uvicorn.logging import AccessFormatter
 
-    from safe_mcp.secretstore import ScrubFilter
+    from safe_mcp.trust.secretstore import ScrubFilter
 
     fmt = AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False)
     f = ScrubFilter(Scrubber(["hunter2-long-secret"]))

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from safe_mcp.errors import Refused
-from safe_mcp.gate import Caller, Gate
+from safe_mcp.gate.pipeline import Caller, Gate
 
 __all__ = ["Step", "parse_since", "plan", "run"]
 

@@ -11,15 +11,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safe_mcp.cli_lockdown import COMMANDS as LOCKDOWN_COMMANDS
-from safe_mcp.cli_lockdown import add_parsers as _locked_down_parsers
-from safe_mcp.cli_reconcile import add_parser as _reconcile_parser
-from safe_mcp.cli_state import add_parser as _state_parser
 from safe_mcp.errors import ConfigError, Refused, SafeMcpError
+from safe_mcp.faces.cli_lockdown import COMMANDS as LOCKDOWN_COMMANDS
+from safe_mcp.faces.cli_lockdown import add_parsers as _locked_down_parsers
+from safe_mcp.faces.cli_reconcile import add_parser as _reconcile_parser
+from safe_mcp.faces.cli_state import add_parser as _state_parser
 
 if TYPE_CHECKING:
-    from safe_mcp.config import Config
-    from safe_mcp.runtime import Runtime
+    from safe_mcp.gate.runtime import Runtime
+    from safe_mcp.trust.config import Config
 
 __all__ = ["main"]
 
@@ -145,19 +145,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _config_path(args: argparse.Namespace) -> Path:
-    from safe_mcp.config import default_config_path
+    from safe_mcp.trust.config import default_config_path
 
     return Path(args.config) if getattr(args, "config", None) else default_config_path()
 
 
 def _config(args: argparse.Namespace) -> Config:
-    from safe_mcp.orgpolicy import effective_config
+    from safe_mcp.trust.orgpolicy import effective_config
 
     return effective_config(_config_path(args), getattr(args, "policy", None))
 
 
 def _runtime(args: argparse.Namespace, session: str = "cli") -> Runtime:
-    from safe_mcp.runtime import Runtime
+    from safe_mcp.gate.runtime import Runtime
 
     return Runtime(_config(args), session=session)
 
@@ -165,11 +165,11 @@ def _runtime(args: argparse.Namespace, session: str = "cli") -> Runtime:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.transport != "stdio":
-        from safe_mcp.orgpolicy import check_listener
+        from safe_mcp.trust.orgpolicy import check_listener
 
         for warning in check_listener(config, args.host, args.host in LOOPBACK):
             logging.getLogger("safe_mcp").warning(warning)
-    from safe_mcp.runtime import Runtime
+    from safe_mcp.gate.runtime import Runtime
 
     runtime = Runtime(config)
     if args.transport != "stdio":
@@ -184,11 +184,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                   f"it over {args.transport}",
                                   f"give it a role that can only read (safe-mcp check lists what it can do), or set "
                                   f"allow_writable_role = true under [targets.{name}]")
-    from safe_mcp.cli_lockdown import run_server
+    from safe_mcp.faces.cli_lockdown import run_server
 
     approvals_port = args.approvals_port or config.approvals.port
     if approvals_port:
-        from safe_mcp.web import serve_in_thread
+        from safe_mcp.faces.web import serve_in_thread
 
         serve_in_thread(runtime.gate, config.approvals.host, approvals_port, config.approvals.allowed_hosts)
     run_server(runtime, args.transport, args.host, args.port, loopback=args.host in LOOPBACK)
@@ -196,7 +196,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from safe_mcp.demo import run_demo
+    from safe_mcp.faces.demo import run_demo
 
     return int(run_demo(Path(args.dir)))
 
@@ -204,7 +204,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Exit 1 when a target cannot be used as configured: its audit could not connect, or its file is
     missing (offline: reported, but only the config itself is judged)."""
-    from safe_mcp.inventory import inventory, render_text
+    from safe_mcp.trust.inventory import inventory, render_text
 
     config = _config(args)
     inv = inventory(config)
@@ -214,11 +214,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(inv, indent=2))
     elif args.format == "md":
-        from safe_mcp.inventory import render_md
+        from safe_mcp.trust.inventory import render_md
 
         print(render_md(inv))
     else:
-        from safe_mcp.cli_table import terminal_width
+        from safe_mcp.faces.cli_table import terminal_width
 
         print(render_text(inv, terminal_width()))
     for problem in problems:
@@ -250,7 +250,7 @@ def _audit_targets(config: Config, inv: dict[str, Any]) -> list[str]:
     """Connect to every target whose adapter can audit its credentials and add what it found; returns
     the targets that could not be audited. Progress goes to stderr, one line per target."""
     from safe_mcp.adapter import Adapter
-    from safe_mcp.runtime import Runtime
+    from safe_mcp.gate.runtime import Runtime
 
     auditable = [t for t in config.targets.values() if t.adapter_cls.audit is not Adapter.audit]
     if not auditable:
@@ -278,13 +278,13 @@ def _audit_targets(config: Config, inv: dict[str, Any]) -> list[str]:
 
 
 def cmd_receipts(args: argparse.Namespace) -> int:
-    from safe_mcp.runtime import open_state
+    from safe_mcp.gate.runtime import open_state
 
     store = open_state(_config(args))
     try:
         if args.action == "list":
-            from safe_mcp.cli_table import terminal_width
-            from safe_mcp.cli_views import render_receipts
+            from safe_mcp.faces.cli_table import terminal_width
+            from safe_mcp.faces.cli_views import render_receipts
 
             latest = store.receipts(args.limit)  # flushes first, so the count below includes batched reads
             total = int(store.query("SELECT count(*) FROM receipts")[0][0])
@@ -317,8 +317,8 @@ def cmd_receipts(args: argparse.Namespace) -> int:
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
-    from safe_mcp import saga
-    from safe_mcp.gate import Caller
+    from safe_mcp.gate import saga
+    from safe_mcp.gate.pipeline import Caller
 
     scoped = args.session or args.run_id or args.since
     if bool(args.receipt_id) == bool(scoped):
@@ -341,7 +341,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
         labels = {"to_undo": "would undo" if args.dry_run else "to undo", "undone": "undone",
                   "already_undone": "already undone", "irreversible": "NOT undone (irreversible)",
                   "failed": "NOT undone (failed)", "not_reached": "NOT undone (saga stopped)"}
-        from safe_mcp.cli_table import table, terminal_width
+        from safe_mcp.faces.cli_table import table, terminal_width
 
         print(table(["receipt", "time (UTC)", "target:tool", "status", "what"],
                     [[st.receipt_id, st.time[:19].replace("T", " "), f"{st.target}:{st.tool}", labels[st.status],
@@ -359,8 +359,8 @@ def cmd_undo(args: argparse.Namespace) -> int:
 
 
 def cmd_gameday(args: argparse.Namespace) -> int:
-    from safe_mcp.cli_table import terminal_width
-    from safe_mcp.gameday import exit_code, render, run_gameday
+    from safe_mcp.faces.cli_table import terminal_width
+    from safe_mcp.gate.gameday import exit_code, render, run_gameday
 
     rows = run_gameday(_config(args))
     print(render(rows, terminal_width()))
@@ -372,12 +372,12 @@ def cmd_breaker(args: argparse.Namespace) -> int:
 
     from safe_mcp.adapter import Call
     from safe_mcp.effects import Effect
-    from safe_mcp.gate import Caller
+    from safe_mcp.gate.pipeline import Caller
 
     rt = _runtime(args)
     try:
         if args.action == "list":
-            from safe_mcp.cli_table import table, terminal_width
+            from safe_mcp.faces.cli_table import table, terminal_width
 
             tripped = rt.store.breakers()
             if tripped:
@@ -401,7 +401,7 @@ def cmd_breaker(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from safe_mcp.cli_reconcile import run
+    from safe_mcp.faces.cli_reconcile import run
 
     rt = _runtime(args)
     try:
@@ -411,15 +411,15 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_state(args: argparse.Namespace) -> int:
-    from safe_mcp.cli_state import run
+    from safe_mcp.faces.cli_state import run
 
     return run(args, _config(args))
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
-    from safe_mcp.cli_table import terminal_width
-    from safe_mcp.cli_views import pending_doc, render_pending, render_pending_one, state_of
-    from safe_mcp.runtime import open_state
+    from safe_mcp.faces.cli_table import terminal_width
+    from safe_mcp.faces.cli_views import pending_doc, render_pending, render_pending_one, state_of
+    from safe_mcp.gate.runtime import open_state
 
     store = open_state(_config(args))
     try:
@@ -466,7 +466,7 @@ def _checked_config_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_client_config(args: argparse.Namespace) -> int:
-    from safe_mcp.cli_clients import client_entry
+    from safe_mcp.faces.cli_clients import client_entry
 
     path = _config_path(args).resolve() if args.url and not args.config else _checked_config_path(args)
     if args.url and not args.url.startswith(("http://", "https://")):
@@ -482,7 +482,7 @@ def cmd_client_config(args: argparse.Namespace) -> int:
 def cmd_bundle(args: argparse.Namespace) -> int:
     from importlib.metadata import version
 
-    from safe_mcp.cli_clients import write_bundle
+    from safe_mcp.faces.cli_clients import write_bundle
 
     path = _checked_config_path(args)
     out = Path(args.out)
@@ -496,11 +496,11 @@ def cmd_secrets(args: argparse.Namespace) -> int:
     import getpass
 
     if args.action == "check":
-        from safe_mcp.cli_lockdown import secrets_check
+        from safe_mcp.faces.cli_lockdown import secrets_check
 
         return secrets_check(_config(args))
     if args.file or os.environ.get("SAFE_MCP_SECRETS_FILE"):
-        from safe_mcp.secretstore import store_secret
+        from safe_mcp.trust.secretstore import store_secret
 
         value = getpass.getpass(f"secret for {args.name}: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
         where = store_secret(args.name, value, args.file)
@@ -510,7 +510,7 @@ def cmd_secrets(args: argparse.Namespace) -> int:
     import keyring
     import keyring.errors
 
-    from safe_mcp.secrets import KEYRING_SERVICE
+    from safe_mcp.trust.secrets import KEYRING_SERVICE
 
     value = getpass.getpass(f"secret for {args.name}: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
     if not value:
@@ -526,7 +526,7 @@ def cmd_secrets(args: argparse.Namespace) -> int:
 
 
 def cmd_config_schema(args: argparse.Namespace) -> int:
-    from safe_mcp.schema import config_schema
+    from safe_mcp.trust.schema import config_schema
 
     print(json.dumps(config_schema(), indent=2, sort_keys=True))
     return 0
@@ -534,14 +534,14 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
 def cmd_outbox(args: argparse.Namespace) -> int:
     from safe_mcp.adapter import Call
-    from safe_mcp.gate import Caller
+    from safe_mcp.gate.pipeline import Caller
 
     rt = _runtime(args)
     who = Caller(session=rt.session, client="safe-mcp-cli")
     try:
         if args.action == "list":
             mail = [n for n, t in rt.config.targets.items() if "email_outbox" in t.adapter_cls.tools]
-            from safe_mcp.cli_table import table, terminal_width
+            from safe_mcp.faces.cli_table import table, terminal_width
 
             for name in mail:
                 r = rt.gate.run(Call(target=name, tool="email_outbox"), who)

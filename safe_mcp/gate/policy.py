@@ -6,8 +6,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from safe_mcp.config import Access, ConfirmMode, ConfirmRules, Target
 from safe_mcp.effects import Effect
+from safe_mcp.trust.config import Access, ConfirmMode, ConfirmRules, Target
 
 __all__ = ["Decision", "Verdict", "decide"]
 

@@ -20,8 +20,8 @@ from typing import Any, cast
 from pydantic import BaseModel, ConfigDict
 
 from safe_mcp.errors import StateError
-from safe_mcp.receipts import GENESIS, Receipt, canonical_json, new_id, receipt_hash, receipt_text_hash
-from safe_mcp.statedb import SqliteDb, StateDb, Tx
+from safe_mcp.state.db import SqliteDb, StateDb, Tx
+from safe_mcp.state.receipts import GENESIS, Receipt, canonical_json, new_id, receipt_hash, receipt_text_hash
 
 __all__ = ["Intent", "PendingAction", "StateStore", "VerifyReport"]
 

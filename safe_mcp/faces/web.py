@@ -27,7 +27,7 @@ from starlette.routing import Route
 from safe_mcp.errors import Refused, SafeMcpError
 
 if TYPE_CHECKING:
-    from safe_mcp.gate import Gate
+    from safe_mcp.gate.pipeline import Gate
 
 __all__ = ["ApprovalPage", "serve_in_thread"]
 

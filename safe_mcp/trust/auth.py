@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict
 
 from safe_mcp.errors import ConfigError
-from safe_mcp.state import StateStore
+from safe_mcp.state.store import StateStore
 
 if TYPE_CHECKING:
     from mcp.server.auth.provider import AccessToken
 
-    from safe_mcp.config import Config
+    from safe_mcp.trust.config import Config
 
 __all__ = ["MCP_SCOPE", "ROLES", "TokenInfo", "TokenStore", "TokenVerifier"]
 
@@ -78,7 +78,7 @@ class TokenStore:
     @classmethod
     def open(cls, config: Config) -> TokenStore:
         """A token store on its own connection to the config's state store (for the CLI)."""
-        from safe_mcp.runtime import open_state
+        from safe_mcp.gate.runtime import open_state
 
         return cls(open_state(config), owned=True)
 

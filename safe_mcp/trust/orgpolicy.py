@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from safe_mcp.adapter import Call, Classification
-from safe_mcp.config import Access, Config, ConfirmMode, Limits, Target
 from safe_mcp.effects import Effect
 from safe_mcp.errors import ConfigError
+from safe_mcp.trust.config import Access, Config, ConfirmMode, Limits, Target
 
 __all__ = [
     "SYSTEM_DIR",
@@ -126,7 +126,7 @@ def load_policy(path: Path, pubkey: Path | None = None) -> OrgPolicy:
         raise ConfigError(src, "", f"cannot read the org policy: {exc.strerror or exc}",
                           "fix the path given by --policy or SAFE_MCP_POLICY, or ask your security team") from None
     if pubkey is not None:
-        from safe_mcp.signing import verify_file
+        from safe_mcp.trust.signing import verify_file
 
         verify_file(path, data, pubkey)
     try:
@@ -432,7 +432,7 @@ def effective_config(config_path: str | os.PathLike[str], policy_arg: str | None
         ConfigError: the config is invalid, the policy is unreadable/unsigned/badly signed, a key is pinned but
             no policy is found, or the config asks for more than a ceiling.
     """
-    from safe_mcp.config import load_config
+    from safe_mcp.trust.config import load_config
 
     config = load_config(config_path)
     path, key = find_policy(policy_arg)

@@ -7,13 +7,13 @@ import logging
 import os
 from typing import Any
 
-from safe_mcp.config import Config
 from safe_mcp.effects import Effect
 from safe_mcp.errors import StateError
-from safe_mcp.gate import Gate
-from safe_mcp.receipts import new_id
-from safe_mcp.secrets import Scrubber, resolve_ref
-from safe_mcp.state import StateStore
+from safe_mcp.gate.pipeline import Gate
+from safe_mcp.state.receipts import new_id
+from safe_mcp.state.store import StateStore
+from safe_mcp.trust.config import Config
+from safe_mcp.trust.secrets import Scrubber, resolve_ref
 
 __all__ = ["Runtime", "open_state"]
 
@@ -37,7 +37,7 @@ def open_state(config: Config) -> StateStore:
         schema = "s_" + hashlib.sha256(where).hexdigest()[:20]
     if url is None:
         return StateStore(config.state_dir)
-    from safe_mcp.statedb import PostgresDb
+    from safe_mcp.state.db import PostgresDb
 
     # Files beside the state stay local even then: the approvers' key file, adapters' own files (an outbox).
     try:

@@ -7,7 +7,7 @@ import getpass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from safe_mcp.runtime import Runtime
+    from safe_mcp.gate.runtime import Runtime
 
 __all__ = ["add_parser", "run"]
 

@@ -31,7 +31,7 @@ def resolve_ref(ref: str, *, source: str, key: str) -> str:
             raise ConfigError(source, key, f"environment variable {name} is not set", f"export {name}=... before starting")
         return value
     if scheme == "keyring":
-        from safe_mcp.secretstore import file_secret, secrets_file
+        from safe_mcp.trust.secretstore import file_secret, secrets_file
 
         file = secrets_file()
         if file is not None:

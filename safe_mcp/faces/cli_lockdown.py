@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from safe_mcp.config import Config
-    from safe_mcp.runtime import Runtime
+    from safe_mcp.gate.runtime import Runtime
+    from safe_mcp.trust.config import Config
 
 __all__ = ["COMMANDS", "add_parsers", "run_server", "secrets_check"]
 
@@ -42,7 +42,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    from safe_mcp.signing import keygen, sign_file
+    from safe_mcp.trust.signing import keygen, sign_file
 
     if args.action == "keygen":
         key, pub_path = keygen(Path(args.out))
@@ -53,7 +53,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
         sig = sign_file(Path(args.file), Path(args.key))
         print(f"signed: {sig}")
         return 0
-    from safe_mcp.orgpolicy import find_policy, load_policy
+    from safe_mcp.trust.orgpolicy import find_policy, load_policy
 
     pub: Path | None = Path(args.pub) if args.pub else find_policy(None)[1]
     if pub is None:
@@ -65,8 +65,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from safe_mcp.auth import TokenStore
-    from safe_mcp.cli import _config
+    from safe_mcp.faces.cli import _config
+    from safe_mcp.trust.auth import TokenStore
 
     return TokenStore.open(_config(args))
 
@@ -96,7 +96,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_inventory_schema(args: argparse.Namespace) -> int:
-    from safe_mcp.inventory import inventory_schema
+    from safe_mcp.trust.inventory import inventory_schema
 
     print(json.dumps(inventory_schema(), indent=2, sort_keys=True))
     return 0
@@ -105,7 +105,7 @@ def cmd_inventory_schema(args: argparse.Namespace) -> int:
 def secrets_check(config: Config) -> int:
     """Resolve every secret reference of `config`; print ok or the problem for each, never a value."""
     from safe_mcp.errors import ConfigError
-    from safe_mcp.secrets import resolve_ref
+    from safe_mcp.trust.secrets import resolve_ref
 
     bad = 0
     seen = 0
@@ -125,20 +125,20 @@ def secrets_check(config: Config) -> int:
 
 def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopback: bool) -> None:
     """Serve `runtime`: stdio, or HTTP/SSE with tokens (unless opted out on loopback) and Host/Origin checks."""
-    from safe_mcp.secretstore import install_log_scrubber
-    from safe_mcp.server import build_server
+    from safe_mcp.faces.server import build_server
+    from safe_mcp.trust.secretstore import install_log_scrubber
 
     install_log_scrubber(runtime.scrub)
     settings = runtime.config.server
     if transport == "stdio":
         import anyio
 
-        # Not the SDK's stdio reader: ours caps each request and answers every line (see safe_mcp.stdio_guard).
+        # Not the SDK's stdio reader: ours caps each request and answers every line (see safe_mcp.faces.stdio_guard).
         anyio.run(build_server(runtime).run_stdio_capped, settings.max_request_bytes)
         return
     from mcp.server.transport_security import TransportSecuritySettings
 
-    from safe_mcp.auth import TokenStore
+    from safe_mcp.trust.auth import TokenStore
 
     tokens = TokenStore(runtime.store) if settings.auth == "token" else None
     path = "/sse" if transport == "sse" else "/mcp"
@@ -151,7 +151,7 @@ def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopba
     security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
     # The human approval page on the MCP listener itself. Its routes take no bearer token (an approver
     # is not an agent): they check Host, Origin and CSRF themselves, and approving needs a TOTP code.
-    from safe_mcp.web import ApprovalPage, loopback_hosts
+    from safe_mcp.faces.web import ApprovalPage, loopback_hosts
 
     page_hosts = (loopback_hosts(host, port) if loopback else {f"{shown}:{port}"}) | {
         h for h in settings.allowed_hosts if not h.endswith(":*")}
@@ -161,15 +161,15 @@ def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopba
     import anyio
     import uvicorn
 
-    from safe_mcp.http_guard import BodyGuard, guard_endpoint
+    from safe_mcp.faces.http_guard import BodyGuard, guard_endpoint
 
     cap = settings.max_request_bytes
     if transport == "sse":
         app = server.sse_app(max_request_body_size=cap, transport_security=security, host=host)
-        guard_endpoint(app, "/messages")  # where SSE clients POST; malformed envelopes etc. (see safe_mcp.wire)
+        guard_endpoint(app, "/messages")  # where SSE clients POST; malformed envelopes etc. (see safe_mcp.faces.wire)
     else:
         app = server.streamable_http_app(max_request_body_size=cap, transport_security=security, host=host)
-        guard_endpoint(app, path)  # malformed envelopes and JSON the SDK's parser rejects (see safe_mcp.wire)
+        guard_endpoint(app, path)  # malformed envelopes and JSON the SDK's parser rejects (see safe_mcp.faces.wire)
     # The SDK's run(), with its app behind BodyGuard: no body over the cap is read whole, token or not.
     uvicorn_server = uvicorn.Server(uvicorn.Config(BodyGuard(app, cap), host=host, port=port,
                                                    log_level=server.settings.log_level.lower()))

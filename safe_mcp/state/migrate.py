@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from safe_mcp.errors import StateError
-from safe_mcp.state import StateStore
+from safe_mcp.state.store import StateStore
 
 __all__ = ["TABLES", "migrate"]
 
@@ -20,8 +20,8 @@ def migrate(source: StateStore, dest: StateStore) -> dict[str, int]:
     Raises:
         StateError: `dest` already holds receipts, a copy failed, or the copied chain does not verify.
     """
-    from safe_mcp.approvals import APPROVAL_TABLES
-    from safe_mcp.auth import TOKEN_TABLES
+    from safe_mcp.gate.approvals import APPROVAL_TABLES
+    from safe_mcp.trust.auth import TOKEN_TABLES
 
     source.flush()
     if dest.query("SELECT count(*) FROM receipts")[0][0]:

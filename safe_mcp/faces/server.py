@@ -18,13 +18,13 @@ from pydantic import BaseModel, Field, ValidationError
 
 from safe_mcp import __version__
 from safe_mcp.adapter import Call
-from safe_mcp.auth import TokenStore
 from safe_mcp.effects import Effect
 from safe_mcp.errors import Refused, SafeMcpError
-from safe_mcp.gate import Caller, Gate, GateResult, PendingView
-from safe_mcp.receipts import new_id
-from safe_mcp.runtime import Runtime
-from safe_mcp.strict_args import Violation, check_names, check_types, check_values, strict_schema
+from safe_mcp.faces.strict_args import Violation, check_names, check_types, check_values, strict_schema
+from safe_mcp.gate.pipeline import Caller, Gate, GateResult, PendingView
+from safe_mcp.gate.runtime import Runtime
+from safe_mcp.state.receipts import new_id
+from safe_mcp.trust.auth import TokenStore
 
 __all__ = ["build_server"]
 
@@ -195,7 +195,7 @@ class StrictServer(MCPServer[Runtime]):
     async def run_stdio_capped(self, max_bytes: int) -> None:
         """`run_stdio_async` over safe-mcp's own line reader: each request capped at `max_bytes` while it is
         read, and every line answered (see stdio_guard)."""
-        from safe_mcp.stdio_guard import guarded_stdio
+        from safe_mcp.faces.stdio_guard import guarded_stdio
 
         low = self._lowlevel_server
         async with guarded_stdio(max_bytes) as (read_stream, write_stream):
@@ -237,7 +237,7 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
     if tokens is not None:
         from mcp.server.auth.settings import AuthSettings
 
-        from safe_mcp.auth import MCP_SCOPE, TokenVerifier
+        from safe_mcp.trust.auth import MCP_SCOPE, TokenVerifier
 
         auth = {"token_verifier": TokenVerifier(tokens), "auth": AuthSettings(
             issuer_url=url, resource_server_url=url, required_scopes=[MCP_SCOPE], validate_token_resource=False)}

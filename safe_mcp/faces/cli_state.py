@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from safe_mcp.config import Config
+    from safe_mcp.trust.config import Config
 
 __all__ = ["add_parser", "run"]
 
@@ -25,13 +25,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
 
 def run(args: argparse.Namespace, config: Config) -> int:
     """Exit 0 when copied and verified; errors (StateError, ConfigError) reach the CLI's handler."""
-    from safe_mcp.config import SECRET_REF, StateSettings
     from safe_mcp.errors import ConfigError
-    from safe_mcp.migrate import migrate
-    from safe_mcp.runtime import open_state
-    from safe_mcp.secrets import resolve_ref
-    from safe_mcp.state import StateStore
-    from safe_mcp.statedb import PostgresDb
+    from safe_mcp.gate.runtime import open_state
+    from safe_mcp.state.db import PostgresDb
+    from safe_mcp.state.migrate import migrate
+    from safe_mcp.state.store import StateStore
+    from safe_mcp.trust.config import SECRET_REF, StateSettings
+    from safe_mcp.trust.secrets import resolve_ref
 
     try:
         StateSettings(url=args.to, pg_schema=args.schema)

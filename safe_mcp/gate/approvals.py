@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from safe_mcp import webhook
 from safe_mcp.adapter import Call
-from safe_mcp.config import ConfirmMode
 from safe_mcp.effects import Effect
 from safe_mcp.errors import Refused, StateError
-from safe_mcp.state import PendingAction
+from safe_mcp.gate import webhook
+from safe_mcp.state.store import PendingAction
+from safe_mcp.trust.config import ConfirmMode
 
 if TYPE_CHECKING:
-    from safe_mcp.gate import Caller, Gate
+    from safe_mcp.gate.pipeline import Caller, Gate
 
 __all__ = ["ApprovalDesk", "ApprovalStatus", "Approvers", "DecisionResult", "requester_of"]
 
@@ -273,7 +273,7 @@ class ApprovalDesk:
 
     def expire_due(self) -> list[str]:
         """Expire every overdue pending action (expiry denies) with a receipt each; return their ids."""
-        from safe_mcp.gate import Caller
+        from safe_mcp.gate.pipeline import Caller
 
         now = self.gate.clock()
         done = []
@@ -294,7 +294,7 @@ class ApprovalDesk:
         Raises:
             Refused: unknown or not-pending action, wrong code, self-approval, changed call, already decided.
         """
-        from safe_mcp.gate import Caller, action_digest
+        from safe_mcp.gate.pipeline import Caller, action_digest
 
         self.expire_due()
         verb = "approve" if approve else "deny"
@@ -346,7 +346,7 @@ class ApprovalDesk:
 
     def approve_by_elicitation(self, action_id: str, client: str) -> bool:
         """The MCP client's user accepted an elicitation for a trusted target: count it as one approval."""
-        from safe_mcp.gate import Caller, action_digest
+        from safe_mcp.gate.pipeline import Caller, action_digest
 
         action = self.store.pending(action_id)
         if action is None or action.state != "pending" or action.confirm_by != ConfirmMode.HUMAN.value:

@@ -116,7 +116,7 @@ _MAIN = '''"""Started by Claude Desktop from the safe-mcp bundle: serve over std
 import sys
 
 try:
-    from safe_mcp.cli import main
+    from safe_mcp.faces.cli import main
 except ImportError:
     sys.stderr.write("safe-mcp is not installed for " + sys.executable + "; run `safe-mcp bundle` again from "
                      "the install you want Claude Desktop to use\\n")

@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from safe_mcp.adapter import Adapter, Budget, Call, Classification, Outcome, Preview, Reconciled
-from safe_mcp.config import Config, ConfirmMode, Target
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Escalated, Refused, StateError, TargetUnavailable, TooManyRows
-from safe_mcp.instance import instance_id, is_dead
-from safe_mcp.orgpolicy import org_forbid
-from safe_mcp.policy import Decision, Verdict, decide
-from safe_mcp.receipts import Receipt, canonical_json, new_id
-from safe_mcp.secrets import Scrubber
-from safe_mcp.state import Intent, PendingAction, StateStore
+from safe_mcp.gate.policy import Decision, Verdict, decide
+from safe_mcp.state.instance import instance_id, is_dead
+from safe_mcp.state.receipts import Receipt, canonical_json, new_id
+from safe_mcp.state.store import Intent, PendingAction, StateStore
+from safe_mcp.trust.config import Config, ConfirmMode, Target
+from safe_mcp.trust.orgpolicy import org_forbid
+from safe_mcp.trust.secrets import Scrubber
 
 if TYPE_CHECKING:
-    from safe_mcp.approvals import ApprovalDesk
+    from safe_mcp.gate.approvals import ApprovalDesk
 
 __all__ = ["Caller", "Gate", "GateResult", "PendingView", "enforce_effect_table", "inside_gate"]
 
@@ -652,7 +652,7 @@ class Gate:
     @functools.cached_property
     def approvals(self) -> ApprovalDesk:
         """Human approvals of `human` actions (imported on first use: TOTP and crypto cost start-up time)."""
-        from safe_mcp.approvals import ApprovalDesk
+        from safe_mcp.gate.approvals import ApprovalDesk
 
         return ApprovalDesk(self)
 
@@ -808,8 +808,7 @@ class Gate:
         """Tell the approvals webhook, when one is configured; a failed notification changes nothing."""
         url = self.config.approvals.notify_url
         if url:
-            from safe_mcp import webhook
-
+            from safe_mcp.gate import webhook
             webhook.post_in_background(url, {
                 "text": f"safe-mcp: circuit breaker tripped for {caller.principal} on {target} ({reason}); "
                         f"its writes are refused until `safe-mcp breaker reset --session {caller.principal} --target {target}`",

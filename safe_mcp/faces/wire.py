@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any
 
-from safe_mcp.strict_args import SURROGATE_STAND_IN
+from safe_mcp.faces.strict_args import SURROGATE_STAND_IN
 
 __all__ = ["INVALID_REQUEST", "PARSE_ERROR", "ParseError", "dump", "envelope", "error", "load", "oversize_error",
            "tame"]

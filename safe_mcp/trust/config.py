@@ -182,7 +182,7 @@ class Config(BaseModel):
     server: ServerSettings = Field(default_factory=ServerSettings)
     breaker: BreakerRules = Field(default_factory=BreakerRules)
     org_policy: dict[str, Any] = Field(default_factory=dict)
-    """Set by `safe_mcp.orgpolicy.apply_policy`: source, digest, forbid lists and provenance of the org policy."""
+    """Set by `safe_mcp.trust.orgpolicy.apply_policy`: source, digest, forbid lists and provenance of the org policy."""
 
     @property
     def state_dir(self) -> Path:

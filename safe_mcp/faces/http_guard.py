@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from safe_mcp.wire import PARSE_ERROR, ParseError, envelope, error, load, oversize_error, tame
+from safe_mcp.faces.wire import PARSE_ERROR, ParseError, envelope, error, load, oversize_error, tame
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from safe_mcp.config import Access, ConfirmRules, Limits, LimitsOverride, ServerSettings, StateSettings
 from safe_mcp.registry import available_kinds, load_adapter
+from safe_mcp.trust.config import Access, ConfirmRules, Limits, LimitsOverride, ServerSettings, StateSettings
 
 __all__ = ["config_schema"]
 

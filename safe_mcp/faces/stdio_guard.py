@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 import anyio
 import anyio.to_thread
 
-from safe_mcp.wire import PARSE_ERROR, ParseError, dump, envelope, error, load, oversize_error
+from safe_mcp.faces.wire import PARSE_ERROR, ParseError, dump, envelope, error, load, oversize_error
 
 __all__ = ["guarded_stdio", "read_lines"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from safe_mcp.config import Access, Config, Target
 from safe_mcp.effects import Effect
-from safe_mcp.orgpolicy import reaches
-from safe_mcp.policy import Verdict, decide
+from safe_mcp.gate.policy import Verdict, decide
+from safe_mcp.trust.config import Access, Config, Target
+from safe_mcp.trust.orgpolicy import reaches
 
 __all__ = ["inventory", "inventory_schema", "render_md", "render_text"]
 

@@ -6,11 +6,11 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from safe_mcp.cli_table import plural, table
+from safe_mcp.faces.cli_table import plural, table
 
 if TYPE_CHECKING:
-    from safe_mcp.receipts import Receipt
-    from safe_mcp.state import PendingAction
+    from safe_mcp.state.receipts import Receipt
+    from safe_mcp.state.store import PendingAction
 
 __all__ = ["iso", "one_line", "pending_doc", "render_pending", "render_pending_one", "render_receipts", "time_left"]
 

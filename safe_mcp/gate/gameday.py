@@ -19,11 +19,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from safe_mcp.adapter import Call
-from safe_mcp.cli_table import plural, table
-from safe_mcp.config import Config, StateSettings
 from safe_mcp.errors import Refused
-from safe_mcp.gate import Caller, Gate
-from safe_mcp.runtime import Runtime
+from safe_mcp.faces.cli_table import plural, table
+from safe_mcp.gate.pipeline import Caller, Gate
+from safe_mcp.gate.runtime import Runtime
+from safe_mcp.trust.config import Config, StateSettings
 
 __all__ = ["Row", "exit_code", "render", "run_gameday"]
 

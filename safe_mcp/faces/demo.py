@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from safe_mcp.cli_table import plural
+from safe_mcp.faces.cli_table import plural
 
 __all__ = ["DEMO_CONFIG", "create_shop", "run_demo"]
 
@@ -113,7 +113,7 @@ def run_demo(directory: Path) -> int:
 async def _session(config: Path) -> int:
     from mcp import Client, StdioServerParameters
 
-    from safe_mcp.state import StateStore
+    from safe_mcp.state.store import StateStore
 
     params = StdioServerParameters(command=sys.executable, args=["-m", "safe_mcp", "serve", "--config", str(config)])
     async with Client(params) as client:
