@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safe_mcp.errors import ConfigError, Refused, SafeMcpError
+from safe_mcp.faces.cli_common import config_of, config_path_of, runtime_of
 from safe_mcp.faces.cli_lockdown import COMMANDS as LOCKDOWN_COMMANDS
 from safe_mcp.faces.cli_lockdown import add_parsers as _locked_down_parsers
 from safe_mcp.faces.cli_reconcile import add_parser as _reconcile_parser
@@ -144,26 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         return 141
 
 
-def _config_path(args: argparse.Namespace) -> Path:
-    from safe_mcp.trust.config import default_config_path
-
-    return Path(args.config) if getattr(args, "config", None) else default_config_path()
-
-
-def _config(args: argparse.Namespace) -> Config:
-    from safe_mcp.trust.orgpolicy import effective_config
-
-    return effective_config(_config_path(args), getattr(args, "policy", None))
-
-
-def _runtime(args: argparse.Namespace, session: str = "cli") -> Runtime:
-    from safe_mcp.gate.runtime import Runtime
-
-    return Runtime(_config(args), session=session)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = config_of(args)
     if args.transport != "stdio":
         from safe_mcp.trust.orgpolicy import check_listener
 
@@ -204,9 +189,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Exit 1 when a target cannot be used as configured: its audit could not connect, or its file is
     missing (offline: reported, but only the config itself is judged)."""
-    from safe_mcp.trust.inventory import inventory, render_text
+    from safe_mcp.gate.inventory import inventory, render_text
 
-    config = _config(args)
+    config = config_of(args)
     inv = inventory(config)
     problems = _missing_files(config, inv)
     if not args.offline:
@@ -214,7 +199,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(inv, indent=2))
     elif args.format == "md":
-        from safe_mcp.trust.inventory import render_md
+        from safe_mcp.gate.inventory import render_md
 
         print(render_md(inv))
     else:
@@ -280,7 +265,7 @@ def _audit_targets(config: Config, inv: dict[str, Any]) -> list[str]:
 def cmd_receipts(args: argparse.Namespace) -> int:
     from safe_mcp.gate.runtime import open_state
 
-    store = open_state(_config(args))
+    store = open_state(config_of(args))
     try:
         if args.action == "list":
             from safe_mcp.faces.cli_table import terminal_width
@@ -324,7 +309,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
     if bool(args.receipt_id) == bool(scoped):
         print("safe-mcp: give either a RECEIPT_ID or one of --session, --run, --since", file=sys.stderr)
         return 2
-    rt = _runtime(args)
+    rt = runtime_of(args)
     caller = Caller(session=rt.session, client="safe-mcp-cli")
     try:
         if args.receipt_id:
@@ -360,9 +345,10 @@ def cmd_undo(args: argparse.Namespace) -> int:
 
 def cmd_gameday(args: argparse.Namespace) -> int:
     from safe_mcp.faces.cli_table import terminal_width
-    from safe_mcp.gate.gameday import exit_code, render, run_gameday
+    from safe_mcp.faces.cli_views import render_gameday as render
+    from safe_mcp.gate.gameday import exit_code, run_gameday
 
-    rows = run_gameday(_config(args))
+    rows = run_gameday(config_of(args))
     print(render(rows, terminal_width()))
     return exit_code(rows)
 
@@ -374,7 +360,7 @@ def cmd_breaker(args: argparse.Namespace) -> int:
     from safe_mcp.effects import Effect
     from safe_mcp.gate.pipeline import Caller
 
-    rt = _runtime(args)
+    rt = runtime_of(args)
     try:
         if args.action == "list":
             from safe_mcp.faces.cli_table import table, terminal_width
@@ -403,7 +389,7 @@ def cmd_breaker(args: argparse.Namespace) -> int:
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from safe_mcp.faces.cli_reconcile import run
 
-    rt = _runtime(args)
+    rt = runtime_of(args)
     try:
         return run(args, rt)
     finally:
@@ -413,7 +399,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 def cmd_state(args: argparse.Namespace) -> int:
     from safe_mcp.faces.cli_state import run
 
-    return run(args, _config(args))
+    return run(args, config_of(args))
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
@@ -421,7 +407,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
     from safe_mcp.faces.cli_views import pending_doc, render_pending, render_pending_one, state_of
     from safe_mcp.gate.runtime import open_state
 
-    store = open_state(_config(args))
+    store = open_state(config_of(args))
     try:
         now = time.time()
         if args.action_id:
@@ -461,14 +447,14 @@ def _approved_by(store: Any) -> dict[str, list[str]]:
 def _checked_config_path(args: argparse.Namespace) -> Path:
     """The config a client will be pointed at, loaded first: a client that starts safe-mcp with a missing
     or broken config only shows the user a server that failed to start."""
-    _config(args)
-    return _config_path(args).resolve()
+    config_of(args)
+    return config_path_of(args).resolve()
 
 
 def cmd_client_config(args: argparse.Namespace) -> int:
     from safe_mcp.faces.cli_clients import client_entry
 
-    path = _config_path(args).resolve() if args.url and not args.config else _checked_config_path(args)
+    path = config_path_of(args).resolve() if args.url and not args.config else _checked_config_path(args)
     if args.url and not args.url.startswith(("http://", "https://")):
         print(f"safe-mcp: --url must be an http:// or https:// URL, not {args.url!r}", file=sys.stderr)
         return 2
@@ -498,7 +484,7 @@ def cmd_secrets(args: argparse.Namespace) -> int:
     if args.action == "check":
         from safe_mcp.faces.cli_lockdown import secrets_check
 
-        return secrets_check(_config(args))
+        return secrets_check(config_of(args))
     if args.file or os.environ.get("SAFE_MCP_SECRETS_FILE"):
         from safe_mcp.trust.secretstore import store_secret
 
@@ -536,7 +522,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     from safe_mcp.adapter import Call
     from safe_mcp.gate.pipeline import Caller
 
-    rt = _runtime(args)
+    rt = runtime_of(args)
     who = Caller(session=rt.session, client="safe-mcp-cli")
     try:
         if args.action == "list":
@@ -578,7 +564,7 @@ def _send_receipt(rt: Runtime, outbox_id: str) -> str | None:
 
 
 def cmd_approver(args: argparse.Namespace) -> int:
-    rt = _runtime(args)
+    rt = runtime_of(args)
     try:
         if args.action == "list":
             names = rt.gate.approvals.approvers.names()
@@ -600,7 +586,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
     import getpass
 
     code = getpass.getpass(f"current code of {args.approver}: ") if sys.stdin.isatty() else sys.stdin.readline().strip()
-    rt = _runtime(args, session="approvals")
+    rt = runtime_of(args, session="approvals")
     try:
         result = rt.gate.approvals.decide(args.action_id, args.approver, code, "cli", args.command == "approve",
                                           getattr(args, "reason", ""))

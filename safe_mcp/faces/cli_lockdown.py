@@ -65,10 +65,11 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from safe_mcp.faces.cli import _config
+    from safe_mcp.faces.cli_common import config_of
+    from safe_mcp.gate.runtime import open_state
     from safe_mcp.trust.auth import TokenStore
 
-    return TokenStore.open(_config(args))
+    return TokenStore(open_state(config_of(args)), owned=True)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -96,7 +97,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_inventory_schema(args: argparse.Namespace) -> int:
-    from safe_mcp.trust.inventory import inventory_schema
+    from safe_mcp.gate.inventory import inventory_schema
 
     print(json.dumps(inventory_schema(), indent=2, sort_keys=True))
     return 0

@@ -26,10 +26,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
 def run(args: argparse.Namespace, config: Config) -> int:
     """Exit 0 when copied and verified; errors (StateError, ConfigError) reach the CLI's handler."""
     from safe_mcp.errors import ConfigError
+    from safe_mcp.gate.approvals import APPROVAL_TABLES
     from safe_mcp.gate.runtime import open_state
     from safe_mcp.state.db import PostgresDb
     from safe_mcp.state.migrate import migrate
     from safe_mcp.state.store import StateStore
+    from safe_mcp.trust.auth import TOKEN_TABLES
     from safe_mcp.trust.config import SECRET_REF, StateSettings
     from safe_mcp.trust.secrets import resolve_ref
 
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     dest = StateStore(db=PostgresDb(args.to, password, args.schema))
     try:
         print(f"copying the state of {config.source} ({source.path}) to {dest.path} schema {args.schema}", flush=True)
-        copied = migrate(source, dest)
+        copied = migrate(source, dest, APPROVAL_TABLES + TOKEN_TABLES)
     finally:
         source.close()
         dest.close()

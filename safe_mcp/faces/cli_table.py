@@ -13,17 +13,12 @@ import textwrap
 from collections.abc import Sequence
 from typing import TextIO
 
+from safe_mcp.text import plural
+
 __all__ = ["plural", "table", "terminal_width"]
 
 _GAP = "  "
 _MIN_COL = 8
-
-
-def plural(n: int | None, word: str, many: str | None = None) -> str:
-    """`1 row`, `2 rows`, `0 rows`; `many` for irregular plurals."""
-    if n is None:
-        return f"? {many or word + 's'}"
-    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 def terminal_width(stream: TextIO | None = None) -> int | None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from safe_mcp.faces.cli_table import plural, table
 
 if TYPE_CHECKING:
+    from safe_mcp.gate.gameday import Row
     from safe_mcp.state.receipts import Receipt
     from safe_mcp.state.store import PendingAction
 
@@ -109,4 +110,28 @@ def render_receipts(receipts: list[Receipt], total: int, width: int | None) -> s
            ] if rows else []
     more = " (the newest; --limit N shows more)" if total > len(receipts) else ""
     out.append(f"{plural(len(receipts), 'receipt')} of {total}{more}")
+    return "\n".join(out)
+
+
+def render_gameday(rows: list[Row], width: int | None = None) -> str:
+    """The results as a table (wrapped to `width` on a terminal) and a closing verdict line."""
+    verdict = {None: "NOT PLAYED", True: "pass", False: "FAIL"}
+    out = [table(["scenario", "target", "result", "what happened", "expected"],
+                 [[r.scenario, r.target, verdict[r.passed], r.happened, r.expected] for r in rows], width=width), ""]
+    failed = [r for r in rows if r.passed is False]
+    unplayed = [r for r in rows if r.passed is None]
+    played = sum(r.passed is True for r in rows)
+    if failed:
+        out.append(f"FAIL: {plural(len(failed), 'scenario')} would have done damage: "
+                   + ", ".join(f"{r.scenario} on {r.target}" for r in failed))
+    if unplayed:
+        out.append(f"INCOMPLETE: {plural(len(unplayed), 'scenario group')} could not be played, so nothing is known "
+                   "about them: " + ", ".join(f"{r.scenario} on {r.target}" for r in unplayed)
+                   + "; make the target reachable (or give it data) and run gameday again")
+    if not rows:
+        out.append("INCOMPLETE: no scenario applies to the targets of this config")
+    if rows and not failed and not unplayed:
+        out.append(f"ok: all {plural(played, 'scenario')} contained")
+    elif played:
+        out.append(f"{plural(played, 'scenario')} contained")
     return "\n".join(out)

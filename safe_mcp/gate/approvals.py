@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -28,11 +28,9 @@ from safe_mcp.adapter import Call
 from safe_mcp.effects import Effect
 from safe_mcp.errors import Refused, StateError
 from safe_mcp.gate import webhook
+from safe_mcp.gate.calls import Caller, GateServices, action_digest
 from safe_mcp.state.store import PendingAction
 from safe_mcp.trust.config import ConfirmMode
-
-if TYPE_CHECKING:
-    from safe_mcp.gate.pipeline import Caller, Gate
 
 __all__ = ["ApprovalDesk", "ApprovalStatus", "Approvers", "DecisionResult", "requester_of"]
 
@@ -104,7 +102,7 @@ def _valid_name(name: str) -> bool:
 class Approvers:
     """Enrolled approvers and their TOTP secrets, encrypted at rest in the state store."""
 
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: GateServices) -> None:
         self._gate = gate
         self._store = gate.store
         with self._store.transaction() as db:
@@ -224,7 +222,7 @@ class Approvers:
 class ApprovalDesk:
     """Records decisions on `human` actions for one gate and tells whether an action may run."""
 
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: GateServices) -> None:
         self.gate = gate
         self.store = gate.store
         self.approvers = Approvers(gate)
@@ -273,8 +271,6 @@ class ApprovalDesk:
 
     def expire_due(self) -> list[str]:
         """Expire every overdue pending action (expiry denies) with a receipt each; return their ids."""
-        from safe_mcp.gate.pipeline import Caller
-
         now = self.gate.clock()
         done = []
         for action in self.store.pending_list():
@@ -294,8 +290,6 @@ class ApprovalDesk:
         Raises:
             Refused: unknown or not-pending action, wrong code, self-approval, changed call, already decided.
         """
-        from safe_mcp.gate.pipeline import Caller, action_digest
-
         self.expire_due()
         verb = "approve" if approve else "deny"
         who = Caller(session="approvals", client=f"approver:{name} via {channel}")
@@ -346,8 +340,6 @@ class ApprovalDesk:
 
     def approve_by_elicitation(self, action_id: str, client: str) -> bool:
         """The MCP client's user accepted an elicitation for a trusted target: count it as one approval."""
-        from safe_mcp.gate.pipeline import Caller, action_digest
-
         action = self.store.pending(action_id)
         if action is None or action.state != "pending" or action.confirm_by != ConfirmMode.HUMAN.value:
             return False

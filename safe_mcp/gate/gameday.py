@@ -20,12 +20,12 @@ from pydantic import BaseModel, ConfigDict
 
 from safe_mcp.adapter import Call
 from safe_mcp.errors import Refused
-from safe_mcp.faces.cli_table import plural, table
 from safe_mcp.gate.pipeline import Caller, Gate
 from safe_mcp.gate.runtime import Runtime
+from safe_mcp.text import plural
 from safe_mcp.trust.config import Config, StateSettings
 
-__all__ = ["Row", "exit_code", "render", "run_gameday"]
+__all__ = ["Row", "exit_code", "run_gameday"]
 
 _SHOWN = 200  # characters of a reason kept in a row; cut at a word, never inside one
 
@@ -191,30 +191,6 @@ def _sql_scenarios(gate: Gate, caller: Caller, target: str, sandbox: bool) -> li
                         happened=what, passed=ok))
 
     return rows
-
-
-def render(rows: list[Row], width: int | None = None) -> str:
-    """The results as a table (wrapped to `width` on a terminal) and a closing verdict line."""
-    verdict = {None: "NOT PLAYED", True: "pass", False: "FAIL"}
-    out = [table(["scenario", "target", "result", "what happened", "expected"],
-                 [[r.scenario, r.target, verdict[r.passed], r.happened, r.expected] for r in rows], width=width), ""]
-    failed = [r for r in rows if r.passed is False]
-    unplayed = [r for r in rows if r.passed is None]
-    played = sum(r.passed is True for r in rows)
-    if failed:
-        out.append(f"FAIL: {plural(len(failed), 'scenario')} would have done damage: "
-                   + ", ".join(f"{r.scenario} on {r.target}" for r in failed))
-    if unplayed:
-        out.append(f"INCOMPLETE: {plural(len(unplayed), 'scenario group')} could not be played, so nothing is known "
-                   "about them: " + ", ".join(f"{r.scenario} on {r.target}" for r in unplayed)
-                   + "; make the target reachable (or give it data) and run gameday again")
-    if not rows:
-        out.append("INCOMPLETE: no scenario applies to the targets of this config")
-    if rows and not failed and not unplayed:
-        out.append(f"ok: all {plural(played, 'scenario')} contained")
-    elif played:
-        out.append(f"{plural(played, 'scenario')} contained")
-    return "\n".join(out)
 
 
 def exit_code(rows: list[Row]) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import hashlib
 import logging
 import threading
 import time
@@ -22,9 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from safe_mcp.adapter import Adapter, Budget, Call, Classification, Outcome, Preview, Reconciled
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Escalated, Refused, StateError, TargetUnavailable, TooManyRows
+from safe_mcp.gate.calls import Caller, action_digest
 from safe_mcp.gate.policy import Decision, Verdict, decide
 from safe_mcp.state.instance import instance_id, is_dead
-from safe_mcp.state.receipts import Receipt, canonical_json, new_id
+from safe_mcp.state.receipts import Receipt, new_id
 from safe_mcp.state.store import Intent, PendingAction, StateStore
 from safe_mcp.trust.config import Config, ConfirmMode, Target
 from safe_mcp.trust.orgpolicy import org_forbid
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["Caller", "Gate", "GateResult", "PendingView", "enforce_effect_table", "inside_gate"]
 
 _IN_GATE: contextvars.ContextVar[bool] = contextvars.ContextVar("safe_mcp_in_gate", default=False)
-_DIGEST_DOMAIN = b"safe-mcp/action/v1\x00"
 # Arguments that steer the gate itself and are not part of what the call does.
 _CONTROL_ARGS = frozenset({"dry_run", "idempotency_key"})
 
@@ -44,18 +43,6 @@ _CONTROL_ARGS = frozenset({"dry_run", "idempotency_key"})
 def inside_gate() -> bool:
     """True while the gate is calling an adapter (tests use it to prove there is no other path)."""
     return _IN_GATE.get()
-
-
-class Caller(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    session: str
-    client: str = "unknown"
-    run_id: str | None = None
-    """The agent's own name for a run of work (a tool argument on writes); the session when absent."""
-    principal: str = "local"
-    """Who is calling, across sessions and restarts: the token's name over HTTP/SSE, "local" over stdio
-    (whoever can start this server on this state store). The circuit breaker holds for the principal."""
 
 
 class PendingView(BaseModel):
@@ -89,17 +76,6 @@ class GateResult(BaseModel):
     undo: str | None = None
     pending: PendingView | None = None
     preview: dict[str, Any] | None = None
-
-
-def action_digest(call: Call, policy_digest: str) -> str:
-    """Binds a confirmation to exactly this call on this target under this policy."""
-    doc = {
-        "target": call.target,
-        "tool": call.tool,
-        "args": {k: v for k, v in call.args.items() if k != "dry_run"},
-        "policy": policy_digest,
-    }
-    return hashlib.sha256(_DIGEST_DOMAIN + canonical_json(doc).encode()).hexdigest()
 
 
 def _iso(ts: float) -> str:

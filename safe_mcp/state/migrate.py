@@ -12,22 +12,20 @@ TABLES = ("receipts", "ledger_head", "pending", "compensations", "idempotency", 
 """Every table of the state, in an order that copies cleanly."""
 
 
-def migrate(source: StateStore, dest: StateStore) -> dict[str, int]:
+def migrate(source: StateStore, dest: StateStore, tables_ddl: str = "") -> dict[str, int]:
     """Copy every row of `source` into `dest`, whose ledger must be empty; verify the chain on `dest`.
+    `tables_ddl` creates the tables other modules keep in the state (approvals, tokens) on `dest` first.
 
     Returns the rows copied per table.
 
     Raises:
         StateError: `dest` already holds receipts, a copy failed, or the copied chain does not verify.
     """
-    from safe_mcp.gate.approvals import APPROVAL_TABLES
-    from safe_mcp.trust.auth import TOKEN_TABLES
-
     source.flush()
     if dest.query("SELECT count(*) FROM receipts")[0][0]:
         raise StateError(f"the destination {dest.path} already holds receipts; migrate into an empty one")
     with dest.transaction() as tx:
-        for stmt in dest.ddl(APPROVAL_TABLES + TOKEN_TABLES):
+        for stmt in dest.ddl(tables_ddl):
             tx.execute(stmt)
     copied: dict[str, int] = {}
     with dest.transaction() as tx:

@@ -22,8 +22,6 @@ from safe_mcp.state.store import StateStore
 if TYPE_CHECKING:
     from mcp.server.auth.provider import AccessToken
 
-    from safe_mcp.trust.config import Config
-
 __all__ = ["MCP_SCOPE", "ROLES", "TokenInfo", "TokenStore", "TokenVerifier"]
 
 Role = Literal["agent", "approver", "admin"]
@@ -74,13 +72,6 @@ class TokenStore:
         with store.transaction() as db:
             for stmt in store.ddl(_SCHEMA):
                 db.execute(stmt)
-
-    @classmethod
-    def open(cls, config: Config) -> TokenStore:
-        """A token store on its own connection to the config's state store (for the CLI)."""
-        from safe_mcp.gate.runtime import open_state
-
-        return cls(open_state(config), owned=True)
 
     def create(self, name: str, role: str) -> str:
         """Store a new token's hash and return the token (the only time it exists in clear).

@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 
 from safe_mcp.errors import ConfigError
-from safe_mcp.trust.secrets import Scrubber
+from safe_mcp.trust.scrub import Scrubber
 
 __all__ = ["ScrubFilter", "file_secret", "install_log_scrubber", "secrets_file", "store_secret"]
 

@@ -147,6 +147,6 @@ def test_the_cli_parser_loads_no_command_modules() -> None:
     only for the commands that print them."""
     code = ("import sys\nimport safe_mcp.faces.cli as c\nc._parser()\n"
             "print(','.join(m for m in ('pydantic', 'mcp', 'zipfile', 'safe_mcp.faces.cli_table', 'safe_mcp.faces.cli_views', "
-            "'safe_mcp.faces.cli_clients', 'safe_mcp.trust.inventory') if m in sys.modules))")
+            "'safe_mcp.faces.cli_clients', 'safe_mcp.gate.inventory') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr

@@ -33,7 +33,8 @@ def test_gameday_half_played_still_fails(tmp_path: Path) -> None:
 
 
 def test_gameday_rows_are_whole_words_and_fit_a_terminal(tmp_path: Path) -> None:
-    from safe_mcp.gate.gameday import render, run_gameday
+    from safe_mcp.faces.cli_views import render_gameday as render
+    from safe_mcp.gate.gameday import run_gameday
     from safe_mcp.trust.config import load_config
 
     rows = run_gameday(load_config(shop(tmp_path)))

@@ -95,7 +95,7 @@ def test_receipts_list_has_a_header_a_total_and_aligned_columns(tmp_path: Path) 
 
 
 def test_check_aligns_long_keys() -> None:
-    from safe_mcp.trust.inventory import _pairs
+    from safe_mcp.gate.inventory import _pairs
 
     out = _pairs([("read", "allowed"), ("statement_timeout_ms", "30000")], None)
     assert out == ["  read:                 allowed", "  statement_timeout_ms: 30000"]

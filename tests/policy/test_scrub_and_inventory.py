@@ -87,7 +87,7 @@ def test_secrets_file_backend_and_check(tmp_path: Path) -> None:
 
 
 def test_inventory_schema_is_current() -> None:
-    from safe_mcp.trust.inventory import inventory_schema
+    from safe_mcp.gate.inventory import inventory_schema
 
     published = json.loads((ROOT / "config" / "inventory.schema.json").read_text())
     assert published == json.loads(json.dumps(inventory_schema())), "regenerate config/inventory.schema.json"
