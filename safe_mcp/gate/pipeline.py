@@ -23,7 +23,7 @@ from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Escalated, Refused, StateError, TargetUnavailable, TooManyRows
 from safe_mcp.gate.calls import Caller, action_digest
 from safe_mcp.gate.policy import Decision, Verdict, decide
-from safe_mcp.state.instance import instance_id, is_dead
+from safe_mcp.state.instance import instance_id, is_dead, is_running_here
 from safe_mcp.state.receipts import Receipt, new_id
 from safe_mcp.state.store import Intent, PendingAction, StateStore
 from safe_mcp.trust.config import Config, ConfirmMode, Target
@@ -582,7 +582,7 @@ class Gate:
         if not found:
             raise Refused(f"no unsettled intent has id {intent_id!r}", "list them with `safe-mcp reconcile`")
         intent = found[0]
-        if intent.state == "open" and not is_dead(intent.owner):
+        if intent.state == "open" and is_running_here(intent.owner):
             raise Refused(f"intent {intent_id} belongs to a running safe-mcp ({intent.owner})",
                           "wait for it to finish; only intents of processes that died are settled")
         return self._settle_intent(intent, executed=executed, outcome=None,

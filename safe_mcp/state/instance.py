@@ -12,7 +12,7 @@ import functools
 import os
 import socket
 
-__all__ = ["instance_id", "is_dead"]
+__all__ = ["instance_id", "is_dead", "is_running_here"]
 
 
 def _stat(pid: int) -> list[str]:
@@ -60,3 +60,9 @@ def is_dead(owner: str) -> bool:
     if fields and fields[0] in ("Z", "X"):
         return True  # killed, not yet reaped by its parent
     return bool(started) and len(fields) > 19 and fields[19] != started
+
+
+def is_running_here(owner: str) -> bool:
+    """True when `owner` is a process on this host that still runs (so nobody may settle its work)."""
+    host = owner.partition("/")[0]
+    return bool(owner) and host == socket.gethostname() and not is_dead(owner)
