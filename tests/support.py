@@ -217,3 +217,16 @@ def tamper_pending(config_path: Path, action_id: str | None = None, **changes: o
                                (json.dumps({**json.loads(str(call)), **changes}), aid))
     finally:
         store.close()
+
+
+def tamper_ledger(config_path: Path, sql: str, params: tuple[object, ...] = ()) -> None:
+    """Someone with write access to the state store runs one statement on it behind safe-mcp's back."""
+    from safe_mcp.gate.runtime import open_state
+    from safe_mcp.trust.config import load_config
+
+    store = open_state(load_config(config_path))
+    try:
+        with store.transaction() as tx:
+            tx.execute(sql, params)
+    finally:
+        store.close()

@@ -41,7 +41,7 @@ def open_state(config: Config) -> StateStore:
 
     # Files beside the state stay local even then: the approvers' key file, adapters' own files (an outbox).
     try:
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise StateError(f"cannot create the state directory {config.state_dir}: {exc}") from None
 

@@ -9,6 +9,7 @@ state store serialises what must be linear (the receipt chain) with a row lock o
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import threading
@@ -78,6 +79,9 @@ class SqliteDb(StateDb):
     def __init__(self, path: Path) -> None:
         self.where = str(path)
         try:
+            if not path.exists():
+                # Created 0600 before SQLite opens it; its -wal and -shm files take the same mode.
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")

@@ -190,7 +190,8 @@ class StateStore:
             if directory is None:
                 raise StateError("a state store needs a directory or a database")
             try:
-                directory.mkdir(parents=True, exist_ok=True)
+                # Receipts, token hashes and undo records are nobody else's business: 0700, like ~/.ssh.
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as exc:
                 raise StateError(f"cannot open the state store in {directory}: {exc}") from None
             db = SqliteDb(directory / "state.db")

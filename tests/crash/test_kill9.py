@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import require_service, serve_cmd, write_config
+from support import ledger_rows, require_service, serve_cmd, write_config
 
 KILLS = int(os.environ.get("SAFE_MCP_KILLS", "20"))
 ROWS = 5
@@ -199,12 +199,8 @@ def _check(engine: Engine, tmp_path: Path, figures: dict[str, int]) -> None:
     executed = {r["args"]["idempotency_key"] for r in receipts
                 if r["tool"] == "sql_execute" and r["outcome"] == "executed"}
     assert len(executed) == figures["writes"], "every committed write has its executed receipt"
-    state = sqlite3.connect(tmp_path / ".safe-mcp" / "state.db")
-    try:
-        stuck = state.execute("SELECT key, state FROM idempotency WHERE state != 'done'").fetchall()
-        open_intents = state.execute("SELECT id FROM intents").fetchall()
-    finally:
-        state.close()
+    stuck = ledger_rows(engine.config, "SELECT key, state FROM idempotency WHERE state != 'done'")
+    open_intents = ledger_rows(engine.config, "SELECT id FROM intents")
     assert stuck == [] and open_intents == [], (stuck, open_intents)
     undo = subprocess.run([sys.executable, "-m", "safe_mcp", "undo", "--run", "crashrun", "--config", str(engine.config)],
                           capture_output=True, text=True, timeout=300)

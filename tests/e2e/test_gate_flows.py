@@ -10,7 +10,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from support import SHOP_TARGETS, call, connect, refused, write_config
+from support import SHOP_TARGETS, call, connect, ledger_rows, refused, tamper_ledger, tamper_pending, write_config
 
 from safe_mcp.faces.demo import create_shop
 
@@ -182,10 +182,7 @@ async def test_a_tampered_pending_action_is_refused(tmp_path: Path) -> None:
     cfg = make(tmp_path)
     async with connect(cfg, "memory") as c:
         p = await call(c, "sql_execute", target="admin", sql="DELETE FROM orders WHERE id IN (1, 2) OR 1 = 1")
-        state = sqlite3.connect(tmp_path / ".safe-mcp" / "state.db")
-        state.execute("UPDATE pending SET call = json_set(call, '$.sql', 'DROP TABLE customers')")
-        state.commit()
-        state.close()
+        tamper_pending(cfg, sql="DROP TABLE customers")
         text = await refused(c, "confirm", action_id=p["pending"]["action_id"])
         assert "changed since" in text
     assert rows(tmp_path, "SELECT count(*) FROM customers") == [(4,)]
@@ -273,14 +270,14 @@ async def test_receipts_verify_after_a_session_and_after_tampering(tmp_path: Pat
         assert outcomes[-4:] == ["executed", "intent", "executed", "refused"]
     ok = cli(cfg, "receipts", "verify")
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    state = sqlite3.connect(tmp_path / ".safe-mcp" / "state.db")
-    state.execute("UPDATE receipts SET body = json_set(body, '$.affected', 0) WHERE id = ?", (w["receipt_id"],))
-    state.commit()
-    state.close()
+    [(body,)] = ledger_rows(cfg, "SELECT body FROM receipts WHERE id = ?", (w["receipt_id"],))
+    tamper_ledger(cfg, "UPDATE receipts SET body = ? WHERE id = ?",
+                  (json.dumps({**json.loads(str(body)), "affected": 0}), w["receipt_id"]))
     bad = cli(cfg, "receipts", "verify")
     assert bad.returncode == 1 and w["receipt_id"] in bad.stdout
 
 
+@pytest.mark.sqlite_state  # breaks the SQLite ledger with a trigger
 async def test_intent_is_written_before_a_write_and_a_broken_ledger_stops_writes(tmp_path: Path) -> None:
     cfg = make(tmp_path)
     async with connect(cfg, "memory") as c:

@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 from apis import Payments
 from http_support import billing
-from support import serve_cmd, write_config
+from support import ledger_rows, serve_cmd, write_config
 
 
 class Stdio:
@@ -125,11 +124,7 @@ def test_a_refund_in_flight_when_the_server_dies_is_never_resent(tmp_path: Path,
 
 
 def _receipts(tmp_path: Path) -> list[dict[str, Any]]:
-    db = sqlite3.connect(tmp_path / ".safe-mcp" / "state.db")
-    try:
-        return [json.loads(b) for (b,) in db.execute("SELECT body FROM receipts ORDER BY seq")]
-    finally:
-        db.close()
+    return [json.loads(str(b)) for (b,) in ledger_rows(tmp_path / "safe-mcp.toml", "SELECT body FROM receipts ORDER BY seq")]
 
 
 def _intent_id(tmp_path: Path) -> str:

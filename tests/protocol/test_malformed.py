@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import SHOP_TARGETS, create_token, free_port, serve_cmd, serving, wait_port, write_config
+from support import SHOP_TARGETS, create_token, free_port, ledger_rows, serve_cmd, serving, wait_port, write_config
 
 from safe_mcp.faces.demo import create_shop
 
@@ -88,10 +88,9 @@ def receipt(config: Path, text: str) -> dict[str, Any]:
     """The refusal receipt a tool error quotes, read from the state store itself."""
     assert "receipt: rcpt_" in text, text
     rid = text.rsplit("receipt: ", 1)[1].split()[0].rstrip(".")
-    with sqlite3.connect(config.parent / ".safe-mcp" / "state.db") as db:
-        row = db.execute("SELECT body FROM receipts WHERE id = ?", (rid,)).fetchone()
-    assert row is not None, rid
-    body: dict[str, Any] = json.loads(row[0])
+    rows = ledger_rows(config, "SELECT body FROM receipts WHERE id = ?", (rid,))
+    assert rows, rid
+    body: dict[str, Any] = json.loads(str(rows[0][0]))
     assert body["decision"] == "refuse" and body["outcome"] == "refused", body
     return body
 

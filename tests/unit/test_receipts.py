@@ -151,3 +151,16 @@ def test_cli_verify_exit_codes_and_export(tmp_path: Path) -> None:
     store.close()
     bad = run("verify")
     assert bad.returncode == 1 and ids[1] in bad.stdout
+
+
+def test_the_state_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """Receipts, token hashes and undo records: another local user can neither list nor read them."""
+    import os
+    import stat
+
+    store = StateStore(tmp_path / "state")
+    _fill(store, 1)
+    store.close()
+    assert stat.S_IMODE(os.stat(tmp_path / "state").st_mode) == 0o700
+    for f in (tmp_path / "state").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) & 0o077 == 0, f
