@@ -48,6 +48,7 @@ def _config(tmp: Path, issuer: str, port: int) -> Path:
         issuer = "{issuer}"
         audience = "http://127.0.0.1:{port}/mcp"
         roles_claim = "groups"
+        required_scopes = ["mcp:tools"]
         roles = {ROLES}
 
         [targets.shop]
@@ -145,7 +146,7 @@ def _insert(sql_body: str) -> dict[str, object]:
 
 async def test_valid_token_calls_tools_as_its_subject(provider: Provider, server: tuple[str, Path]) -> None:
     url, config = server
-    token = provider.token(sub="alice@example.com", aud=url, groups=["eng"])
+    token = provider.token(sub="alice@example.com", aud=url, groups=["eng"], scope="openid mcp:tools")
     async with support.http_client(url, config, token=token) as client:
         r = await client.call_tool("sql_execute", _insert("by alice"))
         assert not r.is_error, r.content
@@ -175,6 +176,19 @@ async def test_bad_tokens_are_401_and_leave_no_trace(provider: Provider, server:
         assert c.execute("SELECT COUNT(*) FROM notes WHERE body = ?", (case,)).fetchone() == (0,)
 
 
+async def test_token_without_the_required_scope_is_403(provider: Provider, server: tuple[str, Path]) -> None:
+    url, config = server
+    before = support.ledger_rows(config, "SELECT COUNT(*) FROM receipts")
+    token = provider.token(sub="carol", aud=url, groups=["eng"], scope="openid")
+    async with httpx2.AsyncClient() as http:
+        r = await http.post(url, headers={"Authorization": f"Bearer {token}",
+                                          "Accept": "application/json, text/event-stream"},
+                            json={"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+                                "name": "sql_execute", "arguments": _insert("carol")}})
+    assert r.status_code == 403 and 'error="insufficient_scope"' in r.headers["www-authenticate"], r.text
+    assert support.ledger_rows(config, "SELECT COUNT(*) FROM receipts") == before
+
+
 async def test_no_token_is_401_pointing_at_metadata_naming_the_real_issuer(provider: Provider,
                                                                             server: tuple[str, Path]) -> None:
     url, _ = server
@@ -186,6 +200,7 @@ async def test_no_token_is_401_pointing_at_metadata_naming_the_real_issuer(provi
         meta = (await http.get(meta_url)).json()
     assert meta["resource"] == url
     assert meta["authorization_servers"] == [provider.issuer]
+    assert meta["scopes_supported"] == ["mcp:tools"]
     assert "127.0.0.1" not in provider.issuer  # the provider is not safe-mcp
 
 
