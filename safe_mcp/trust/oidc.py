@@ -23,6 +23,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+import anyio
+
 from safe_mcp.errors import ConfigError
 
 Role = Literal["agent", "approver", "admin"]
@@ -69,7 +71,8 @@ class OidcVerifier:
         self.roles_claim, self.roles = roles_claim, dict(roles or {})
         self._leeway, self._timeout = leeway, timeout
         self._cache_seconds, self._refetch_interval = cache_seconds, refetch_interval
-        self._keys: dict[str, Any] = {}  # kid -> jwt.PyJWK
+        self._keys: dict[str, tuple[Any, str | None]] = {}  # kid -> (jwt.PyJWK, the "alg" the JWK pins, if any)
+        self._lock = anyio.Lock()  # one fetch at a time; a request waiting on it then finds the fetched keys
         self._fetched = 0.0  # monotonic time of the last fetch attempt (successful or not)
         self._loaded = 0.0  # monotonic time of the last successful fetch
         self._jwks_uri: str | None = None
@@ -115,21 +118,21 @@ class OidcVerifier:
 
     async def _key(self, kid: str | None, alg: str) -> Any:
         """The issuer's key for `kid` that fits `alg`, fetching the JWKS when stale or when `kid` is new."""
-        now = time.monotonic()
-        stale = not self._loaded or now - self._loaded > self._cache_seconds
-        unknown = self._pick(kid, alg) is None
-        if (stale or unknown) and now - self._fetched >= (0 if not self._fetched else self._refetch_interval):
-            self._fetched = now
-            await self._fetch()
-        return self._pick(kid, alg)
+        async with self._lock:
+            now = time.monotonic()
+            stale = not self._loaded or now - self._loaded > self._cache_seconds
+            unknown = self._pick(kid, alg) is None
+            if (stale or unknown) and (not self._fetched or now - self._fetched >= self._refetch_interval):
+                self._fetched = now
+                await self._fetch()
+            return self._pick(kid, alg)
 
     def _pick(self, kid: str | None, alg: str) -> Any:
-        fits = [k for k in self._keys.values() if k.key_type == _KTY[alg[:2]]
-                and getattr(k, "_jwk_data", {}).get("alg", alg) == alg]
+        fits = {k: key for k, (key, pinned) in self._keys.items()
+                if key.key_type == _KTY[alg[:2]] and pinned in (None, alg)}
         if kid is not None:
-            key = self._keys.get(kid)
-            return key if key in fits else None
-        return fits[0] if len(fits) == 1 else None  # no kid: only an unambiguous key will do
+            return fits.get(kid)
+        return next(iter(fits.values())) if len(fits) == 1 else None  # no kid: only an unambiguous key will do
 
     async def _fetch(self) -> None:
         """Refresh the keys from the issuer's discovery document; on failure keep the keys already held."""
@@ -149,6 +152,9 @@ class OidcVerifier:
                         log.warning("oidc discovery at %s names issuer %r, not %r (or no jwks_uri): check "
                                     "server.issuer", base, meta.get("issuer"), self.issuer)
                         return
+                    if self.issuer.startswith("https://") and not meta["jwks_uri"].startswith("https://"):
+                        log.warning("oidc discovery of %s names a jwks_uri that is not https: refused", self.issuer)
+                        return
                     self._jwks_uri = meta["jwks_uri"]
                 r = await http.get(self._jwks_uri)
                 r.raise_for_status()
@@ -162,7 +168,8 @@ class OidcVerifier:
             if not isinstance(jwk, dict) or jwk.get("kty") not in ("RSA", "EC", "OKP") or jwk.get("use", "sig") != "sig":
                 continue  # symmetric ("oct") and encryption keys are never signing keys here
             try:
-                keys[str(jwk.get("kid", f"#{i}"))] = jwt.PyJWK(jwk)
+                pinned = jwk.get("alg")
+                keys[str(jwk.get("kid", f"#{i}"))] = (jwt.PyJWK(jwk), pinned if isinstance(pinned, str) else None)
             except jwt.PyJWTError:
                 continue
         self._keys, self._loaded = keys, time.monotonic()

@@ -3,6 +3,7 @@ a provider that goes away, a discovery document for another issuer; and the clai
 
 from __future__ import annotations
 
+import anyio
 import jwt
 import pytest
 import support
@@ -35,6 +36,20 @@ async def test_rotated_key_is_fetched_once_and_unknown_kids_do_not_flood(provide
     v._fetched -= 3601  # the interval has passed
     got = await v.verify_token(token)
     assert got is not None and got.subject == "bob" and new_kid in v._keys
+
+
+async def test_concurrent_first_requests_share_one_fetch(provider: Provider) -> None:
+    v = OidcVerifier(provider.issuer, AUD)
+    tokens = [provider.token(sub=f"u{i}", aud=AUD) for i in range(5)]
+    results: list[object] = []
+
+    async def one(t: str) -> None:
+        results.append(await v.verify_token(t))
+
+    async with anyio.create_task_group() as tg:
+        for t in tokens:
+            tg.start_soon(one, t)
+    assert len(results) == 5 and None not in results
 
 
 async def test_unreachable_provider_keeps_cached_keys(provider: Provider) -> None:
