@@ -156,6 +156,10 @@ async def test_valid_token_calls_tools_as_its_subject(provider: Provider, server
     mine = [b for b in bodies if "INSERT" in json.dumps(b)]
     assert mine and all("oidc:alice@example.com" in json.dumps(b) for b in mine), mine
     assert support.ledger_rows(config, "SELECT COUNT(*) FROM receipts WHERE body LIKE '%mallory%'") == [(0,)]
+    # Budgets count against the subject, whatever client or session it comes through.
+    scopes = {str(r[0]) for r in support.ledger_rows(config, "SELECT scope FROM counters WHERE kind = 'write'")}
+    assert "token:oidc:alice@example.com" in scopes, scopes
+    assert all(s.startswith("token:oidc:alice@example.com") for s in scopes), scopes  # sessions too
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
