@@ -59,9 +59,9 @@ def _config(tmp: Path, issuer: str, port: int) -> Path:
 
 
 @contextmanager
-def _serve(config: Path, port: int) -> Iterator[None]:
+def _serve(config: Path, port: int, transport: str = "http") -> Iterator[None]:
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(support.serve_cmd(config, "--transport", "http", "--port", str(port)),
+        proc = subprocess.Popen(support.serve_cmd(config, "--transport", transport, "--port", str(port)),
                                 stdout=subprocess.DEVNULL, stderr=log)
         try:
             support.wait_port(port, proc)
@@ -231,3 +231,22 @@ def test_config_needs_issuer_and_audience(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "safe_mcp", "serve", "--config", str(config), "--transport", "http",
                         "--port", str(support.free_port())], capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "issuer" in r.stderr, r.stderr
+
+
+async def test_sse_takes_the_same_tokens(provider: Provider, tmp_path: Path) -> None:
+    from mcp import Client
+    from mcp.client.sse import sse_client
+
+    port = support.free_port()
+    config = _config(tmp_path, provider.issuer, port)
+    good = provider.token(sub="dave", aud=f"http://127.0.0.1:{port}/mcp", groups=["platform"], scope="mcp:tools")
+    with _serve(config, port, "sse"):
+        async with Client(sse_client(f"http://127.0.0.1:{port}/sse", headers={"Authorization": f"Bearer {good}"})) as c:
+            assert not (await c.call_tool("sql_execute", _insert("by dave"))).is_error
+        async with httpx2.AsyncClient() as http:
+            expired = provider.token(sub="dave", aud=f"http://127.0.0.1:{port}/mcp", groups=["platform"],
+                                     scope="mcp:tools", ttl=-120)
+            r = await http.get(f"http://127.0.0.1:{port}/sse", headers={"Authorization": f"Bearer {expired}"})
+            assert r.status_code == 401
+    bodies = support.ledger_rows(config, "SELECT body FROM receipts WHERE body LIKE '%by dave%'")
+    assert bodies and all("token:oidc:dave" in str(b[0]) for b in bodies)
