@@ -138,7 +138,8 @@ def caller_of(runtime: Runtime, ctx: Context[Any, Any], run_id: str | None = Non
     principal = "local"
     if token is not None:
         client = f"token:{token.client_id} via {client}"
-        principal = f"token:{token.client_id}"
+        # OIDC subjects come as "oidc:<sub>"; static tokens are named "token:<name>".
+        principal = token.client_id if token.client_id.startswith("oidc:") else f"token:{token.client_id}"
     headers = ctx.headers or {}
     # A session belongs to a principal: two tokens never share one, even when a client sends no
     # session id (the stateless protocol revision) and falls back to this server's run.

@@ -158,8 +158,8 @@ async def test_valid_token_calls_tools_as_its_subject(provider: Provider, server
     assert support.ledger_rows(config, "SELECT COUNT(*) FROM receipts WHERE body LIKE '%mallory%'") == [(0,)]
     # Budgets count against the subject, whatever client or session it comes through.
     scopes = {str(r[0]) for r in support.ledger_rows(config, "SELECT scope FROM counters WHERE kind = 'write'")}
-    assert "token:oidc:alice@example.com" in scopes, scopes
-    assert all(s.startswith("token:oidc:alice@example.com") for s in scopes), scopes  # sessions too
+    assert "oidc:alice@example.com" in scopes, scopes
+    assert all(s.startswith("oidc:alice@example.com") for s in scopes), scopes  # sessions too
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
@@ -249,4 +249,4 @@ async def test_sse_takes_the_same_tokens(provider: Provider, tmp_path: Path) -> 
             r = await http.get(f"http://127.0.0.1:{port}/sse", headers={"Authorization": f"Bearer {expired}"})
             assert r.status_code == 401
     bodies = support.ledger_rows(config, "SELECT body FROM receipts WHERE body LIKE '%by dave%'")
-    assert bodies and all("token:oidc:dave" in str(b[0]) for b in bodies)
+    assert bodies and all("oidc:dave" in str(b[0]) for b in bodies)
