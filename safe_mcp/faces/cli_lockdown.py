@@ -142,9 +142,14 @@ def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopba
     from safe_mcp.trust.auth import TokenStore
 
     tokens = TokenStore(runtime.store) if settings.auth == "token" else None
+    oidc = None
+    if settings.auth == "oidc":
+        from safe_mcp.trust.oidc import OidcVerifier
+
+        oidc = OidcVerifier(settings.issuer, settings.audience, roles_claim=settings.roles_claim, roles=settings.roles)
     path = "/sse" if transport == "sse" else "/mcp"
     shown = f"[{host}]" if ":" in host else host
-    server = build_server(runtime, tokens=tokens, url=f"http://{shown}:{port}{path}")
+    server = build_server(runtime, tokens=tokens, url=f"http://{shown}:{port}{path}", oidc=oidc)
     hosts, origins = list(settings.allowed_hosts), list(settings.allowed_origins)
     if loopback:
         hosts += ["127.0.0.1:*", "localhost:*", "[::1]:*"]

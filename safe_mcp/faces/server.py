@@ -6,7 +6,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar, cast
 
 import anyio.to_thread
 from mcp.server import MCPServer
@@ -25,6 +25,9 @@ from safe_mcp.gate.pipeline import Caller, Gate, GateResult, PendingView
 from safe_mcp.gate.runtime import Runtime
 from safe_mcp.state.receipts import new_id
 from safe_mcp.trust.auth import TokenStore
+
+if TYPE_CHECKING:
+    from safe_mcp.trust.oidc import OidcVerifier
 
 __all__ = ["build_server"]
 
@@ -135,7 +138,8 @@ def caller_of(runtime: Runtime, ctx: Context[Any, Any], run_id: str | None = Non
     principal = "local"
     if token is not None:
         client = f"token:{token.client_id} via {client}"
-        principal = f"token:{token.client_id}"
+        # OIDC subjects come as "oidc:<sub>"; static tokens are named "token:<name>".
+        principal = token.client_id if token.client_id.startswith("oidc:") else f"token:{token.client_id}"
     headers = ctx.headers or {}
     # A session belongs to a principal: two tokens never share one, even when a client sends no
     # session id (the stateless protocol revision) and falls back to this server's run.
@@ -217,11 +221,15 @@ class StrictServer(MCPServer[Runtime]):
         raise AssertionError("gate.refuse always raises")
 
 
-def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str = "") -> StrictServer:
+def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str = "",
+                 oidc: OidcVerifier | None = None) -> StrictServer:
     """An MCPServer whose every tool goes through `runtime.gate`.
 
     With `tokens`, HTTP/SSE requests need a live bearer token (401 otherwise) and the token's name is
-    recorded as the caller in every receipt; `url` is this server's own URL (its resource identifier).
+    recorded as the caller in every receipt; `url` is this server's own URL. No OAuth metadata is published
+    then: safe-mcp is no authorization server, and a client that followed one would drop its bearer header.
+    With `oidc`, requests need an access token from its issuer for its audience; the Protected Resource
+    Metadata (RFC 9728) names that issuer, and the token's subject is the caller.
     """
     gate: Gate = runtime.gate
 
@@ -234,13 +242,21 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
             await anyio.to_thread.run_sync(runtime.close)
 
     auth: dict[str, Any] = {}
-    if tokens is not None:
+    if oidc is not None:
+        from mcp.server.auth.settings import AuthSettings
+
+        auth = {"token_verifier": oidc, "auth": AuthSettings(
+            issuer_url=oidc.issuer, resource_server_url=oidc.audience, validate_token_resource=False,
+            required_scopes=list(runtime.config.server.required_scopes) or None)}
+    elif tokens is not None:
         from mcp.server.auth.settings import AuthSettings
 
         from safe_mcp.trust.auth import MCP_SCOPE, TokenVerifier
 
+        # resource_server_url=None: no /.well-known/oauth-protected-resource and no resource_metadata in
+        # WWW-Authenticate (issuer_url is then never published; the SDK only requires a value).
         auth = {"token_verifier": TokenVerifier(tokens), "auth": AuthSettings(
-            issuer_url=url, resource_server_url=url, required_scopes=[MCP_SCOPE], validate_token_resource=False)}
+            issuer_url=url, resource_server_url=None, required_scopes=[MCP_SCOPE])}
     server = StrictServer(runtime, name="safe-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
                           **auth)
 

@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from safe_mcp.adapter import Adapter, AdapterSettings
 from safe_mcp.effects import Effect
@@ -134,8 +134,9 @@ class StateSettings(_Strict):
 class ServerSettings(_Strict):
     """How HTTP/SSE listeners authenticate callers and which Host/Origin headers they accept."""
 
-    auth: Literal["token", "none"] = Field(
+    auth: Literal["token", "oidc", "none"] = Field(
         "token", description='token: every HTTP/SSE request needs a token from `safe-mcp token create`; '
+                             'oidc: an OAuth 2.1 access token (JWT) from `issuer` for `audience`; '
                              'none: no authentication, allowed only on a loopback-only listener')
     allowed_hosts: list[str] = Field(default_factory=list, description='Host headers accepted, e.g. "mcp.internal:8765" '
                                                                        'or "mcp.internal:*"; required beyond loopback')
@@ -143,6 +144,28 @@ class ServerSettings(_Strict):
                                                                          '"https://ide.internal"; required beyond loopback')
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="a request larger than this is refused "
                                                                          "before it is parsed (stdio and HTTP)")
+    issuer: str = Field("", description='auth = "oidc": the OpenID provider\'s issuer URL, exactly as its tokens '
+                                        'carry it in "iss" (its discovery document and JWKS are fetched from it)')
+    audience: str = Field("", description='auth = "oidc": this server\'s resource identifier (RFC 8707), usually its '
+                                          'public URL ending in /mcp; tokens must carry it in "aud"')
+    required_scopes: list[str] = Field(default_factory=list, description='auth = "oidc": scopes every access token '
+                                                                         'must carry (published to clients)')
+    roles_claim: str = Field("groups", description='auth = "oidc": the claim holding groups or roles; a dotted path '
+                                                   'reaches into objects, e.g. "realm_access.roles"')
+    roles: dict[Literal["agent", "approver", "admin"], list[str]] = Field(
+        default_factory=dict, description='auth = "oidc": which values of roles_claim grant which role, e.g. '
+                                          '{ agent = ["eng"], admin = ["platform"] }; empty: every valid token is an agent')
+
+    @model_validator(mode="after")
+    def _oidc_needs_issuer_and_audience(self) -> ServerSettings:
+        if self.auth == "oidc":
+            for key in ("issuer", "audience"):
+                url = getattr(self, key)
+                loopback = re.match(r"^http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/|$)", url)
+                if not (url.startswith("https://") or loopback):
+                    raise ValueError(f'auth = "oidc" needs {key} = "https://..." (plain http only on loopback): '
+                                     f"set server.{key}")
+        return self
 
 
 class _TargetCommon(_Strict):

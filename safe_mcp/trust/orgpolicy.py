@@ -411,9 +411,9 @@ def check_listener(config: Config, host: str, loopback: bool) -> list[str]:
         if config.org_policy and not network.get("bind_beyond_loopback"):
             raise ConfigError(config.org_policy["source"], "network.bind_beyond_loopback",
                               f"the org policy does not allow listening on {host}", "use --host 127.0.0.1")
-        if config.server.auth != "token":
-            raise ConfigError(src, "server.auth", f"refusing to listen on {host} without tokens",
-                              'remove server.auth = "none"; create tokens with `safe-mcp token create`')
+        if config.server.auth == "none":
+            raise ConfigError(src, "server.auth", f"refusing to listen on {host} without authentication",
+                              'use tokens (safe-mcp token create) or [server] auth = "oidc"')
         if not config.server.allowed_hosts or not config.server.allowed_origins:
             raise ConfigError(src, "server.allowed_hosts", f"refusing to listen beyond loopback on {host} without explicit "
                               "server.allowed_hosts and server.allowed_origins (DNS rebinding)",

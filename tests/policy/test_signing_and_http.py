@@ -132,7 +132,7 @@ def test_listener_rules(tmp_path: Path) -> None:
     none = write_config(tmp_path, SQLITE + '[server]\nauth = "none"\nallowed_hosts = ["h:1"]\nallowed_origins = ["https://h"]\n',
                         name="none.toml")
     r = run("serve", "--transport", "sse", "--host", "0.0.0.0", "--config", str(none))
-    assert r.returncode == 2 and "without tokens" in r.stderr
+    assert r.returncode == 2 and "without authentication" in r.stderr
     full = write_config(tmp_path, SQLITE + '[server]\nallowed_hosts = ["h:1"]\nallowed_origins = ["https://h"]\n',
                         name="full.toml")
     pol = write_config(tmp_path, '[network]\nbind_beyond_loopback = false\n', name="org.toml")

@@ -104,7 +104,7 @@ def test_strict_still_takes_what_toml_gives(tmp_path: Path) -> None:
     (DB + "[approvals]\nport = 99999\n", "approvals.port", "use a value <= 65535"),
     (DB + "[limits]\nrows_returned = 0\n", "limits.rows_returned", "use a value >= 1"),
     (DB + '[confirm]\ndestructive = "nobody"\n', "confirm.destructive", "use one of 'none', 'agent', 'human' or 'deny'"),
-    (DB + '[server]\nauth = "tokens"\n', "server.auth", "use one of 'token' or 'none'"),
+    (DB + '[server]\nauth = "tokens"\n', "server.auth", "use one of 'token', 'oidc' or 'none'"),
 ])
 def test_other_mistakes_name_their_fix(tmp_path: Path, body: str, key: str, fix: str) -> None:
     e = error(tmp_path, body)
