@@ -41,6 +41,21 @@ def os_user(prefix: str) -> Iterator[pwd.struct_passwd]:
 
 
 @contextmanager
+def os_group(prefix: str, members: Sequence[str]) -> Iterator[int]:
+    """A new system group with `members` as supplementary members; deleted afterwards. Yields its gid."""
+    import grp
+
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    subprocess.run(["groupadd", "--system", name], check=True, capture_output=True)
+    try:
+        for member in members:
+            subprocess.run(["usermod", "--append", "--groups", name, member], check=True, capture_output=True)
+        yield grp.getgrnam(name).gr_gid
+    finally:
+        subprocess.run(["groupdel", name], check=False, capture_output=True)
+
+
+@contextmanager
 def traversable(paths: Sequence[Path]) -> Iterator[list[str]]:
     """Let every user enter (o+x) each directory above `paths` (the interpreter under /root, say); restore the
     modes afterwards. Yields the directories that had to be opened, so a test can say so."""
@@ -65,11 +80,13 @@ def python_paths() -> list[Path]:
 
 
 def as_user(user: pwd.struct_passwd, home: Path, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Popen/run keyword arguments that start a process as `user` only: its uid, its group, no other group,
-    a minimal environment (none of the test runner's variables, so no secret rides along)."""
+    """Popen/run keyword arguments that start a process as `user` the way a login would: its uid, its groups
+    (primary and supplementary, none of root's), a minimal environment (none of the test runner's variables,
+    so no secret rides along)."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8",
            "PYTHONDONTWRITEBYTECODE": "1", **(extra_env or {})}
-    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": [], "env": env, "cwd": str(home)}
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": os.getgrouplist(user.pw_name, user.pw_gid),
+            "env": env, "cwd": str(home)}
 
 
 def uid_of(pid: int) -> int:
@@ -84,12 +101,12 @@ def uid_of(pid: int) -> int:
 PROBE = r"""
 import json, os, sys
 out = {}
-for path, want in json.loads(sys.argv[1]):
+for path, want in json.loads(sys.stdin.read()):
     try:
         if want == "read":
             open(path, "rb").close()
-        elif want == "append":
-            open(path, "ab").close()
+        elif want == "append":  # no O_CREAT: protected_regular would judge a create, not the mode bits
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
         elif want == "replace":
             tmp = os.path.join(os.path.dirname(path), ".probe-" + str(os.getpid()))
             open(tmp, "wb").close()
@@ -107,7 +124,7 @@ def probe(user: pwd.struct_passwd, home: Path, tries: list[tuple[str, str]]) -> 
     """What `user` really gets for each (path, read | append | replace | list): "allowed" or the error's name."""
     import json
 
-    r = subprocess.run([sys.executable, "-c", PROBE, json.dumps(tries)], capture_output=True, text=True, timeout=60,
-                       check=True, **as_user(user, home))
+    r = subprocess.run([sys.executable, "-c", PROBE], input=json.dumps(tries), capture_output=True, text=True,
+                       timeout=120, check=True, **as_user(user, home))
     result: dict[str, str] = json.loads(r.stdout)
     return result
