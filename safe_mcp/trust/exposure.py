@@ -162,6 +162,13 @@ def exposure(config: Config, client: Principal) -> list[Finding]:
     if policy:
         out.append(_file(client, "the org policy", Path(policy), "write",
                          f"chown root {policy} and its folder (chmod 644), and sign it (safe-mcp policy sign)"))
+    import safe_mcp
+
+    code = Path(safe_mcp.__file__).resolve().parent
+    for path in (code, code / "gate" / "pipeline.py"):
+        out.append(_file(client, f"the gateway's code ({path})", path / "__init__.py" if path == code else path, "write",
+                         f"the agent could edit the gate itself: install safe-mcp where it cannot write (a root-owned "
+                         f"venv, chmod -R go-w {code.parent}), or {_FIX_OWN_USER}"))
     if not config.state.url:
         state = config.state_dir
         fix = f"the agent can rewrite or delete its receipts and undo records: {chmod} {state}, or {_FIX_OWN_USER}"
