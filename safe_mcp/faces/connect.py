@@ -179,8 +179,11 @@ class Bridge:
 
     def _answer(self, response: http.client.HTTPResponse, message: Any, is_request: bool, request_id: Any) -> None:
         kind = (response.getheader("Content-Type") or "").split(";")[0].strip().lower()
-        if response.status == 202 or (response.status < 300 and not is_request and kind != "text/event-stream"):
-            response.read()
+        if response.status == 202 or (not is_request and message is not None and kind != "text/event-stream"):
+            # A notification or the client's answer gets no reply on the wire; a refusal is told on stderr only.
+            body = response.read()
+            if response.status >= 300:
+                print(f"safe-mcp connect: {_http_problem(response.status, self.url, body)}", file=sys.stderr, flush=True)
             return
         if isinstance(message, dict) and message.get("method") == "initialize" and response.status < 300:
             self._session_id = response.getheader("Mcp-Session-Id") or self._session_id

@@ -58,8 +58,9 @@ def gateway(tmp_path: Path) -> Any:
 def test_a_wrong_or_missing_token_says_how_to_get_one(gateway: Any) -> None:
     url, _cfg = gateway
     for env in ({"SAFE_MCP_TOKEN": "smcp_not-a-real-token"}, {}):
-        answers, err, code = bridge(url, [INIT, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}], env)
-        assert code == 0 and [a["id"] for a in answers] == [1, 2]
+        answers, err, code = bridge(url, [INIT, NOTE, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}], env)
+        assert code == 0 and [a["id"] for a in answers] == [1, 2]  # the refused notification: stderr, not the client
+        assert err.count("401") >= 1
         for a in answers:
             assert "401" in a["error"]["message"] and "safe-mcp token create" in a["error"]["message"]
         if not env:
