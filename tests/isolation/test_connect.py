@@ -78,8 +78,9 @@ def test_raw_session_with_a_token_file(gateway: Any, tmp_path: Path) -> None:
     token_file.chmod(0o600)
     call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
             "params": {"name": "sql_query", "arguments": {"target": "shop", "sql": "SELECT count(*) FROM customers"}}}
-    answers, err, code = bridge(url, [INIT, NOTE, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, call, "{not json"],
-                                None, "--token-file", str(token_file))
+    many = [{**call, "id": 100 + i} for i in range(12)]  # in flight together: each answered once, under its own id
+    answers, err, code = bridge(url, [INIT, NOTE, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, call, *many,
+                                      "{not json"], None, "--token-file", str(token_file))
     assert code == 0, err
     by_id = {a.get("id"): a for a in answers}
     assert by_id[1]["result"]["protocolVersion"] == "2025-11-25"
@@ -87,6 +88,9 @@ def test_raw_session_with_a_token_file(gateway: Any, tmp_path: Path) -> None:
     db = sqlite3.connect(cfg.parent / "shop.db")
     assert by_id[3]["result"]["structuredContent"]["rows"] == [list(db.execute("SELECT count(*) FROM customers").fetchone())]
     db.close()
+    assert sorted(a["id"] for a in answers if isinstance(a.get("id"), int) and a["id"] >= 100) == list(range(100, 112))
+    assert all(by_id[100 + i]["result"]["structuredContent"]["rows"] == by_id[3]["result"]["structuredContent"]["rows"]
+               for i in range(12))
     assert any("error" in a and a["error"]["code"] == -32700 for a in answers), answers  # the parse error, relayed
 
 
