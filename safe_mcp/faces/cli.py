@@ -47,6 +47,16 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", parents=[common], help="validate a config and print its blast radius")
     c.add_argument("--format", choices=["text", "json", "md"], default="text")
     c.add_argument("--offline", action="store_true", help="do not connect to targets to audit their credentials")
+    c.add_argument("--client-user", metavar="NAME", help="the OS user the MCP client (the agent) runs as: report what it "
+                                                       "can reach of secrets, config, policy and state (default: you)")
+
+    cn = sub.add_parser("connect", help="a stdio MCP server that relays to a gateway's streamable HTTP URL (for "
+                                        "clients that only start stdio servers); holds only the bearer token")
+    cn.add_argument("url", help="the gateway's MCP endpoint, e.g. http://127.0.0.1:8765/mcp")
+    tok = cn.add_mutually_exclusive_group()
+    tok.add_argument("--token-env", metavar="VAR", help="read the bearer token from this environment variable "
+                                                      "(default SAFE_MCP_TOKEN)")
+    tok.add_argument("--token-file", metavar="F", help="read the bearer token from this file (mode 0600, yours)")
 
     r = sub.add_parser("receipts", help="list, show, verify or export receipts")
     rsub = r.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -190,9 +200,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Exit 1 when a target cannot be used as configured: its audit could not connect, or its file is
     missing (offline: reported, but only the config itself is judged)."""
     from safe_mcp.gate.inventory import inventory, render_text
+    from safe_mcp.trust.exposure import principal
 
     config = config_of(args)
-    inv = inventory(config)
+    try:
+        client = principal(args.client_user)
+    except KeyError:
+        print(f"safe-mcp: no OS user named {args.client_user!r} (--client-user takes a login name or a uid)",
+              file=sys.stderr)
+        return 2
+    inv = inventory(config, client)
     problems = _missing_files(config, inv)
     if not args.offline:
         problems += _audit_targets(config, inv)
@@ -260,6 +277,12 @@ def _audit_targets(config: Config, inv: dict[str, Any]) -> list[str]:
     finally:
         rt.close()
     return failed
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    from safe_mcp.faces.connect import run_bridge, token_from
+
+    return run_bridge(args.url, token_from(args.token_env, args.token_file))
 
 
 def cmd_receipts(args: argparse.Namespace) -> int:
@@ -601,6 +624,7 @@ _COMMANDS = {
     "serve": cmd_serve, "demo": cmd_demo, "check": cmd_check, "receipts": cmd_receipts, "undo": cmd_undo,
     "pending": cmd_pending, "breaker": cmd_breaker,
     "gameday": cmd_gameday, "client-config": cmd_client_config, "bundle": cmd_bundle, "secrets": cmd_secrets,
+    "connect": cmd_connect,
     "config-schema": cmd_config_schema, "outbox": cmd_outbox, "reconcile": cmd_reconcile, "state": cmd_state,
     **LOCKDOWN_COMMANDS,
 }

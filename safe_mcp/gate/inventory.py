@@ -8,14 +8,16 @@ from typing import Any
 from safe_mcp.effects import Effect
 from safe_mcp.gate.policy import Verdict, decide
 from safe_mcp.trust.config import Access, Config, Target
+from safe_mcp.trust.exposure import Principal, exposure
 from safe_mcp.trust.orgpolicy import reaches
 
 __all__ = ["inventory", "inventory_schema", "render_md", "render_text"]
 
 
-def inventory(config: Config) -> dict[str, Any]:
-    """A plain-data description of every target; no connection is made."""
-    targets = []
+def inventory(config: Config, client: Principal | None = None) -> dict[str, Any]:
+    """A plain-data description of every target; no connection is made. With `client` (the OS user the
+    agent runs as), also what that user can reach of the secrets, config, policy and state (`exposure`)."""
+    targets: list[dict[str, Any]] = []
     for t in config.targets.values():
         effects = {}
         for e in Effect:
@@ -40,7 +42,7 @@ def inventory(config: Config) -> dict[str, Any]:
             "compensation": described.get("compensation", "") if t.access is Access.READ_WRITE else "n/a (read-only)",
             "details": {k: v for k, v in described.items() if k not in {"reaches", "compensation"}},
         })
-    return {
+    doc: dict[str, Any] = {
         "config": config.source,
         "state": str(config.state_dir),
         "confirm": {"ttl_s": config.confirm.ttl_s, "min_delay_s": config.confirm.min_delay_s},
@@ -50,6 +52,21 @@ def inventory(config: Config) -> dict[str, Any]:
         "provenance": config.org_policy.get("provenance", {}),
         "targets": targets,
     }
+    if client is not None:
+        findings = exposure(config, client)
+        for entry in targets:
+            entry["exposure"] = [f.doc() for f in findings if f.target == entry["name"]]
+        doc["exposure"] = {"client_user": client.name, "gateway_user": _user(),
+                           "exposed": sum(f.exposed for f in findings),
+                           "findings": [f.doc() for f in findings if f.target is None]}
+    return doc
+
+
+def _user() -> str:
+    import os
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
 
 
 def _forbidden(config: Config, t: Target) -> list[str]:
@@ -81,12 +98,29 @@ def render_text(inv: dict[str, Any], width: int | None = None) -> str:
             pairs.append(("WARNING", "its credentials can write although the target is read-only"))
         pairs += [("audit", f) for f in audit.get("findings", [])]
         pairs += [("PROBLEM", p) for p in t.get("problems", []) if p not in audit.get("findings", [])]
+        pairs += _exposure_pairs(t.get("exposure", []))
         lines.append(f"target {t['name']} ({t['kind']}, {t['access']})")
         lines += _pairs(pairs, width)
+        lines.append("")
+    exp = inv.get("exposure")
+    if exp:
+        lines.append(f"what the agent's OS user {exp['client_user']} can reach (the gateway runs as {exp['gateway_user']})")
+        lines += _pairs(_exposure_pairs(exp["findings"]) or [("ok", "nothing")], width)
+        lines.append(f"  {exp['exposed']} exposed" if exp["exposed"] else "  nothing of the gateway's is within its reach")
         lines.append("")
     lines.append(f"confirmations expire after {inv['confirm']['ttl_s']}s and are accepted "
                  f"{inv['confirm']['min_delay_s']}s after the preview at the earliest")
     return "\n".join(lines)
+
+
+def _exposure_pairs(findings: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """One line per exposed finding, with the reason and the fix; one line listing what is out of reach."""
+    out = [("EXPOSED", f"{f['subject']}: the agent's user can {f['access']} it; {f['why']}. Fix: {f['fix']}")
+           for f in findings if f["exposed"]]
+    safe = [f"{f['subject']} ({f['access']})" for f in findings if not f["exposed"]]
+    if safe:
+        out.append(("out of reach", "; ".join(safe)))
+    return out
 
 
 def _pairs(pairs: list[tuple[str, str]], width: int | None) -> list[str]:
@@ -130,6 +164,16 @@ def render_md(inv: dict[str, Any]) -> str:
 def inventory_schema() -> dict[str, Any]:
     """The JSON schema of `safe-mcp check --format json` (published as config/inventory.schema.json)."""
     strs = {"type": "array", "items": {"type": "string"}}
+    finding = {
+        "type": "object", "additionalProperties": False,
+        "required": ["subject", "access", "exposed", "why", "fix", "target", "path"],
+        "properties": {
+            "subject": {"type": "string"}, "access": {"enum": ["read", "write"]},
+            "exposed": {"type": "boolean", "description": "the agent's user can read or write it"},
+            "why": {"type": "string"}, "fix": {"type": "string", "description": "empty when not exposed"},
+            "target": {"type": ["string", "null"]}, "path": {"type": ["string", "null"]},
+        },
+    }
     target = {
         "type": "object", "additionalProperties": False,
         "required": ["name", "kind", "access", "reaches", "credentials", "credential_refs", "reaches_detail",
@@ -153,6 +197,8 @@ def inventory_schema() -> dict[str, Any]:
             "compensation": {"type": "string"},
             "details": {"type": "object", "additionalProperties": {"type": "string"}},
             "audit": {"type": "object", "properties": {"can_write": {"type": ["boolean", "null"]}, "findings": strs}},
+            "exposure": {"type": "array", "items": finding,
+                         "description": "what the agent's OS user can reach of this target's secrets and files"},
             "problems": {**strs, "description": "why the target cannot be used as configured (missing file, "
                                                 "no connection); `safe-mcp check` exits 1 when any is listed"},
         },
@@ -173,5 +219,13 @@ def inventory_schema() -> dict[str, Any]:
             "provenance": {"type": "object", "additionalProperties": {"type": "string"},
                            "description": "effective key -> config, default, or the org policy rule that set it"},
             "targets": {"type": "array", "items": target},
+            "exposure": {
+                "type": "object", "additionalProperties": False,
+                "required": ["client_user", "gateway_user", "exposed", "findings"],
+                "description": "what the MCP client's OS user (check --client-user) can reach of the config, policy "
+                               "and state; per-target findings are under each target's exposure",
+                "properties": {"client_user": {"type": "string"}, "gateway_user": {"type": "string"},
+                               "exposed": {"type": "integer", "description": "findings exposed, targets included"},
+                               "findings": {"type": "array", "items": finding}}},
         },
     }
