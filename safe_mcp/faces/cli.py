@@ -54,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     rl.add_argument("--limit", type=int, default=20)
     rs = rsub.add_parser("show", parents=[common], help="one receipt in full")
     rs.add_argument("receipt_id")
-    rsub.add_parser("verify", parents=[common], help="check the hash chain; exit 1 at the first broken link")
+    rv = rsub.add_parser("verify", parents=[common], help="check the hash chain; exit 1 at the first broken link")
+    rv.add_argument("--against", metavar="s3://BUCKET/PREFIX",
+                    help="also compare the local ledger with the receipts shipped there; exit 1 at the first difference")
+    rsub.add_parser("ship", parents=[common], help="ship the receipts not yet shipped to [receipts.ship] now")
     re_ = rsub.add_parser("export", parents=[common], help="every receipt as JSON Lines")
     re_.add_argument("--out", metavar="F", help="file to write (default stdout)")
 
@@ -282,6 +285,8 @@ def cmd_receipts(args: argparse.Namespace) -> int:
                 return 1
             print(json.dumps(found.model_dump(mode="json"), indent=2, ensure_ascii=False))
             return 0
+        if args.action == "ship" or (args.action == "verify" and args.against):
+            return _receipts_off_the_box(args, store)
         if args.action == "verify":
             report = store.verify()
             if report.ok:
@@ -299,6 +304,30 @@ def cmd_receipts(args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+def _receipts_off_the_box(args: argparse.Namespace, store: Any) -> int:
+    """`receipts ship` and `receipts verify --against s3://BUCKET/PREFIX` (see safe_mcp.gate.ship)."""
+    from safe_mcp.gate.ship import ShipError, ship, verify_against
+
+    config = config_of(args)
+    try:
+        if args.action == "ship":
+            done = ship(store, config)
+            print(f"shipped {done.shipped} receipts in {len(done.batches)} batches; shipped up to #{done.last_seq}")
+            return 0
+        report = verify_against(store, config, args.against)
+    except ShipError as exc:
+        print(f"safe-mcp: {exc}", file=sys.stderr)
+        return 1
+    for note in report.notes:
+        print(f"note: {note}")
+    if not report.ok:
+        print(f"MISMATCH at {report.first_bad}: {report.problem}")
+        return 1
+    print(f"ok: {report.shipped} shipped receipts in {report.batches} batches match the local ledger; "
+          f"{report.unshipped_local} local receipts not shipped yet")
+    return 0
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
