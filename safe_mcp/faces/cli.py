@@ -199,6 +199,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems = _missing_files(config, inv)
     if not args.offline:
         problems += _audit_targets(config, inv)
+    from safe_mcp.gate.ship import check_shipping
+
+    ship_lines, ship_problems = check_shipping(config, probe=not args.offline)
+    problems += ship_problems
     if args.format == "json":
         print(json.dumps(inv, indent=2))
     elif args.format == "md":
@@ -209,6 +213,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         from safe_mcp.faces.cli_table import terminal_width
 
         print(render_text(inv, terminal_width()))
+    if args.format != "json":
+        print("\n".join(ship_lines))
     for problem in problems:
         print(f"safe-mcp: check failed: {problem}", file=sys.stderr)
     if problems and args.offline:

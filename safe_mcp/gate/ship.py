@@ -514,3 +514,44 @@ def verify_against(store: StateStore, config: Config, url: str, *, s3: Any = Non
         return bad(local.first_bad or "?", f"the local ledger's own chain is broken: {local.problem}")
     result.unshipped_local = local_count - len(shipped)
     return result
+
+
+# --- check ----------------------------------------------------------------------------------------
+
+
+def check_shipping(config: Config, *, probe: bool) -> tuple[list[str], list[str]]:
+    """(lines for `safe-mcp check`, problems): the background shipper's last outcome from the state store and,
+    with `probe`, whether the bucket answers now with Object Lock enabled."""
+    settings = config.receipts.ship
+    if settings is None:
+        return ["receipts shipping: off (receipts stay on this machine; see [receipts.ship])"], []
+    from safe_mcp.gate.runtime import open_state
+
+    where = f"s3://{settings.bucket}/{settings.prefix}"
+    policy = (f"writes refused after {settings.fail_writes_when_unshipped_s} s unshipped"
+              if settings.fail_writes_when_unshipped_s else "writes go on while unshipped")
+    lines = [f"receipts shipping: {where} every {settings.interval_s:g} s, COMPLIANCE retention "
+             f"{settings.retention_days} days; {policy}"]
+    problems: list[str] = []
+    try:
+        store = open_state(config)
+        try:
+            status = ship_status(store)
+        finally:
+            store.close()
+    except StateError as exc:
+        return lines, [f"receipts shipping: cannot read its status from the state store: {exc}"]
+    when = (datetime.fromtimestamp(status["last_shipped_at"], UTC).isoformat(timespec="seconds")
+            if status["last_shipped_at"] else "never")
+    lines.append(f"receipts shipped up to #{status['shipped_seq']} (last at {when}); {status['unshipped']} not yet shipped")
+    if status["last_error"]:
+        lines.append(f"receipts shipping FAILING: {status['last_error']}")
+        problems.append(f"receipts shipping: {status['last_error']}")
+    if probe:
+        try:
+            _check_object_lock(_client(settings), settings)
+        except ShipError as exc:
+            if not status["last_error"]:
+                lines.append(f"receipts shipping FAILING: {exc}")
+            problems.append(f"receipts shipping: {exc}")
+    return lines, problems

@@ -83,7 +83,7 @@ def ship_config(tmp_path: Path, moto_endpoint: str, locked_bucket: str) -> Calla
         ship = {"bucket": locked_bucket, "prefix": "team-a/", "region": REGION, "endpoint_url": moto_endpoint,
                 "retention_days": 30, "interval_s": 0.2, **over}
         lines = "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in ship.items() if v is not None)
-        return write_config(tmp_path, f"""
+        return write_config(tmp_path, """
             [targets.shop]
             kind = "sqlite"
             path = "shop.db"
