@@ -79,7 +79,7 @@ def ship_config(tmp_path: Path, moto_endpoint: str, locked_bucket: str) -> Calla
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, name TEXT)")
 
-    def make(**over: Any) -> Path:
+    def make(state: str = 'path = "state"', **over: Any) -> Path:
         ship = {"bucket": locked_bucket, "prefix": "team-a/", "region": REGION, "endpoint_url": moto_endpoint,
                 "retention_days": 30, "interval_s": 0.2, **over}
         lines = "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in ship.items() if v is not None)
@@ -90,7 +90,7 @@ def ship_config(tmp_path: Path, moto_endpoint: str, locked_bucket: str) -> Calla
             access = "read-write"
 
             [state]
-            path = "state"
+            """ + state + """
 
             [receipts.ship]
         """ + lines + "\n")
