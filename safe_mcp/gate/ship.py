@@ -265,14 +265,24 @@ def ship(store: StateStore, config: Config, *, owner: str | None = None, s3: Any
 
 
 def _ship_claimed(store: StateStore, config: Config, settings: ShipSettings, s3: Any) -> ShipReport:
-    key = gateway_key(config.state_dir)
-    public = _raw_public(key)
     s3 = s3 or _client(settings)
     _check_object_lock(s3, settings)
     store.flush()
     seq, prev = store.query("SELECT seq, hash FROM receipts_shipped WHERE one = 1")[0]
     seq, prev = int(seq), str(prev)
+    if seq == 0:
+        try:
+            found = s3.list_objects_v2(Bucket=settings.bucket, Prefix=f"{settings.prefix}batches/", MaxKeys=1)
+        except _aws_errors() as exc:
+            raise _aws("cannot list", settings, exc) from None
+        if found.get("KeyCount", 0):
+            raise ShipError(f"refusing to ship: s3://{settings.bucket}/{settings.prefix} already holds batches this "
+                            "state store has not shipped: the ledger was deleted or restarted, or another gateway "
+                            "ships there. Run `safe-mcp receipts verify --against "
+                            f"s3://{settings.bucket}/{settings.prefix}`; a new ledger needs a new prefix")
     report = ShipReport(last_seq=seq)
+    key = gateway_key(config.state_dir)
+    public = _raw_public(key)
     while True:
         rows = store.query("SELECT seq, id, body, hash FROM receipts WHERE seq > ? ORDER BY seq LIMIT ?",
                            (seq, settings.batch_max))
@@ -411,19 +421,26 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 def _shipped(s3: Any, settings: ShipSettings) -> Iterator[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
     """(object key, receipt lines, head record) of every batch, in order."""
-    names: list[str] = []
+    # Every version, not only the latest: a delete marker or a newer version written over a batch must not hide
+    # what was shipped under COMPLIANCE retention (each version of a batch has to hold, and agree with the others).
+    versions: list[tuple[str, datetime, str]] = []
     try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=f"{settings.prefix}batches/"):
-            names += [o["Key"] for o in page.get("Contents", [])]
+        pages = s3.get_paginator("list_object_versions").paginate(Bucket=settings.bucket,
+                                                                   Prefix=f"{settings.prefix}batches/")
+        for page in pages:
+            versions += [(v["Key"], v["LastModified"], v["VersionId"]) for v in page.get("Versions", [])]
     except _aws_errors() as exc:
         raise _aws("cannot list", settings, exc) from None
-    for name in sorted(names):
+    for name, _when, version in sorted(versions):
         try:
-            text = s3.get_object(Bucket=settings.bucket, Key=name)["Body"].read().decode()
+            text = s3.get_object(Bucket=settings.bucket, Key=name, VersionId=version)["Body"].read().decode()
         except _aws_errors() as exc:
             raise _aws(f"cannot read {name} from", settings, exc) from None
         *lines, last = text.rstrip("\n").split("\n")
-        yield name, [json.loads(line) for line in lines], json.loads(last)
+        try:
+            yield name, [json.loads(line) for line in lines], json.loads(last)
+        except ValueError:
+            yield name, [], {}
 
 
 def verify_against(store: StateStore, config: Config, url: str, *, s3: Any = None) -> VerifyAgainst:
@@ -448,8 +465,12 @@ def verify_against(store: StateStore, config: Config, url: str, *, s3: Any = Non
                             profile=base.profile if base else None)
     s3 = s3 or _client(settings)
     result = VerifyAgainst(ok=True)
+    # The first batch's key signs them all (its oldest version cannot be replaced under COMPLIANCE retention).
+    # The gateway's own key should be that key; when it is not, the state directory was replaced: said, and the
+    # receipts compared below name what differs.
     local_key = config.state_dir / _KEY_FILE
-    trusted = key_id(_raw_public(gateway_key(config.state_dir))) if local_key.exists() else None
+    own = key_id(_raw_public(gateway_key(config.state_dir))) if local_key.exists() else None
+    trusted: str | None = None
     shipped: list[tuple[int, str, str]] = []  # (seq, id, hash)
     prev = GENESIS
 
@@ -468,7 +489,11 @@ def verify_against(store: StateStore, config: Config, url: str, *, s3: Any = Non
         kid = key_id(public)
         if trusted is None:
             trusted = kid
-            result.notes.append(f"no local shipping key: trusting key {kid} of the first batch")
+            if own is None:
+                result.notes.append(f"no local shipping key: the batches are checked against key {kid} of the first")
+            elif own != kid:
+                result.notes.append(f"this gateway's key {own} is not key {kid} that signed the shipped batches: "
+                                    "its state directory was replaced or restored from elsewhere")
         if kid != trusted or head.get("key_id") != kid:
             return bad(name, f"the batch is signed by key {kid}, not the gateway's key {trusted}")
         digest = hashlib.sha256("\n".join(canonical_json(x) for x in lines).encode()).hexdigest()

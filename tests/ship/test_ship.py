@@ -262,3 +262,71 @@ def test_fail_closed_refuses_writes_when_unshipped_too_long(ship_config: Callabl
         assert ship_gate_check(store, settings) is None  # a write receipt not yet shipped, but young
     finally:
         store.close()
+
+
+def test_a_restarted_ledger_is_not_shipped_over_the_old_one(ship_config: Callable[..., Path], s3: Any,
+                                                            locked_bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = ship_config()
+    _ledger(cfg, 3)
+    assert _ship(cfg, capsys)[0] == 0
+    before = s3.list_object_versions(Bucket=locked_bucket)["Versions"]
+    import shutil
+
+    shutil.rmtree(cfg.parent / "state")  # the whole state directory, key and record of shipping included
+    _ledger(cfg, 3)
+    code, out = _ship(cfg, capsys)
+    assert code == 1 and "already holds batches this state store has not shipped" in out, out
+    assert s3.list_object_versions(Bucket=locked_bucket)["Versions"] == before
+    code, out = _verify(cfg, capsys)
+    assert code == 1 and "starts another chain" in out, out
+
+
+def test_a_delete_marker_does_not_hide_a_shipped_batch(ship_config: Callable[..., Path], s3: Any,
+                                                       locked_bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = ship_config()
+    ids = _ledger(cfg, 3)
+    assert _ship(cfg, capsys)[0] == 0
+    ids += _ledger(cfg, 2)
+    assert _ship(cfg, capsys)[0] == 0
+    # whoever truncates the ledger also "deletes" the newest batch: under Object Lock that only adds a marker
+    s3.delete_object(Bucket=locked_bucket, Key="team-a/batches/000000000004-000000000005.jsonl")
+    assert len(s3.list_objects_v2(Bucket=locked_bucket)["Contents"]) == 1
+    with sqlite3.connect(cfg.parent / "state" / "state.db") as conn:
+        conn.execute("DELETE FROM receipts WHERE seq > 3")
+        conn.execute("UPDATE ledger_head SET seq = 3, hash = (SELECT hash FROM receipts WHERE seq = 3)")
+    code, out = _verify(cfg, capsys)
+    assert code == 1 and f"MISMATCH at {ids[3]}" in out, out
+
+
+def test_a_batch_forged_without_the_gateways_key_is_named(ship_config: Callable[..., Path], s3: Any,
+                                                          locked_bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Someone who may write to the bucket but does not hold the gateway's key adds a batch that continues the
+    chain (and the same receipts locally): its signature is valid, but under another key."""
+    import base64
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from safe_mcp.gate.ship import _head_bytes, key_id
+    from safe_mcp.state.receipts import canonical_json
+
+    cfg = ship_config()
+    _ledger(cfg, 2)
+    assert _ship(cfg, capsys)[0] == 0
+    _ledger(cfg, 1)
+    with sqlite3.connect(cfg.parent / "state" / "state.db") as conn:
+        seq, rid, body, digest = conn.execute("SELECT seq, id, body, hash FROM receipts WHERE seq = 3").fetchone()
+    lines = [canonical_json({"seq": seq, "id": rid, "body": body, "hash": digest})]
+    forger = Ed25519PrivateKey.generate()
+    public = forger.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    head = {"v": 1, "first_seq": 3, "seq": 3, "hash": digest, "prev": json.loads(body)["prev"],
+            "lines_sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(), "time": "2026-01-01T00:00:00Z",
+            "key_id": key_id(public)}
+    record = {"head": head, "signature": base64.b64encode(forger.sign(_head_bytes(head))).decode(),
+              "public_key": base64.b64encode(public).decode()}
+    s3.put_object(Bucket=locked_bucket, Key="team-a/batches/000000000003-000000000003.jsonl",
+                  Body="\n".join([*lines, canonical_json(record)]) + "\n")
+    code, out = _verify(cfg, capsys)
+    assert code == 1 and "MISMATCH at team-a/batches/000000000003-000000000003.jsonl" in out, out
+    assert f"signed by key {key_id(public)}" in out
