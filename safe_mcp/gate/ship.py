@@ -256,15 +256,15 @@ def ship(store: StateStore, config: Config, *, owner: str | None = None, s3: Any
         return ShipReport(last_seq=int(store.query("SELECT seq FROM receipts_shipped WHERE one = 1")[0][0]))
     error: str | None = None
     try:
-        return _ship_claimed(store, config, settings, s3)
-    except ShipError as exc:
+        return _ship_claimed(store, config, settings, s3, owner)
+    except (ShipError, StateError) as exc:
         error = str(exc)
         raise
     finally:
         _release(store, owner, error)
 
 
-def _ship_claimed(store: StateStore, config: Config, settings: ShipSettings, s3: Any) -> ShipReport:
+def _ship_claimed(store: StateStore, config: Config, settings: ShipSettings, s3: Any, owner: str) -> ShipReport:
     s3 = s3 or _client(settings)
     _check_object_lock(s3, settings)
     store.flush()
@@ -311,9 +311,9 @@ def _ship_claimed(store: StateStore, config: Config, settings: ShipSettings, s3:
         except _aws_errors() as exc:
             raise _aws(f"cannot write batch {name} to", settings, exc) from None
         seq, prev = last, str(rows[-1][3])
-        with store.transaction() as tx:
-            tx.execute("UPDATE receipts_shipped SET seq = ?, hash = ?, shipped_at = ?, error = NULL WHERE one = 1",
-                       (seq, prev, time.time()))
+        with store.transaction() as tx:  # and renew the lease, for a long backlog
+            tx.execute("UPDATE receipts_shipped SET seq = ?, hash = ?, shipped_at = ?, error = NULL, lease_until = ? "
+                       "WHERE one = 1 AND lease_owner = ?", (seq, prev, time.time(), time.time() + _LEASE_S, owner))
         report.batches.append(name)
         report.shipped += len(rows)
         report.last_seq = seq
