@@ -314,7 +314,8 @@ def cmd_receipts(args: argparse.Namespace) -> int:
 
 def _receipts_off_the_box(args: argparse.Namespace, store: Any) -> int:
     """`receipts ship` and `receipts verify --against s3://BUCKET/PREFIX` (see safe_mcp.gate.ship)."""
-    from safe_mcp.gate.ship import ShipError, ship, verify_against
+    from safe_mcp.gate.ship import ShipError, ship
+    from safe_mcp.gate.ship_verify import verify_against
 
     config = config_of(args)
     try:

@@ -5,7 +5,7 @@ body text, its hash), then a `head` line: the last seq and hash, the hash before
 receipt lines, the time, and an Ed25519 signature by the gateway's key over the domain-separated canonical head.
 Each object is written under COMPLIANCE retention, so nobody, root account included, can delete or overwrite it
 before `retention_days`. What was shipped last (seq and hash) is kept in the state store; a ledger that no longer
-continues it is not shipped over, and `verify_against` names the first receipt that differs.
+continues it is not shipped over, and `safe_mcp.gate.ship_verify` names the first receipt that differs.
 """
 
 from __future__ import annotations
@@ -20,28 +20,33 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safe_mcp.errors import SafeMcpError, StateError
-from safe_mcp.state.receipts import GENESIS, canonical_json, receipt_text_hash
+from safe_mcp.errors import StateError
+from safe_mcp.gate.ship_wire import (
+    ShipError,
+    aws_error,
+    aws_errors,
+    batch_key,
+    check_object_lock,
+    gateway_key,
+    head_bytes,
+    key_id,
+    raw_public,
+    s3_client,
+)
+from safe_mcp.state.receipts import GENESIS, canonical_json
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     from safe_mcp.state.store import StateStore
     from safe_mcp.trust.config import Config, ShipSettings
 
-__all__ = ["ShipError", "ShipReport", "Shipper", "VerifyAgainst", "gateway_key", "ship", "ship_gate_check",
-           "ship_status", "verify_against"]
+__all__ = ["ShipError", "ShipReport", "Shipper", "check_shipping", "ship", "ship_gate_check", "ship_status"]
 
 log = logging.getLogger("safe_mcp.ship")
 
-_HEAD_DOMAIN = b"safe-mcp/receipts-head/v1\x00"
-_KEY_FILE = "ship.key"
 _WRITE_EFFECTS = ("write", "destructive", "irreversible")
 _LEASE_S = 60.0
 
@@ -59,26 +64,11 @@ CREATE TABLE IF NOT EXISTS receipts_shipped (
 """
 
 
-class ShipError(SafeMcpError):
-    """Shipping failed or was refused; the message says why and what to do."""
-
-
 @dataclass
 class ShipReport:
     batches: list[str] = field(default_factory=list)
     shipped: int = 0
     last_seq: int = 0
-
-
-@dataclass
-class VerifyAgainst:
-    ok: bool
-    shipped: int = 0
-    batches: int = 0
-    unshipped_local: int = 0
-    first_bad: str | None = None
-    problem: str = ""
-    notes: list[str] = field(default_factory=list)
 
 
 # --- the state store's record of what was shipped ------------------------------------------------
@@ -133,108 +123,6 @@ def _record_error(store: StateStore, error: str) -> None:
         tx.execute("UPDATE receipts_shipped SET attempted_at = ?, error = ? WHERE one = 1", (time.time(), error))
 
 
-# --- the gateway's signing key --------------------------------------------------------------------
-
-
-def gateway_key(state_dir: Path) -> Ed25519PrivateKey:
-    """The gateway's Ed25519 key in `state_dir/ship.key` (0600), made on first use.
-
-    Raises:
-        ShipError: the key cannot be read or written, or is not an Ed25519 key.
-    """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    path = state_dir / _KEY_FILE
-    try:
-        if not path.exists():
-            state_dir.mkdir(parents=True, exist_ok=True)
-            pem = Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except FileExistsError:
-        return gateway_key(state_dir)  # another process made it first
-    except OSError as exc:
-        raise ShipError(f"cannot read or create the shipping key {path}: {exc.strerror}; "
-                        "check the state directory's permissions") from None
-    except ValueError:
-        raise ShipError(f"{path} is not a PEM private key; move it away and a new key is made") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ShipError(f"{path} is not an Ed25519 key; move it away and a new key is made")
-    return key
-
-
-def _raw_public(key: Ed25519PrivateKey) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def key_id(raw_public: bytes) -> str:
-    return hashlib.sha256(raw_public).hexdigest()[:16]
-
-
-def _head_bytes(head: dict[str, Any]) -> bytes:
-    return _HEAD_DOMAIN + canonical_json(head).encode()
-
-
-# --- S3 -------------------------------------------------------------------------------------------
-
-
-def _client(settings: ShipSettings) -> Any:
-    import boto3
-    from botocore.config import Config as BotoConfig
-
-    session = boto3.session.Session(profile_name=settings.profile, region_name=settings.region)
-    return session.client("s3", endpoint_url=settings.endpoint_url,
-                          config=BotoConfig(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=20))
-
-
-def _aws(action: str, settings: ShipSettings, exc: Exception) -> ShipError:
-    """A botocore failure as a ShipError naming the bucket and what to check (never credentials)."""
-    from botocore.exceptions import ClientError, NoCredentialsError, ProfileNotFound
-
-    where = f"s3://{settings.bucket}/{settings.prefix}"
-    if isinstance(exc, NoCredentialsError):
-        return ShipError(f"{action} {where}: no AWS credentials found; set profile under [receipts.ship] "
-                         "or provide credentials through the standard AWS chain")
-    if isinstance(exc, ProfileNotFound):
-        return ShipError(f"{action} {where}: the AWS profile {settings.profile!r} does not exist; fix profile under "
-                         "[receipts.ship]")
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        return ShipError(f"{action} {where}: {err.get('Code', '?')}: {err.get('Message', '')}".rstrip(": "))
-    return ShipError(f"{action} {where}: {type(exc).__name__}: {exc}; check endpoint_url, region and the network")
-
-
-def _aws_errors() -> tuple[type[Exception], ...]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    return (BotoCoreError, ClientError)
-
-
-def _check_object_lock(s3: Any, settings: ShipSettings) -> None:
-    try:
-        conf = s3.get_object_lock_configuration(Bucket=settings.bucket)
-    except _aws_errors() as exc:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-        if code == "ObjectLockConfigurationNotFoundError":
-            conf = {}
-        else:
-            raise _aws("cannot read the Object Lock configuration of", settings, exc) from None
-    if conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
-        raise ShipError(f"refusing to ship: bucket {settings.bucket} does not have Object Lock enabled, so shipped "
-                        "receipts could be deleted; create a bucket with Object Lock (aws s3api create-bucket "
-                        "--object-lock-enabled-for-bucket ...) and name it under [receipts.ship]")
-
-
-def _batch_key(settings: ShipSettings, first: int, last: int) -> str:
-    return f"{settings.prefix}batches/{first:012d}-{last:012d}.jsonl"
-
-
 # --- shipping -------------------------------------------------------------------------------------
 
 
@@ -265,16 +153,16 @@ def ship(store: StateStore, config: Config, *, owner: str | None = None, s3: Any
 
 
 def _ship_claimed(store: StateStore, config: Config, settings: ShipSettings, s3: Any, owner: str) -> ShipReport:
-    s3 = s3 or _client(settings)
-    _check_object_lock(s3, settings)
+    s3 = s3 or s3_client(settings)
+    check_object_lock(s3, settings)
     store.flush()
     seq, prev = store.query("SELECT seq, hash FROM receipts_shipped WHERE one = 1")[0]
     seq, prev = int(seq), str(prev)
     if seq == 0:
         try:
             found = s3.list_objects_v2(Bucket=settings.bucket, Prefix=f"{settings.prefix}batches/", MaxKeys=1)
-        except _aws_errors() as exc:
-            raise _aws("cannot list", settings, exc) from None
+        except aws_errors() as exc:
+            raise aws_error("cannot list", settings, exc) from None
         if found.get("KeyCount", 0):
             raise ShipError(f"refusing to ship: s3://{settings.bucket}/{settings.prefix} already holds batches this "
                             "state store has not shipped: the ledger was deleted or restarted, or another gateway "
@@ -282,7 +170,7 @@ def _ship_claimed(store: StateStore, config: Config, settings: ShipSettings, s3:
                             f"s3://{settings.bucket}/{settings.prefix}`; a new ledger needs a new prefix")
     report = ShipReport(last_seq=seq)
     key = gateway_key(config.state_dir)
-    public = _raw_public(key)
+    public = raw_public(key)
     while True:
         rows = store.query("SELECT seq, id, body, hash FROM receipts WHERE seq > ? ORDER BY seq LIMIT ?",
                            (seq, settings.batch_max))
@@ -299,17 +187,17 @@ def _ship_claimed(store: StateStore, config: Config, settings: ShipSettings, s3:
         head: dict[str, Any] = {"v": 1, "first_seq": first, "seq": last, "hash": str(rows[-1][3]),
                 "prev": prev, "lines_sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
                 "time": datetime.now(UTC).isoformat(timespec="milliseconds"), "key_id": key_id(public)}
-        record = {"head": head, "signature": base64.b64encode(key.sign(_head_bytes(head))).decode(),
+        record = {"head": head, "signature": base64.b64encode(key.sign(head_bytes(head))).decode(),
                   "public_key": base64.b64encode(public).decode()}
-        name = _batch_key(settings, first, last)
+        name = batch_key(settings, first, last)
         body = ("\n".join([*lines, canonical_json(record)]) + "\n").encode()
         until = datetime.now(UTC) + timedelta(days=settings.retention_days)
         try:
             s3.put_object(Bucket=settings.bucket, Key=name, Body=body, ContentType="application/x-ndjson",
                           ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(),  # noqa: S324 (S3 needs it)
                           ObjectLockMode="COMPLIANCE", ObjectLockRetainUntilDate=until)
-        except _aws_errors() as exc:
-            raise _aws(f"cannot write batch {name} to", settings, exc) from None
+        except aws_errors() as exc:
+            raise aws_error(f"cannot write batch {name} to", settings, exc) from None
         seq, prev = last, str(rows[-1][3])
         with store.transaction() as tx:  # and renew the lease, for a long backlog
             tx.execute("UPDATE receipts_shipped SET seq = ?, hash = ?, shipped_at = ?, error = NULL, lease_until = ? "
@@ -404,143 +292,6 @@ class Shipper:
             self.run_once()
 
 
-# --- verify --against -----------------------------------------------------------------------------
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """(bucket, prefix) of `s3://BUCKET/PREFIX`.
-
-    Raises:
-        ShipError: not an s3:// URL with a bucket.
-    """
-    if not url.startswith("s3://") or not url[5:].split("/", 1)[0]:
-        raise ShipError(f"{url!r} is not s3://BUCKET/PREFIX")
-    bucket, _, prefix = url[5:].partition("/")
-    return bucket, prefix
-
-
-def _shipped(s3: Any, settings: ShipSettings) -> Iterator[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
-    """(object key, receipt lines, head record) of every batch, in order."""
-    # Every version, not only the latest: a delete marker or a newer version written over a batch must not hide
-    # what was shipped under COMPLIANCE retention (each version of a batch has to hold, and agree with the others).
-    versions: list[tuple[str, datetime, str]] = []
-    try:
-        pages = s3.get_paginator("list_object_versions").paginate(Bucket=settings.bucket,
-                                                                   Prefix=f"{settings.prefix}batches/")
-        for page in pages:
-            versions += [(v["Key"], v["LastModified"], v["VersionId"]) for v in page.get("Versions", [])]
-    except _aws_errors() as exc:
-        raise _aws("cannot list", settings, exc) from None
-    for name, _when, version in sorted(versions):
-        try:
-            text = s3.get_object(Bucket=settings.bucket, Key=name, VersionId=version)["Body"].read().decode()
-        except _aws_errors() as exc:
-            raise _aws(f"cannot read {name} from", settings, exc) from None
-        *lines, last = text.rstrip("\n").split("\n")
-        try:
-            yield name, [json.loads(line) for line in lines], json.loads(last)
-        except ValueError:
-            yield name, [], {}
-
-
-def verify_against(store: StateStore, config: Config, url: str, *, s3: Any = None) -> VerifyAgainst:
-    """Compare the local ledger with the batches shipped under `url`.
-
-    Not ok, naming the first bad receipt, when a batch's signature, digest or chain does not hold, or when the
-    local ledger lacks a shipped receipt (deleted, truncated), differs from it (rewritten) or starts another chain
-    (restarted). Local receipts not yet shipped are counted, and fine.
-
-    Raises:
-        ShipError: the bucket cannot be listed or read.
-    """
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    bucket, prefix = parse_s3_url(url)
-    base = config.receipts.ship
-    from safe_mcp.trust.config import ShipSettings
-
-    settings = ShipSettings(bucket=bucket, prefix=prefix, retention_days=1,
-                            region=base.region if base else None, endpoint_url=base.endpoint_url if base else None,
-                            profile=base.profile if base else None)
-    s3 = s3 or _client(settings)
-    result = VerifyAgainst(ok=True)
-    # The first batch's key signs them all (its oldest version cannot be replaced under COMPLIANCE retention).
-    # The gateway's own key should be that key; when it is not, the state directory was replaced: said, and the
-    # receipts compared below name what differs.
-    local_key = config.state_dir / _KEY_FILE
-    own = key_id(_raw_public(gateway_key(config.state_dir))) if local_key.exists() else None
-    trusted: str | None = None
-    shipped: list[tuple[int, str, str]] = []  # (seq, id, hash)
-    prev = GENESIS
-
-    def bad(where: str, problem: str) -> VerifyAgainst:
-        return VerifyAgainst(ok=False, shipped=len(shipped), batches=result.batches, first_bad=where,
-                             problem=problem, notes=result.notes)
-
-    for name, lines, record in _shipped(s3, settings):
-        result.batches += 1
-        head = record.get("head", {})
-        try:
-            public = base64.b64decode(record["public_key"], validate=True)
-            Ed25519PublicKey.from_public_bytes(public).verify(base64.b64decode(record["signature"]), _head_bytes(head))
-        except (KeyError, ValueError, InvalidSignature):
-            return bad(name, "the batch's head signature does not hold (the object was altered)")
-        kid = key_id(public)
-        if trusted is None:
-            trusted = kid
-            if own is None:
-                result.notes.append(f"no local shipping key: the batches are checked against key {kid} of the first")
-            elif own != kid:
-                result.notes.append(f"this gateway's key {own} is not key {kid} that signed the shipped batches: "
-                                    "its state directory was replaced or restored from elsewhere")
-        if kid != trusted or head.get("key_id") != kid:
-            return bad(name, f"the batch is signed by key {kid}, not the gateway's key {trusted}")
-        digest = hashlib.sha256("\n".join(canonical_json(x) for x in lines).encode()).hexdigest()
-        if digest != head.get("lines_sha256") or not lines:
-            return bad(name, "the batch's receipts do not match its signed head (altered)")
-        for item in lines:
-            seq, rid, body, digest = int(item["seq"]), str(item["id"]), str(item["body"]), str(item["hash"])
-            if seq <= len(shipped):  # a batch written again after a crash: it must repeat the same receipts
-                if shipped[seq - 1] != (seq, rid, digest):
-                    return bad(rid, f"shipped receipt #{seq} appears twice with different contents")
-                continue
-            if seq != len(shipped) + 1:
-                return bad(name, f"shipped receipts #{len(shipped) + 1}-#{seq - 1} are missing from the bucket")
-            fields = json.loads(body)
-            if receipt_text_hash(body) != digest or fields.get("prev") != prev or fields.get("seq") != seq:
-                return bad(rid, f"shipped receipt #{seq} does not hold in its chain")
-            shipped.append((seq, rid, digest))
-            prev = digest
-        if (head.get("seq"), head.get("hash")) != (shipped[-1][0], shipped[-1][2]):
-            return bad(name, "the batch's signed head does not match its last receipt")
-    result.shipped = len(shipped)
-    local_count = 0
-    for seq, rid, _body, digest in store.iter_receipts():
-        local_count += 1
-        if seq > len(shipped):
-            continue
-        if seq != local_count:  # receipts removed locally before this one
-            missing_seq, missing_id, _ = shipped[local_count - 1]
-            return bad(missing_id, f"shipped receipt #{missing_seq} {missing_id} is missing from the local ledger "
-                                   "(receipts were deleted)")
-        _, want_id, want_hash = shipped[seq - 1]
-        if (rid, digest) != (want_id, want_hash):
-            if seq == 1:
-                return bad(want_id, f"the local ledger starts another chain: its receipt #1 is {rid}, the shipped one "
-                                    f"is {want_id} (the ledger was restarted or replaced)")
-            return bad(want_id, f"local receipt #{seq} differs from the shipped one (the ledger was rewritten)")
-    if local_count < len(shipped):
-        seq, rid, _ = shipped[local_count]
-        return bad(rid, f"shipped receipt #{seq} {rid} is missing from the local ledger ({local_count} local, "
-                        f"{len(shipped)} shipped: the ledger was deleted or truncated)")
-    local = store.verify()
-    if not local.ok:
-        return bad(local.first_bad or "?", f"the local ledger's own chain is broken: {local.problem}")
-    result.unshipped_local = local_count - len(shipped)
-    return result
-
-
 # --- check ----------------------------------------------------------------------------------------
 
 
@@ -574,7 +325,7 @@ def check_shipping(config: Config, *, probe: bool) -> tuple[list[str], list[str]
         problems.append(f"receipts shipping: {status['last_error']}")
     if probe:
         try:
-            _check_object_lock(_client(settings), settings)
+            check_object_lock(s3_client(settings), settings)
         except ShipError as exc:
             if not status["last_error"]:
                 lines.append(f"receipts shipping FAILING: {exc}")

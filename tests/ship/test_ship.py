@@ -308,7 +308,7 @@ def test_a_batch_forged_without_the_gateways_key_is_named(ship_config: Callable[
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from safe_mcp.gate.ship import _head_bytes, key_id
+    from safe_mcp.gate.ship_wire import head_bytes, key_id
     from safe_mcp.state.receipts import canonical_json
 
     cfg = ship_config()
@@ -323,7 +323,7 @@ def test_a_batch_forged_without_the_gateways_key_is_named(ship_config: Callable[
     head = {"v": 1, "first_seq": 3, "seq": 3, "hash": digest, "prev": json.loads(body)["prev"],
             "lines_sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(), "time": "2026-01-01T00:00:00Z",
             "key_id": key_id(public)}
-    record = {"head": head, "signature": base64.b64encode(forger.sign(_head_bytes(head))).decode(),
+    record = {"head": head, "signature": base64.b64encode(forger.sign(head_bytes(head))).decode(),
               "public_key": base64.b64encode(public).decode()}
     s3.put_object(Bucket=locked_bucket, Key="team-a/batches/000000000003-000000000003.jsonl",
                   Body="\n".join([*lines, canonical_json(record)]) + "\n")
