@@ -176,8 +176,11 @@ def _ship_claimed(store: StateStore, config: Config, settings: ShipSettings, s3:
                            (seq, settings.batch_max))
         if not rows:
             return report
-        first_body = json.loads(rows[0][2])
-        if int(rows[0][0]) != seq + 1 or first_body.get("prev") != prev:
+        try:
+            first_prev = json.loads(rows[0][2]).get("prev")
+        except ValueError:
+            first_prev = None  # not JSON: altered, and reported as not continuing
+        if int(rows[0][0]) != seq + 1 or first_prev != prev:
             raise ShipError(f"refusing to ship: the local ledger does not continue what was shipped (receipt #{seq} "
                             f"was the last shipped, the next local receipt is #{rows[0][0]} {rows[0][1]}); the ledger "
                             "was truncated, rewritten or restarted: run `safe-mcp receipts verify --against "

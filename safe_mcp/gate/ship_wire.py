@@ -79,12 +79,20 @@ def head_bytes(head: dict[str, Any]) -> bytes:
 
 
 def s3_client(settings: ShipSettings) -> Any:
+    """An S3 client with the standard AWS credential chain, or `profile`.
+
+    Raises:
+        ShipError: the profile does not exist or the client cannot be made.
+    """
     import boto3
     from botocore.config import Config as BotoConfig
 
-    session = boto3.session.Session(profile_name=settings.profile, region_name=settings.region)
-    return session.client("s3", endpoint_url=settings.endpoint_url,
-                          config=BotoConfig(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=20))
+    try:
+        session = boto3.session.Session(profile_name=settings.profile, region_name=settings.region)
+        return session.client("s3", endpoint_url=settings.endpoint_url,
+                              config=BotoConfig(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=20))
+    except aws_errors() as exc:
+        raise aws_error("cannot reach", settings, exc) from None
 
 
 def aws_error(action: str, settings: ShipSettings, exc: Exception) -> ShipError:

@@ -330,3 +330,18 @@ def test_a_batch_forged_without_the_gateways_key_is_named(ship_config: Callable[
     code, out = _verify(cfg, capsys)
     assert code == 1 and "MISMATCH at team-a/batches/000000000003-000000000003.jsonl" in out, out
     assert f"signed by key {key_id(public)}" in out
+
+
+def test_a_missing_profile_is_a_shipping_error_not_a_crash(ship_config: Callable[..., Path],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = ship_config(profile="no-such-profile")
+    _ledger(cfg, 1)
+    code, out = _ship(cfg, capsys)
+    assert code == 1 and "the AWS profile 'no-such-profile' does not exist" in out, out
+    store = StateStore(cfg.parent / "state")
+    try:
+        shipper = Shipper(store, load_config(cfg))
+        shipper.run_once()
+        assert shipper.last_error and "no-such-profile" in shipper.last_error
+    finally:
+        store.close()
