@@ -345,3 +345,20 @@ def test_a_missing_profile_is_a_shipping_error_not_a_crash(ship_config: Callable
         assert shipper.last_error and "no-such-profile" in shipper.last_error
     finally:
         store.close()
+
+
+def test_check_reports_healthy_shipping(ship_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = ship_config(fail_writes_when_unshipped_s=60)
+    _ledger(cfg, 4)
+    assert _ship(cfg, capsys)[0] == 0
+    _ledger(cfg, 1)
+    assert main(["check", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "COMPLIANCE retention 30 days; writes refused after 60 s unshipped" in out
+    assert "receipts shipped up to #4" in out and "1 not yet shipped" in out and "FAILING" not in out
+
+
+def test_verify_against_needs_an_s3_url(ship_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = ship_config()
+    assert main(["receipts", "verify", "--config", str(cfg), "--against", "https://example.com/x"]) == 1
+    assert "is not s3://BUCKET/PREFIX" in capsys.readouterr().err
