@@ -64,7 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     rl.add_argument("--limit", type=int, default=20)
     rs = rsub.add_parser("show", parents=[common], help="one receipt in full")
     rs.add_argument("receipt_id")
-    rsub.add_parser("verify", parents=[common], help="check the hash chain; exit 1 at the first broken link")
+    rv = rsub.add_parser("verify", parents=[common], help="check the hash chain; exit 1 at the first broken link")
+    rv.add_argument("--against", metavar="s3://BUCKET/PREFIX",
+                    help="also compare the local ledger with the receipts shipped there; exit 1 at the first difference")
+    rsub.add_parser("ship", parents=[common], help="ship the receipts not yet shipped to [receipts.ship] now")
     re_ = rsub.add_parser("export", parents=[common], help="every receipt as JSON Lines")
     re_.add_argument("--out", metavar="F", help="file to write (default stdout)")
 
@@ -213,6 +216,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems = _missing_files(config, inv)
     if not args.offline:
         problems += _audit_targets(config, inv)
+    from safe_mcp.gate.ship import check_shipping
+
+    ship_lines, ship_problems = check_shipping(config, probe=not args.offline)
+    problems += ship_problems
     if args.format == "json":
         print(json.dumps(inv, indent=2))
     elif args.format == "md":
@@ -223,6 +230,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         from safe_mcp.faces.cli_table import terminal_width
 
         print(render_text(inv, terminal_width()))
+    if args.format != "json":
+        print("\n".join(ship_lines))
     for problem in problems:
         print(f"safe-mcp: check failed: {problem}", file=sys.stderr)
     if problems and args.offline:
@@ -305,6 +314,8 @@ def cmd_receipts(args: argparse.Namespace) -> int:
                 return 1
             print(json.dumps(found.model_dump(mode="json"), indent=2, ensure_ascii=False))
             return 0
+        if args.action == "ship" or (args.action == "verify" and args.against):
+            return _receipts_off_the_box(args, store)
         if args.action == "verify":
             report = store.verify()
             if report.ok:
@@ -322,6 +333,31 @@ def cmd_receipts(args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+def _receipts_off_the_box(args: argparse.Namespace, store: Any) -> int:
+    """`receipts ship` and `receipts verify --against s3://BUCKET/PREFIX` (see safe_mcp.gate.ship)."""
+    from safe_mcp.gate.ship import ShipError, ship
+    from safe_mcp.gate.ship_verify import verify_against
+
+    config = config_of(args)
+    try:
+        if args.action == "ship":
+            done = ship(store, config)
+            print(f"shipped {done.shipped} receipts in {len(done.batches)} batches; shipped up to #{done.last_seq}")
+            return 0
+        report = verify_against(store, config, args.against)
+    except ShipError as exc:
+        print(f"safe-mcp: {exc}", file=sys.stderr)
+        return 1
+    for note in report.notes:
+        print(f"note: {note}")
+    if not report.ok:
+        print(f"MISMATCH at {report.first_bad}: {report.problem}")
+        return 1
+    print(f"ok: {report.shipped} shipped receipts in {report.batches} batches match the local ledger; "
+          f"{report.unshipped_local} local receipts not shipped yet")
+    return 0
 
 
 def cmd_undo(args: argparse.Namespace) -> int:

@@ -125,7 +125,22 @@ def secrets_check(config: Config) -> int:
 
 
 def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopback: bool) -> None:
-    """Serve `runtime`: stdio, or HTTP/SSE with tokens (unless opted out on loopback) and Host/Origin checks."""
+    """Serve `runtime`: stdio, or HTTP/SSE with tokens (unless opted out on loopback) and Host/Origin checks.
+    With `[receipts.ship]`, receipts are shipped in the background while it serves, and once more at the end."""
+    shipper = None
+    if runtime.config.receipts.ship is not None:
+        from safe_mcp.gate.ship import Shipper
+
+        shipper = Shipper(runtime.store, runtime.config)
+        shipper.start()
+    try:
+        _run_server(runtime, transport, host, port, loopback=loopback)
+    finally:
+        if shipper is not None:
+            shipper.stop()
+
+
+def _run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopback: bool) -> None:
     from safe_mcp.faces.server import build_server
     from safe_mcp.trust.secretstore import install_log_scrubber
 

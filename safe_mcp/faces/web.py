@@ -127,10 +127,27 @@ class ApprovalPage:
             cookie = secrets.token_urlsafe(32)
         actions = await anyio.to_thread.run_sync(self.gate.approvals.listing)
         body = self._page_html(actions, self._csrf(cookie), message)
+        shipping = await anyio.to_thread.run_sync(self._shipping_failure)
+        if shipping:  # an approver should know the audit trail is not leaving the box
+            body = body.replace("</h1>", f'</h1><p id="shipping" role="alert"><strong>receipts are not being shipped '
+                                f'off the box</strong>: {_e(shipping)}</p>', 1)
         response = HTMLResponse(body, status_code=status, headers=self._headers())
         if new_cookie:
             response.set_cookie(COOKIE, cookie, httponly=True, samesite="strict", path="/approvals")
         return response
+
+    def _shipping_failure(self) -> str | None:
+        """The background shipper's last error (see safe_mcp.gate.ship), or None when it works or is off."""
+        if self.gate.config.receipts.ship is None:
+            return None
+        from safe_mcp.errors import StateError
+        from safe_mcp.gate.ship import ship_status
+
+        try:
+            error = ship_status(self.gate.store)["last_error"]
+        except StateError as exc:
+            return f"cannot read the shipping status: {exc}"
+        return str(error) if error else None
 
     async def _decide(self, field: dict[str, str]) -> tuple[str, int]:
         if field["decision"] not in ("approve", "deny"):

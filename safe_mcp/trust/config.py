@@ -131,6 +131,26 @@ class StateSettings(_Strict):
                            description="the PostgreSQL schema that holds the state tables")
 
 
+class ShipSettings(_Strict):
+    """`[receipts.ship]`: batches of receipts, each with a signed chain head, written to an S3 bucket with
+    Object Lock under COMPLIANCE retention. Credentials: the standard AWS chain, or `profile`."""
+
+    bucket: str = Field(..., pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$", description="an S3 bucket with Object Lock enabled")
+    prefix: str = Field("", pattern=r"^[^\s]*$", description='where the batches go in the bucket, e.g. "team-a/"')
+    region: str | None = Field(None, description="the bucket's region (default: the AWS chain's)")
+    endpoint_url: str | None = Field(None, pattern=r"^https?://[^\s]+$", description="an S3-compatible endpoint")
+    profile: str | None = Field(None, description="an AWS profile (default: the standard credential chain)")
+    retention_days: int = Field(..., ge=1, le=36500, description="COMPLIANCE retention of each batch, in days")
+    interval_s: float = Field(5, ge=0.2, le=3600, description="the background shipper runs this often")
+    batch_max: int = Field(1000, ge=1, le=100_000, description="receipts in one batch at most")
+    fail_writes_when_unshipped_s: int | None = Field(None, ge=1, description=(
+        "refuse writes while the oldest unshipped write receipt is older than this (default: writes go on)"))
+
+
+class ReceiptSettings(_Strict):
+    ship: ShipSettings | None = Field(None, description="ship receipts off the box (absent: they stay local)")
+
+
 class ServerSettings(_Strict):
     """How HTTP/SSE listeners authenticate callers and which Host/Origin headers they accept."""
 
@@ -204,6 +224,7 @@ class Config(BaseModel):
     approvals: ApprovalSettings = Field(default_factory=ApprovalSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     breaker: BreakerRules = Field(default_factory=BreakerRules)
+    receipts: ReceiptSettings = Field(default_factory=ReceiptSettings)
     org_policy: dict[str, Any] = Field(default_factory=dict)
     """Set by `safe_mcp.trust.orgpolicy.apply_policy`: source, digest, forbid lists and provenance of the org policy."""
 
@@ -243,6 +264,7 @@ class _Root(_Strict):
     approvals: ApprovalSettings = Field(default_factory=ApprovalSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     breaker: BreakerRules = Field(default_factory=BreakerRules)
+    receipts: ReceiptSettings = Field(default_factory=ReceiptSettings)
 
 
 def default_config_path() -> Path:
@@ -322,6 +344,7 @@ def parse_config(raw: dict[str, Any], *, source: str, base_dir: str) -> Config:
         approvals=root.approvals,
         server=root.server,
         breaker=root.breaker,
+        receipts=root.receipts,
     )
 
 
