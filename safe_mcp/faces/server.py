@@ -238,7 +238,7 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
     gate: Gate = runtime.gate
 
     telemetry = Telemetry(runtime.config.telemetry, source=runtime.config.source, version=__version__,
-                          receipt=lambda receipt_id: runtime.store.receipt(receipt_id))
+                          receipt=lambda receipt_id: runtime.store.receipt(receipt_id), scrub=runtime.scrub)
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[Any]) -> AsyncIterator[Runtime]:

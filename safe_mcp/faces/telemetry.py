@@ -29,6 +29,7 @@ from safe_mcp.errors import Refused, SafeMcpError
 from safe_mcp.gate.pipeline import GateResult
 from safe_mcp.state.receipts import Receipt
 from safe_mcp.trust.config import SECRET_REF, TelemetrySettings
+from safe_mcp.trust.scrub import Scrubber
 
 if TYPE_CHECKING:
     from opentelemetry._logs import Logger
@@ -88,9 +89,24 @@ class Telemetry:
     """Spans and receipt log records for one server. Inert (and importing nothing) without `[telemetry]`."""
 
     def __init__(self, settings: TelemetrySettings | None, *, source: str,
-                 receipt: Callable[[str], Receipt | None], version: str) -> None:
+                 receipt: Callable[[str], Receipt | None], version: str, scrub: Scrubber | None = None) -> None:
+        """Resolve the receiver's headers now, so a missing secret stops the server before it serves; each
+        resolved secret joins `scrub`, so no log line, result or receipt can carry it.
+
+        Raises:
+            ConfigError: a header's secret reference names nothing.
+        """
+        from safe_mcp.trust.secrets import resolve_ref
+
         self.settings = settings
-        self._source, self._receipt, self._version = source, receipt, version
+        self._receipt, self._version = receipt, version
+        self._headers = {name: resolve_ref(value, source=source, key=f"telemetry.headers.{name}")
+                         if SECRET_REF.match(value) else value
+                         for name, value in (settings.headers.items() if settings else ())}
+        if settings is not None and scrub is not None:
+            for name, value in settings.headers.items():
+                if SECRET_REF.match(value):
+                    scrub.add(self._headers[name])
         self._tracer: Tracer | None = None
         self._logger: Logger | None = None
         self._providers: tuple[TracerProvider, LoggerProvider | None] | None = None
@@ -102,11 +118,7 @@ class Telemetry:
         return self._tracer is not None
 
     def start(self) -> None:
-        """Build the exporters and the worker thread; a no-op without `[telemetry]` or when started.
-
-        Raises:
-            ConfigError: a header's secret reference names nothing.
-        """
+        """Build the exporters and the worker thread; a no-op without `[telemetry]` or when started."""
         settings = self.settings
         if settings is None or self._tracer is not None:
             return
@@ -118,10 +130,7 @@ class Telemetry:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        from safe_mcp.trust.secrets import resolve_ref
-
-        headers = {name: resolve_ref(value, source=self._source, key=f"telemetry.headers.{name}")
-                   if SECRET_REF.match(value) else value for name, value in settings.headers.items()}
+        headers = self._headers
         base = settings.otlp_endpoint.rstrip("/")
         resource = Resource.create({"service.name": settings.service_name, "service.version": self._version})
         tracer_provider = TracerProvider(resource=resource)

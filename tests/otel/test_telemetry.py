@@ -289,3 +289,28 @@ def test_a_secret_header_must_be_a_reference(tmp_path: Path, headers: str, probl
         load_config(cfg)
     assert problem in str(err.value) and "abc" not in str(err.value)
     assert "env:VAR" in str(err.value)
+
+
+async def test_the_receivers_secret_is_scrubbed_from_results_receipts_and_exports(tmp_path: Path) -> None:
+    """The header secret joins the scrubber: an agent that somehow holds it cannot get it into a receipt or log."""
+    with otlp_receiver() as receiver:
+        cfg = make_config(tmp_path, receiver.url)
+        async with connect(cfg, "stdio", env={"OTLP_TEST_AUTH": AUTH}) as client:
+            r = await client.call_tool("sql_query", {"target": "shop", "sql": f"SELECT '{AUTH}' AS leaked"})
+            assert not r.is_error and AUTH not in json.dumps(r.structured_content)
+        receiver.wait(spans=1, logs=1)
+    assert AUTH not in json.dumps(receiver.spans) + json.dumps(receiver.logs)
+    assert "[redacted]" in receiver.logs[0]["body"]["args"]["sql"]
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert AUTH.encode() not in path.read_bytes(), path
+
+
+def test_a_missing_header_secret_stops_the_server_with_the_fix(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, "http://127.0.0.1:9")
+    env = {k: v for k, v in os.environ.items() if k != "OTLP_TEST_AUTH"}
+    r = subprocess.run([sys.executable, "-m", "safe_mcp", "serve", "--config", str(cfg)], input="", capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.returncode != 0
+    assert "telemetry.headers.authorization: environment variable OTLP_TEST_AUTH is not set" in r.stderr
+    assert "export OTLP_TEST_AUTH=" in r.stderr and "Traceback" not in r.stderr
