@@ -151,10 +151,11 @@ class Telemetry:
     def close(self) -> None:
         """Finish every call handed over so far and flush spans and log records to the receiver."""
         worker, providers = self._worker, self._providers
-        self._tracer, self._logger, self._worker, self._providers = None, None, None, None
+        self._tracer, self._worker, self._providers = None, None, None  # new calls get no span from here on
         if worker is not None:
             self._queue.put(None)
             worker.join()
+        self._logger = None
         if providers is not None:
             tracer_provider, logger_provider = providers
             tracer_provider.shutdown()

@@ -215,6 +215,50 @@ async def test_calls_become_spans_and_receipts_become_log_records(tmp_path: Path
             assert AUTH.encode() not in path.read_bytes(), path
 
 
+async def test_a_client_leaving_after_a_burst_still_gets_every_call_exported(tmp_path: Path) -> None:
+    with otlp_receiver() as receiver:
+        cfg = make_config(tmp_path, receiver.url)
+        async with connect(cfg, "stdio", env={"OTLP_TEST_AUTH": AUTH}) as client:
+            results = [await client.call_tool("sql_query", {"target": "shop", "sql": f"SELECT {i}"}) for i in range(40)]
+        receiver.wait(spans=40, logs=40)
+    sent = {str(r.structured_content["receipt_id"]) for r in results if r.structured_content}
+    assert len(sent) == 40
+    assert {r["attrs"]["safe_mcp.receipt_id"] for r in receiver.logs} == sent
+    assert {s["attrs"]["safe_mcp.receipt_id"] for s in receiver.spans} == sent
+
+
+def test_close_finishes_every_call_handed_over_before_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker may lag the calls (that is the point: export is off the request path); closing must drain it.
+
+    Calls are handed over faster than a receipt can be read, so the worker is far behind when `close` runs.
+    """
+    from safe_mcp.adapter import Call
+    from safe_mcp.faces.telemetry import Telemetry, note_result
+    from safe_mcp.gate.calls import Caller
+    from safe_mcp.gate.runtime import Runtime
+    from safe_mcp.trust.config import load_config
+
+    with otlp_receiver() as receiver:
+        cfg = make_config(tmp_path, receiver.url)
+        monkeypatch.setenv("OTLP_TEST_AUTH", AUTH)
+        runtime = Runtime(load_config(cfg))
+        try:
+            who = Caller(session="burst")
+            results = [runtime.gate.run(Call(target="shop", tool="sql_query", args={"sql": f"SELECT {i}"}), who)
+                       for i in range(60)]
+            telemetry = Telemetry(runtime.config.telemetry, source=str(cfg), version="test",
+                                  receipt=runtime.store.receipt, scrub=runtime.scrub)
+            telemetry.start()
+            for r in results:
+                with telemetry.call("sql_query", None, None):
+                    note_result(r)
+            telemetry.close()
+        finally:
+            runtime.close()
+        receiver.wait(spans=60, logs=60, timeout=5)
+    assert {r["attrs"]["safe_mcp.receipt_id"] for r in receiver.logs} == {r.receipt_id for r in results}
+
+
 async def test_without_a_traceparent_each_call_starts_its_own_trace(tmp_path: Path) -> None:
     with otlp_receiver() as receiver:
         cfg = make_config(tmp_path, receiver.url)
