@@ -8,6 +8,11 @@ which reads the receipt from the state store, completes the span with the receip
 ends it at the moment the call ended, and emits the receipt as a log record in the span's trace. Batch
 processors send both over OTLP/HTTP in the background; `close` drains the worker and flushes them.
 
+Receipts are exported per call rather than by tailing the ledger: the log record then sits in the call's
+trace, and instances sharing one PostgreSQL ledger each export only their own calls, never each other's.
+The price: receipts written outside a tool call (the CLI, the approval page, mail leaving the outbox) are
+not exported; the ledger itself remains the complete record.
+
 The spans come from a tracer provider of safe-mcp's own, not the process-global one: the MCP SDK's own
 middleware would otherwise add a second span per call, parented by `_meta` only (never by an HTTP header).
 """
@@ -194,7 +199,10 @@ class Telemetry:
                     receipt = self._receipt(record.receipt_id)
                 except SafeMcpError as exc:
                     log.warning("telemetry: cannot read receipt %s: %s", record.receipt_id, exc)
-            self._finish(span, record, receipt, ended)
+            try:
+                self._finish(span, record, receipt, ended)
+            except Exception:  # the top level of this thread: one bad call must not end export for the rest
+                log.exception("telemetry: could not export the span of receipt %s", record.receipt_id)
 
     def _finish(self, span: Span, record: CallRecord, receipt: Receipt | None, ended: int) -> None:
         from opentelemetry._logs import SeverityNumber
