@@ -358,3 +358,18 @@ def test_a_missing_header_secret_stops_the_server_with_the_fix(tmp_path: Path) -
     assert r.returncode != 0
     assert "telemetry.headers.authorization: environment variable OTLP_TEST_AUTH is not set" in r.stderr
     assert "export OTLP_TEST_AUTH=" in r.stderr and "Traceback" not in r.stderr
+
+
+async def test_export_receipts_false_sends_spans_only(tmp_path: Path) -> None:
+    with otlp_receiver() as receiver:
+        cfg = make_config(tmp_path, receiver.url)
+        cfg.write_text(cfg.read_text().replace('service_name = "safe-mcp-test"',
+                                               'service_name = "safe-mcp-test"\nexport_receipts = false'))
+        async with connect(cfg, "stdio", env={"OTLP_TEST_AUTH": AUTH}) as client:
+            r = await client.call_tool("sql_execute", {"target": "shop", "sql": "INSERT INTO items (name) VALUES ('z')"})
+            assert not r.is_error
+        receiver.wait(spans=1, logs=0)
+        time.sleep(0.5)
+    assert receiver.logs == []
+    assert receiver.spans[0]["attrs"]["safe_mcp.outcome"] == "executed"
+    assert receiver.spans[0]["attrs"]["safe_mcp.rows"] == 1
