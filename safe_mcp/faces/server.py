@@ -21,6 +21,7 @@ from safe_mcp.adapter import Call
 from safe_mcp.effects import Effect
 from safe_mcp.errors import Refused, SafeMcpError
 from safe_mcp.faces.strict_args import Violation, check_names, check_types, check_values, strict_schema
+from safe_mcp.faces.telemetry import Telemetry, note_refusal, note_result
 from safe_mcp.gate.pipeline import Caller, Gate, GateResult, PendingView
 from safe_mcp.gate.runtime import Runtime
 from safe_mcp.state.receipts import new_id
@@ -157,9 +158,10 @@ class StrictServer(MCPServer[Runtime]):
     crash inside a tool, becomes a receipted gate refusal the agent can act on, never raw validation text.
     """
 
-    def __init__(self, runtime: Runtime, **kwargs: Any) -> None:
+    def __init__(self, runtime: Runtime, telemetry: Telemetry | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._runtime = runtime
+        self.telemetry = telemetry or Telemetry(None, source="", receipt=lambda _: None, version=__version__)
 
     def add_tool(self, fn: Callable[..., Any], name: str | None = None, title: str | None = None,
                  description: str | None = None, annotations: ToolAnnotations | None = None,
@@ -173,8 +175,16 @@ class StrictServer(MCPServer[Runtime]):
 
     async def call_tool(self, name: str, arguments: dict[str, Any],
                         context: Context[Runtime, Any] | None = None) -> CallToolResult | InputRequiredResult:
+        if context is None:
+            return await super().call_tool(name, arguments, context)
+        # One span per tool call, here where every call passes; the gate's verdict reaches it via note_*.
+        with self.telemetry.call(name, context.request_context.meta, context.headers):
+            return await self._checked_call(name, arguments, context)
+
+    async def _checked_call(self, name: str, arguments: dict[str, Any],
+                            context: Context[Runtime, Any]) -> CallToolResult | InputRequiredResult:
         tool = self._tool_manager.get_tool(name)
-        if tool is None or context is None:
+        if tool is None:
             return await super().call_tool(name, arguments, context)
         violation = (check_values(name, arguments) or check_names(name, arguments, tool.parameters)
                      or check_values(name, tool.fn_metadata.pre_parse_json(arguments)))
@@ -217,7 +227,9 @@ class StrictServer(MCPServer[Runtime]):
         try:
             await anyio.to_thread.run_sync(refuse)
         except Refused as exc:
-            raise ToolError(f"Error executing tool {tool}: {self._runtime.scrub(exc.text())}") from None
+            text = self._runtime.scrub(exc.text())
+            note_refusal(exc, text)
+            raise ToolError(f"Error executing tool {tool}: {text}") from None
         raise AssertionError("gate.refuse always raises")
 
 
@@ -233,12 +245,17 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
     """
     gate: Gate = runtime.gate
 
+    telemetry = Telemetry(runtime.config.telemetry, source=runtime.config.source, version=__version__,
+                          receipt=lambda receipt_id: runtime.store.receipt(receipt_id), scrub=runtime.scrub)
+
     @asynccontextmanager
     async def lifespan(_: MCPServer[Any]) -> AsyncIterator[Runtime]:
         runtime.gate.start_background()
+        telemetry.start()
         try:
             yield runtime
         finally:
+            await anyio.to_thread.run_sync(telemetry.close)  # before the store closes: it reads the last receipts
             await anyio.to_thread.run_sync(runtime.close)
 
     auth: dict[str, Any] = {}
@@ -257,7 +274,7 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
         # WWW-Authenticate (issuer_url is then never published; the SDK only requires a value).
         auth = {"token_verifier": TokenVerifier(tokens), "auth": AuthSettings(
             issuer_url=url, resource_server_url=None, required_scopes=[MCP_SCOPE])}
-    server = StrictServer(runtime, name="safe-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
+    server = StrictServer(runtime, telemetry, name="safe-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
                           **auth)
 
     def caller(ctx: Context, run_id: str | None = None) -> Caller:
@@ -266,10 +283,12 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
     async def through_gate(fn: Callable[[], T]) -> T:
         try:
             result = await anyio.to_thread.run_sync(fn)
-        except Refused as exc:
-            raise ToolError(runtime.scrub(exc.text())) from None
         except SafeMcpError as exc:
-            raise ToolError(runtime.scrub(str(exc))) from None
+            text = runtime.scrub(exc.text() if isinstance(exc, Refused) else str(exc))
+            note_refusal(exc, text)
+            raise ToolError(text) from None
+        if isinstance(result, GateResult):
+            note_result(result)
         if isinstance(result, BaseModel) and runtime.scrub.active:
             # Last line of defence: no resolved secret leaves in any field, whatever the adapter returned.
             scrubbed: T = type(result).model_validate(runtime.scrub(result.model_dump(mode="json")))

@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from safe_mcp.adapter import Adapter, AdapterSettings
 from safe_mcp.effects import Effect
@@ -28,6 +28,7 @@ __all__ = [
     "ServerSettings",
     "StateSettings",
     "Target",
+    "TelemetrySettings",
     "default_config_path",
     "load_config",
 ]
@@ -188,6 +189,28 @@ class ServerSettings(_Strict):
         return self
 
 
+class TelemetrySettings(_Strict):
+    """OpenTelemetry over OTLP/HTTP: a span per tool call, and each call's receipt as a log record."""
+
+    otlp_endpoint: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", description=(
+        "the OTLP/HTTP receiver (a collector), e.g. http://127.0.0.1:4318; /v1/traces and /v1/logs are added"))
+    service_name: str = Field("safe-mcp", min_length=1, description="service.name on every span and log record")
+    export_receipts: bool = Field(True, description="send each call's receipt (already scrubbed) as a log record")
+    headers: dict[str, str] = Field(default_factory=dict, description=(
+        'headers sent to the receiver, e.g. {authorization = "env:OTLP_AUTH"}; a value that is a secret '
+        "(authorization, or a name with key, token or secret) must be a keyring:NAME or env:VAR reference"))
+
+    @field_validator("headers")
+    @classmethod
+    def _secret_headers_are_refs(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            secret = name.lower() == "authorization" or any(w in name.lower() for w in ("key", "token", "secret"))
+            if secret and not SECRET_REF.match(value):
+                raise ValueError(f'header {name} is a secret written in the config: use a reference, '
+                                 f'{name} = "env:VAR" or "keyring:NAME"')
+        return headers
+
+
 class _TargetCommon(_Strict):
     kind: str
     access: Access = Field(Access.READ_ONLY, strict=False)
@@ -225,6 +248,7 @@ class Config(BaseModel):
     server: ServerSettings = Field(default_factory=ServerSettings)
     breaker: BreakerRules = Field(default_factory=BreakerRules)
     receipts: ReceiptSettings = Field(default_factory=ReceiptSettings)
+    telemetry: TelemetrySettings | None = None
     org_policy: dict[str, Any] = Field(default_factory=dict)
     """Set by `safe_mcp.trust.orgpolicy.apply_policy`: source, digest, forbid lists and provenance of the org policy."""
 
@@ -265,6 +289,7 @@ class _Root(_Strict):
     server: ServerSettings = Field(default_factory=ServerSettings)
     breaker: BreakerRules = Field(default_factory=BreakerRules)
     receipts: ReceiptSettings = Field(default_factory=ReceiptSettings)
+    telemetry: TelemetrySettings | None = None
 
 
 def default_config_path() -> Path:
@@ -345,6 +370,7 @@ def parse_config(raw: dict[str, Any], *, source: str, base_dir: str) -> Config:
         server=root.server,
         breaker=root.breaker,
         receipts=root.receipts,
+        telemetry=root.telemetry,
     )
 
 
