@@ -15,14 +15,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from safe_mcp.adapter import Adapter, Classification, Outcome
+from safe_mcp.adapter import Adapter, Budget, Classification, Outcome
 from safe_mcp.effects import Effect
-from safe_mcp.errors import StateError
+from safe_mcp.errors import AdapterError, StateError
 from safe_mcp.hooks import STATEMENT_KINDS, Artifact, Hook, HookContext, HookFailed, HookSpec, load_hook, safe_table
 from safe_mcp.state.receipts import new_id
 from safe_mcp.trust.config import Config, Target
 
-__all__ = ["CommandHook", "HookRun", "hook_notes", "run_hooks", "split_compensation", "statement_of", "undo_hooks"]
+__all__ = ["CommandHook", "HookRun", "hook_notes", "run_hooks", "split_compensation", "statement_of", "undo_hooks",
+           "undo_with_hooks"]
 
 _TAIL = 400
 
@@ -168,6 +169,37 @@ def split_compensation(data: Mapping[str, Any]) -> tuple[dict[str, Any] | None, 
     own = {k: v for k, v in data.items() if k != "hooks"}
     hooks = data.get("hooks")
     return (own or None), (list(hooks) if isinstance(hooks, list) else [])
+
+
+def undo_with_hooks(config: Config, target: Target, adapter: Adapter, data: Mapping[str, Any],
+                    budget: Budget) -> Outcome:
+    """What `Gate.undo` calls instead of `adapter.compensate(data, budget)`: the adapter's own
+    compensation, then the hooks' (`undo_hooks`). When the adapter cannot undo (its kept copy is gone,
+    say), the hooks' artifacts are the second line: they restore what they can without overwriting.
+
+    Raises:
+        AdapterError: neither the adapter nor the hooks could undo; nothing was changed.
+    """
+    own, hooks = split_compensation(data)
+    if not hooks:
+        return adapter.compensate(data, budget)
+    outcome: Outcome | None = None
+    failed: AdapterError | None = None
+    if own is not None:
+        try:
+            outcome = adapter.compensate(own, budget)
+        except AdapterError as exc:
+            failed = exc
+    try:
+        restored = undo_hooks(config, target, adapter, hooks, budget.intent_id, outcome)
+    except HookFailed as exc:
+        if failed is None:
+            raise
+        raise AdapterError(f"{failed}; and {exc}") from None
+    if failed is not None:
+        return restored.model_copy(update={"summary": f"the {target.kind} undo failed ({failed}), so the hooks "
+                                                      f"restored instead: {restored.summary}"})
+    return restored
 
 
 def undo_hooks(config: Config, target: Target, adapter: Adapter, records: Sequence[Mapping[str, Any]],
