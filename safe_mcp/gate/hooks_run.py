@@ -233,7 +233,7 @@ def undo_hooks(config: Config, target: Target, adapter: Adapter, records: Sequen
             if outcome is None:
                 raise HookFailed(f"hook {artifact.hook} could not restore: {exc}",
                                  exc.remedy or f"restore by hand from the artifact {artifact.path}") from None
-            said.append(f"hook {artifact.hook} did not restore ({exc})")
+            said.append(f"hook {artifact.hook} did not restore ({exc}" + (f"; {exc.remedy})" if exc.remedy else ")"))
     base = outcome or Outcome()
     return base.model_copy(update={"summary": "; ".join(said) or base.summary})
 
