@@ -13,6 +13,7 @@ from safe_mcp.hooks import Artifact, Hook, HookContext, HookFailed
 
 
 def _log(ctx: HookContext, step: str) -> None:
+    ctx.artifact.parent.mkdir(parents=True, exist_ok=True)
     with (ctx.artifact.parent / "marker-steps.log").open("a", encoding="utf-8") as f:
         f.write(f"{step} {ctx.statement} {ctx.table}\n")
 
