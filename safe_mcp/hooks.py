@@ -67,11 +67,10 @@ class HookSpec(BaseModel):
     @field_validator("before")
     @classmethod
     def _kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        kinds = tuple(" ".join(v.upper().split()) for v in value)
-        unknown = sorted(set(kinds) - STATEMENT_KINDS)
+        unknown = sorted(set(value) - STATEMENT_KINDS)
         if unknown:
             raise ValueError(f"unknown statement kind {unknown[0]!r}; use {', '.join(sorted(STATEMENT_KINDS))}")
-        return kinds
+        return value
 
     @field_validator("run")
     @classmethod
@@ -101,7 +100,7 @@ HooksSetting = Annotated[tuple[HookSpec, ...], WithJsonSchema({
         "type": "object", "additionalProperties": False, "required": ["before", "run"],
         "properties": {
             "before": {"type": "array", "minItems": 1, "items": {"enum": sorted(STATEMENT_KINDS)}},
-            "run": {"anyOf": [{"type": "string", "pattern": _NAME.pattern}, {**_ARGV, "minItems": 1}]},
+            "run": {"anyOf": [{"type": "string", "pattern": f"^{_NAME.pattern}$"}, {**_ARGV, "minItems": 1}]},
             "restore": _ARGV,
             "required": {"type": "boolean", "default": True},
             "timeout_s": {"type": "number", "exclusiveMinimum": 0, "default": 300},

@@ -68,10 +68,11 @@ def statement_of(classification: Classification) -> tuple[frozenset[str], list[s
         return frozenset(str(v) for v in d.get("verbs", [])) & STATEMENT_KINDS, _tables(d.get("tables", []))
     if op in {"insert", "update", "delete"}:  # postgres
         return frozenset({str(op).upper()}), _tables([d])
-    if op in {"create", "drop_object"}:
-        verb = "CREATE" if op == "create" else "DROP"
-        return frozenset({f"{verb} {str(d.get('type', '')).upper()}"}) & STATEMENT_KINDS, _tables([d])
-    summary = " ".join(classification.summary.upper().split())
+    if op in {"create", "drop_object"}:  # the object's name is a table's only when it is a table
+        verb, kind = "CREATE" if op == "create" else "DROP", str(d.get("type", "")).upper()
+        return frozenset({f"{verb} {kind}"}) & STATEMENT_KINDS, _tables([d] if kind == "TABLE" else [])
+    # Otherwise the summary names it: "TRUNCATE a" or, for some DDL, the parser's "AlterTable".
+    summary = " ".join(re.sub(r"(?<=[a-z])(?=[A-Z])", " ", classification.summary).upper().split())
     found = [k for k in STATEMENT_KINDS if summary.startswith(k)]
     return (frozenset({max(found, key=len)}) if found else frozenset()), [None]
 
