@@ -92,10 +92,12 @@ def test_a_hook_that_is_not_installed_is_a_config_error(tmp_path: Path) -> None:
         load_config(cfg)
 
 
-def test_the_built_in_snapshot_is_a_plugin_of_the_same_contract() -> None:
+def test_the_built_in_snapshots_are_plugins_of_the_same_contract() -> None:
     from importlib.metadata import entry_points
 
-    [ep] = [ep for ep in entry_points(group=GROUP) if ep.name == "sqlite.snapshot"]
-    assert ep.load() is load_hook("snapshot", "sqlite")
-    with pytest.raises(HookFailed, match="no hook named 'snapshot' is installed for postgres"):
-        load_hook("snapshot", "postgres")
+    for kind in ("sqlite", "postgres"):
+        [ep] = [ep for ep in entry_points(group=GROUP) if ep.name == f"{kind}.snapshot"]
+        assert ep.load() is load_hook("snapshot", kind)
+        assert issubclass(ep.load(), Hook) and ep.load().kinds == {kind}
+    with pytest.raises(HookFailed, match="no hook named 'snapshot' is installed for http"):
+        load_hook("snapshot", "http")
