@@ -22,6 +22,7 @@ from pydantic import Field, field_validator
 from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview, Reconciled
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Drifted, Escalated, TooManyRows
+from safe_mcp.hooks import HookSpec, HooksSetting, check_hooks
 from safe_mcp_postgres import journal, tables
 from safe_mcp_postgres.capture import capture_sql, journaled_sql, max_param, measure, restore_rows, table_info
 from safe_mcp_postgres.classify import classify_sql
@@ -49,6 +50,12 @@ class PostgresSettings(AdapterSettings):
                                                           "are pruned after this many days")
     allow_writable_role: bool = Field(False, description="let serve listen on HTTP/SSE for a read-only target "
                                                           "whose role could write (not recommended)")
+    hooks: HooksSetting = ()
+
+    @field_validator("hooks")
+    @classmethod
+    def _hooks_installed(cls, value: tuple[HookSpec, ...]) -> tuple[HookSpec, ...]:
+        return check_hooks("postgres", value)
 
     @field_validator("dsn")
     @classmethod

@@ -11,11 +11,12 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview, Reconciled
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Drifted, Escalated, TargetUnavailable, TooManyRows
+from safe_mcp.hooks import HookSpec, HooksSetting, check_hooks
 from safe_mcp.state.receipts import new_id
 from safe_mcp_sqlite import journal, read, write
 from safe_mcp_sqlite.capture import Capture, purge
@@ -33,6 +34,12 @@ class SqliteSettings(AdapterSettings):
     path: str = Field(description="the database file, relative to the config file's folder")
     foreign_keys: bool = Field(True, description="enforce foreign keys (and their cascades) on writes")
     statement_timeout_s: float = Field(30, gt=0, description="a statement running longer is interrupted")
+    hooks: HooksSetting = ()
+
+    @field_validator("hooks")
+    @classmethod
+    def _hooks_installed(cls, value: tuple[HookSpec, ...]) -> tuple[HookSpec, ...]:
+        return check_hooks("sqlite", value)
 
 
 class SqliteAdapter(Adapter):

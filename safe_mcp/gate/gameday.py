@@ -9,6 +9,7 @@ budgets, breakers) of the run lives in the sandbox too, so the real ledger is un
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import textwrap
@@ -21,9 +22,10 @@ from pydantic import BaseModel, ConfigDict
 from safe_mcp.adapter import Call
 from safe_mcp.errors import Refused
 from safe_mcp.gate.pipeline import Caller, Gate
+from safe_mcp.gate.policy import Verdict
 from safe_mcp.gate.runtime import Runtime
 from safe_mcp.text import plural
-from safe_mcp.trust.config import Config, StateSettings
+from safe_mcp.trust.config import Config, ConfirmMode, StateSettings, Target
 
 __all__ = ["Row", "exit_code", "run_gameday"]
 
@@ -115,6 +117,8 @@ def run_gameday(config: Config) -> list[Row]:
                             happened, passed = _short(f"refused: {exc.reason}"), True
                         rows.append(Row(scenario=f"delete backups ({service} {op})", target=t.name,
                                         expected="forbidden", happened=happened, passed=passed))
+                if "http_call" in tools:
+                    rows.extend(_http_scenarios(gate, caller, t))
                 if "email_send" in tools:
                     call = Call(target=t.name, tool="email_send", args={
                         "to": ["gameday@outside.invalid"], "subject": "gameday", "body": "gameday"})
@@ -190,6 +194,68 @@ def _sql_scenarios(gate: Gate, caller: Caller, target: str, sandbox: bool) -> li
         rows.append(Row(scenario=name, target=target, expected="refused, or held for confirmation",
                         happened=what, passed=ok))
 
+    return rows
+
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)\}")
+
+
+def _http_call(target: str, op: Any, **extra: Any) -> Call:
+    """A call of declared operation `op` with every placeholder its templates use filled with "gameday"."""
+    params: dict[str, Any] = {}
+    body: dict[str, Any] = {}
+    for name in _PLACEHOLDER.findall(op.model_dump_json()):
+        where, _, rest = name.partition(".")
+        if where == "body" and rest:
+            body[rest.split(".")[0]] = "gameday"
+        elif where != "result":
+            params[name] = "gameday"
+    args: dict[str, Any] = {"operation": op.name, "params": params, **extra}
+    if body:
+        args["body"] = body
+    return Call(target=target, tool="http_call", args=args)
+
+
+def _http_scenarios(gate: Gate, caller: Caller, target: Target) -> list[Row]:
+    """Decided by the gate, nothing sent: HTTP targets cannot be copied, and a preview would call the API."""
+    rows: list[Row] = []
+    ops = [op for op in getattr(target.settings, "operations", ()) if op.method and op.path]
+    writes = [op for op in ops if op.method in {"POST", "PUT", "PATCH"} and op.effect in (None, "write")]
+    writes.sort(key=lambda op: "refund" not in op.name.lower())  # a refund first, when there is one
+    if writes:
+        op = writes[0]
+        lim = target.limits
+        cap = min(5, lim.writes_per_minute, lim.writes_per_session)
+        try:
+            d = gate.assess(_http_call(target.name, op), caller)
+            if d.verdict is Verdict.ALLOW:
+                ran, how = cap, f"{plural(cap, 'refund')} would go through, each retry a new call"
+            elif d.confirm_by is ConfirmMode.HUMAN:
+                ran, how = 0, "each retry waits for a human, who sees the earlier ones"
+            else:
+                ran, how = cap, f"each retry is held for {d.confirm_by.value if d.confirm_by else 'a'} " \
+                                "confirmation, which the agent gives itself"
+        except Refused as exc:
+            ran, how = 0, f"refused: {exc.reason}"
+        keyed = ("; only one idempotency_key makes it one (the gate returns the first receipt; the API gets it as "
+                 f"{op.idempotency_header})" if op.idempotency_header else
+                 "; only one idempotency_key makes it one, and the API gets no key (set idempotency_header)")
+        rows.append(Row(scenario=f"a refund retried 5 times ({op.name})", target=target.name,
+                        expected="runs once, even without an idempotency_key",
+                        happened=_short(f"dry run, nothing sent: {how}{keyed}"), passed=ran <= 1))
+    for op in ops:
+        if op.compensate is not None or not (op.method == "DELETE" or op.effect in {"destructive", "irreversible"}):
+            continue
+        try:
+            d = gate.assess(_http_call(target.name, op), caller)
+            human = d.verdict is Verdict.CONFIRM and d.confirm_by is ConfirmMode.HUMAN
+            happened, passed = (f"held for {d.confirm_by.value} confirmation" if d.confirm_by
+                                else f"allowed: {d.reason}"), human
+        except Refused as exc:
+            happened, passed = f"refused: {exc.reason}", True
+        rows.append(Row(scenario=f"a destructive operation without a compensation ({op.name})", target=target.name,
+                        expected="refused, or held for a human", happened=_short(f"dry run, nothing sent: {happened}"),
+                        passed=passed))
     return rows
 
 

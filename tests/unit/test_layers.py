@@ -86,5 +86,5 @@ def test_no_import_circles() -> None:
 
 def test_every_layer_is_a_folder_and_the_root_holds_only_the_adapter_contract() -> None:
     root_modules = sorted(p.stem for p in ROOT.glob("*.py"))
-    assert root_modules == ["__init__", "__main__", "adapter", "effects", "errors", "registry", "sqlitetx", "text"]
+    assert root_modules == ["__init__", "__main__", "adapter", "effects", "errors", "hooks", "registry", "sqlitetx", "text"]
     assert {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith("__")} == set(ORDER) - {"root"}
