@@ -22,7 +22,9 @@ from safe_mcp.adapter import Adapter, Budget, Call, Classification, Outcome, Pre
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Escalated, Refused, StateError, TargetUnavailable, TooManyRows
 from safe_mcp.gate.calls import Caller, action_digest
+from safe_mcp.gate.hooks_run import HookRun, run_hooks, undo_with_hooks
 from safe_mcp.gate.policy import Decision, Verdict, decide
+from safe_mcp.hooks import HookFailed
 from safe_mcp.state.instance import instance_id, is_dead, is_running_here
 from safe_mcp.state.receipts import Receipt, new_id
 from safe_mcp.state.store import Intent, PendingAction, StateStore
@@ -293,7 +295,7 @@ class Gate:
         budget = budget.model_copy(update={"intent_id": intent.id})
         try:
             with _gate_scope():
-                outcome = adapter.compensate(data, budget)
+                outcome = undo_with_hooks(self.config, target, adapter, data, budget)
         except AdapterError as exc:
             self.store.transition_compensation(cid, "undoing", "available")
             self._fail(call, caller, Effect.WRITE, exc, started, refers_to=receipt_id, settles=intent.id,
@@ -328,14 +330,22 @@ class Gate:
         try:
             if effect is not Effect.READ:
                 self._check_breaker(call, caller, effect)
+                self._check_shipped(call, caller, effect)
                 self._check_budgets(call, caller, target, effect)
                 intent = self._intent(call, caller, effect, action_id=action_id, key=key)
                 budget = budget.model_copy(update={"intent_id": intent.id, "expect": expect})
             settles = intent.id if intent else None
             released = (call.target, key, None) if key else None
+            hooked = HookRun()
             try:
                 with _gate_scope():
+                    if effect is not Effect.READ:
+                        hooked = run_hooks(self.config, target, adapter, classification, settles)
                     outcome = adapter.execute(call, classification, budget)
+            except HookFailed as exc:
+                self._fail(call, caller, effect, exc, started, action_id=action_id, settles=settles,
+                           settle_key=released, remedy=exc.remedy or "the statement was not run; fix the hook or set "
+                                                                 "required = false")
             except Escalated as esc:
                 return self._escalate(adapter, target, call, caller, classification, esc, started, action_id, settles)
             except TooManyRows as exc:
@@ -375,6 +385,7 @@ class Gate:
             reason = (f"contract breach: the {target.kind} adapter classified this {effect.value} as compensable "
                       f"but recorded no compensation; it cannot be undone ({decision.reason})")
             logging.getLogger("safe_mcp").error("%s on %s: %s", call.tool, call.target, reason)
+        outcome, reason = hooked.attach(outcome), hooked.note(reason)
         _receipt, result = self._record_executed(call, caller, effect, outcome, reason, intent.id, action_id,
                                                 key, duration_ms=_ms(started))
         self._count_write(call, caller, target, effect, outcome.affected)
@@ -740,6 +751,17 @@ class Gate:
                              f"budget {name} ({limit}) is used up for {caller.principal!r} on {target.name!r}; "
                              f"it resets in {max(resets - now, 0):.0f}s (at {_iso(resets)})",
                              f"wait, or a human can raise limits.{name}")
+
+    def _check_shipped(self, call: Call, caller: Caller, effect: Effect) -> None:
+        """With `fail_writes_when_unshipped_s`, writes stop while receipts are stuck on this box."""
+        if self.config.receipts.ship is None:
+            return
+        from safe_mcp.gate.ship import ship_gate_check
+
+        reason = ship_gate_check(self.store, self.config.receipts.ship)
+        if reason is not None:
+            self._refuse(call, caller, effect, reason, "stop and tell the user; writes resume once receipts are "
+                         "shipped (`safe-mcp check` shows why they are not)")
 
     def _check_breaker(self, call: Call, caller: Caller, effect: Effect) -> None:
         tripped = self.store.breaker(caller.principal, call.target)

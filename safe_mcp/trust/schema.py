@@ -5,7 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from safe_mcp.registry import available_kinds, load_adapter
-from safe_mcp.trust.config import Access, ConfirmRules, Limits, LimitsOverride, ServerSettings, StateSettings
+from safe_mcp.trust.config import (
+    Access,
+    ApprovalSettings,
+    BreakerRules,
+    ConfirmRules,
+    Limits,
+    LimitsOverride,
+    ReceiptSettings,
+    ServerSettings,
+    StateSettings,
+    TelemetrySettings,
+)
 
 __all__ = ["config_schema"]
 
@@ -42,6 +53,10 @@ def config_schema() -> dict[str, Any]:
             "confirm": ref(ConfirmRules, "ConfirmRules"),
             "state": ref(StateSettings, "StateSettings"),
             "server": ref(ServerSettings, "ServerSettings"),
+            "approvals": ref(ApprovalSettings, "ApprovalSettings"),
+            "breaker": ref(BreakerRules, "BreakerRules"),
+            "receipts": ref(ReceiptSettings, "ReceiptSettings"),
+            "telemetry": ref(TelemetrySettings, "TelemetrySettings"),
         },
         "required": ["targets"],
         "$defs": defs,

@@ -1,29 +1,21 @@
-"""A shop database, configs with hooks, and a gate whose adapters run the hook step.
-
-`Gate` does not call the hooks yet; `HookStep` puts the exact calls the pipeline makes at the adapter
-boundary: `run_hooks` after the intent receipt and before `execute` (a required hook's failure is an
-`AdapterError`, so the gate receipts the refusal and settles the intent), `attach` on the outcome, and
-`undo_with_hooks` instead of `compensate`. Everything else is the real gate, state store and SQLite.
-"""
+"""A shop database, configs with hooks, and a runtime on them: the real gate, state store and SQLite."""
 
 from __future__ import annotations
 
 import sqlite3
 import textwrap
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from support import write_config
 
-from safe_mcp.adapter import Adapter, Budget, Call, Classification, Outcome
-from safe_mcp.effects import Effect
+from safe_mcp.adapter import Call
 from safe_mcp.gate.calls import Caller
-from safe_mcp.gate.hooks_run import run_hooks, undo_with_hooks
 from safe_mcp.gate.runtime import Runtime
 from safe_mcp.state.receipts import Receipt
-from safe_mcp.trust.config import Config, load_config
+from safe_mcp.trust.config import load_config
 
 ORDERS = [(1, "tea", 3), (2, "cups", 12), (3, "pot", 1)]
 CALLER = Caller(session="sess-hooks", client="pytest")
@@ -61,35 +53,10 @@ def rows(db: Path, table: str = "orders") -> list[tuple[Any, ...]] | None:
         return list(conn.execute(f'SELECT * FROM "{table}" ORDER BY 1'))
 
 
-class HookStep(Adapter):
-    """The pipeline's hook step around a real adapter class (see the module docstring); mixed in first."""
-
-    config: ClassVar[Config]
-
-    def execute(self, call: Call, classification: Classification, budget: Budget) -> Outcome:
-        if classification.effect is Effect.READ:
-            return super().execute(call, classification, budget)  # type: ignore[safe-super]
-        target = self.config.targets[self.name]
-        hooked = run_hooks(self.config, target, self, classification, budget.intent_id)
-        return hooked.attach(super().execute(call, classification, budget))  # type: ignore[safe-super]
-
-    def compensate(self, compensation: Mapping[str, Any], budget: Budget) -> Outcome:
-        if "hooks" not in compensation:  # the adapter's own part, as undo_with_hooks hands it back
-            return super().compensate(compensation, budget)  # type: ignore[safe-super]
-        return undo_with_hooks(self.config, self.config.targets[self.name], self, compensation, budget)
-
-
 @contextmanager
 def hooked_runtime(config_path: Path) -> Iterator[Runtime]:
-    """A runtime on `config_path` whose adapters all run the hook step."""
-    config = load_config(config_path)
-    classes = {n: type(f"Hooked{t.adapter_cls.__name__}", (HookStep, t.adapter_cls), {})
-               for n, t in config.targets.items()}
-    targets = {n: t.model_copy(update={"adapter_cls": classes[n]}) for n, t in config.targets.items()}
-    hooked = config.model_copy(update={"targets": targets})
-    for cls in classes.values():
-        cls.config = hooked  # type: ignore[attr-defined]
-    rt = Runtime(hooked)
+    """A runtime on `config_path` (the gate runs the hooks)."""
+    rt = Runtime(load_config(config_path))
     try:
         yield rt
     finally:

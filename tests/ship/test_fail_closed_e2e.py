@@ -16,11 +16,7 @@ from safe_mcp.gate.runtime import open_state
 from safe_mcp.gate.ship import ship
 from safe_mcp.trust.config import load_config
 
-pytestmark = [
-    pytest.mark.anyio,
-    # The pipeline calls ship_gate_check once it is wired in (see the ship branch's report); drop this then.
-    pytest.mark.xfail(reason="ship_gate_check is not wired into gate/pipeline.py yet", strict=True),
-]
+pytestmark = [pytest.mark.anyio]
 
 
 def _rows(cfg: Path) -> list[str]:
