@@ -38,16 +38,17 @@ def client_entry(client: str, config: Path, url: str | None) -> tuple[dict[str, 
         return {"mcpServers": {NAME: entry}}, notes + ([token_note] if url else [])
     if client == "claude":
         if url:
-            # Claude Desktop's config file starts local servers only; mcp-remote bridges to HTTP with a header.
-            # The header is passed through env because the arguments may not contain spaces on every platform.
-            entry = {"command": "npx", "args": ["-y", "mcp-remote", url, "--header", "Authorization:${AUTH_HEADER}"],
-                     "env": {"AUTH_HEADER": f"Bearer <token from safe-mcp token create --name {client}>"}}
+            # Claude Desktop's config file starts local servers only: `safe-mcp connect` bridges its stdio to the
+            # gateway over HTTP, holding only the client's token (read from a 0600 file, never the command line).
+            entry = {"command": sys.executable, "args": ["-m", "safe_mcp", "connect", url, "--token-file",
+                                                         "<path of a 0600 file holding the token>"]}
         else:
             entry = {"command": command, "args": args}
         notes = ["paste into claude_desktop_config.json (Settings > Developer > Edit Config), under mcpServers; "
                  "or install the one-file bundle: safe-mcp bundle"]
         if url:
-            notes.append("needs Node.js (npx); replace the <token ...> placeholder with the token, in this file only")
+            notes.append(f"write the token once: (umask 077; safe-mcp token create --name {client} --role agent > FILE), "
+                         "then put FILE's path in place of the placeholder")
         return {"mcpServers": {NAME: entry}}, notes
     if client == "claude-code":
         if url:

@@ -72,7 +72,10 @@ def test_remote_entries_carry_a_bearer_header_and_no_token(tmp_path: Path, clien
     r = run("client-config", client, "--url", URL, "--config", str(cfg))
     assert r.returncode == 0, r.stderr
     text = r.stdout
-    assert URL in text and "Bearer" in text and "Authorization" in text
+    if client == "claude":  # a stdio bridge that reads the token from a 0600 file and sends the header itself
+        assert URL in text and '"connect"' in text and "--token-file" in text
+    else:
+        assert URL in text and "Bearer" in text and "Authorization" in text
     assert "safe-mcp token create" in r.stderr + text, "says where the token comes from"
     assert not (tmp_path / ".safe-mcp" / "tokens").exists()
     assert run("client-config", client, "--url", "mcp.internal:8765", "--config", str(cfg)).returncode == 2
