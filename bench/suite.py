@@ -337,7 +337,8 @@ def main() -> int:
                     peer[f"read_{t}"] = got[f"read_{t}"]
                     peer[f"startup_{t}"] = got["startup"]
                 except (RuntimeError, TimeoutError, OSError, ExceptionGroup) as exc:
-                    peer[f"why_{t}"] = f"dbhub could not run: {str(exc).splitlines()[0][:70]}"
+                    said = [ln for ln in log.read_text(errors="replace").splitlines() if "rror" in ln]
+                    peer[f"why_{t}"] = f"dbhub could not run: {(said[-1] if said else str(exc))[:90]}"
         node = shutil.which("node")
         node_v = os.popen(f"{node} --version").read().strip() if node else "no node"
 
@@ -346,7 +347,7 @@ def main() -> int:
             p = peer.get(f"read_{t}")
             why = peer.get(f"why_{t}", peer.get("why", ""))
             if t == "s" and why:
-                why = f"{why} (dbhub 1.4 reads SQLite with node:sqlite, Node >= 22.5; here {node_v})"
+                why = f"{why} (dbhub 1.4 needs Node >= 22.5 for SQLite; here {node_v})"
             rows.append(Row(f"6  read 1 row over stdio ({engine})", bare=b, ours=o, measure=f"x{o / b:.2f}",
                             target="<= x1.1 bare", ok=o / b <= 1.1))
             if isinstance(p, float):
@@ -400,18 +401,20 @@ def main() -> int:
                     key, sql = ("read", READ1) if "read" in r.name else ("write", UPD1)
                     tool = "sql_query" if key == "read" else "sql_execute"
                     print_profile(f"{r.name}, the gate's share", through(gate, t, sql, tool), 200)
-                    prof = d / "serve.prof"
-                    srv = Stdio("safe-mcp", quiet(log, sys.executable, str(HERE / "profiled_serve.py"), "serve",
-                                                  "--config", str(cfg_stdio)))
-                    srv.params.env = {**(srv.params.env or {}), "PROFILE_OUT": str(prof)}
-                    run_async(stdio_run, srv, [(key, t, sql)], 200)
-                    for _ in range(50):  # the server writes its profile as it exits
-                        if prof.exists():
-                            break
-                        time.sleep(0.1)
-                    print_stats(f"{r.name}, `safe-mcp serve` main thread (event loop, MCP layer), 203 calls",
-                                pstats.Stats(str(prof)))
-                    prof.unlink()
+                    for label, cmd in (("bare SDK server", [str(HERE / "bare_server.py"), "--sqlite", str(lite),
+                                                            "--pg", pg_dsn]),
+                                       ("safe-mcp serve", ["-m", "safe_mcp", "serve", "--config", str(cfg_stdio)])):
+                        prof = d / "serve.prof"
+                        srv = Stdio(label, quiet(log, sys.executable, str(HERE / "profiled_serve.py"), *cmd))
+                        srv.params.env = {**(srv.params.env or {}), "PROFILE_OUT": str(prof)}
+                        run_async(stdio_run, srv, [(key, t, sql)], 200)
+                        for _ in range(50):  # the server writes its profile as it exits
+                            if prof.exists():
+                                break
+                            time.sleep(0.1)
+                        print_stats(f"{r.name}, {label}: main thread (event loop, MCP layer), 203 calls",
+                                    pstats.Stats(str(prof)), top=18)
+                        prof.unlink()
         return 0
     finally:
         for r in runtimes:
@@ -456,6 +459,7 @@ def print_imports(name: str, servers: list[tuple[str, Stdio]], d: Path) -> None:
     print(f"\n=== profile for MISS: {name}: -X importtime, top-level imports by cumulative ms ===")
     for label, srv in servers:
         log = d / f"importtime-{label.split()[0]}.log"
+        log.unlink(missing_ok=True)
         cmd = srv.params.args[2:]  # after /bin/sh -c SCRIPT: the command and its arguments
         run_async(startup_only, Stdio(label, quiet(log, cmd[0], "-X", "importtime", *cmd[1:])))
         tops: list[tuple[int, str]] = []
@@ -477,7 +481,8 @@ def print_stats(title: str, stats: pstats.Stats, top: int = 25) -> None:
     stats.strip_dirs().sort_stats("cumulative").print_stats(top)
     lines = [line for line in out.getvalue().splitlines() if line.strip()]
     start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
-    print(f"\n=== profile for MISS: {title} (top {top} by cumulative time) ===")
+    total = stats.total_tt * 1000  # type: ignore[attr-defined]
+    print(f"\n=== profile for MISS: {title} ({total:.0f} ms profiled; top {top} by cumulative time) ===")
     print("\n".join(lines[start:]))
 
 
