@@ -150,6 +150,21 @@ async def stdio_run(srv: Stdio, calls: list[tuple[str, str, str]], n: int) -> di
     return out
 
 
+async def client_profile(srv: Stdio, key: str, target: str, sql: str) -> pstats.Stats:
+    """cProfile of the client (this process) while it makes 200 calls: what answering costs the caller."""
+    async with Client(srv.params) as c:
+        tool = srv.read_tool if key.startswith("read") else srv.execute_tool
+        args = {"target": target, "sql": sql}
+        for _ in range(10):
+            await c.call_tool(tool, args)
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(200):
+            await c.call_tool(tool, args)
+        prof.disable()
+    return pstats.Stats(prof)
+
+
 async def startup_only(srv: Stdio) -> float:
     t0 = time.perf_counter()
     async with Client(srv.params) as c:
@@ -192,13 +207,14 @@ def main() -> int:
     user, host, port = base.get("user", "postgres"), base.get("host", "127.0.0.1"), base.get("port", 5432)
     target_db, state_db = f"safe_mcp_bench_{tag}", f"safe_mcp_bench_state_{tag}"
     pg_url = f"postgresql://{user}@{host}:{port}/{target_db}"
-    pg_dsn = psycopg.conninfo.make_conninfo(**{**base, "dbname": target_db})
+    pg_dsn = psycopg.conninfo.make_conninfo("", **{**base, "dbname": target_db})
     with psycopg.connect(a.dsn, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{target_db}"')
         admin.execute(f'CREATE DATABASE "{state_db}"')
     rows: list[Row] = []
     profiles: dict[str, Callable[[], object]] = {}
     runtimes: list[Runtime] = []
+    conns: list[Any] = []
     try:
         lite = d / "bench.db"
         make_sqlite(lite, ROWS)
@@ -212,6 +228,7 @@ def main() -> int:
         me = Caller(session="bench", client="bench")
         raw_lite = sqlite3.connect(lite, isolation_level=None)
         raw_pg = psycopg.connect(pg_dsn)
+        conns.extend([raw_lite, raw_pg])
 
         def lite_write(sql: str) -> Callable[[], object]:
             def go() -> None:
@@ -287,7 +304,7 @@ def main() -> int:
                 res = gate.run(Call(target=t, tool="sql_execute", args={"sql": DEL_BIG}), me)
                 del_d.append(ms(t0))
                 assert res.affected == BIG and res.undo, res
-                undo_d.append(timed(lambda rid=res.receipt_id: gate.undo(rid, me)))
+                undo_d.append(timed(functools.partial(gate.undo, res.receipt_id, me)))
             rd, dd, ud = (statistics.median(x) for x in (raw_d, del_d, undo_d))
             rows.append(Row(f"4  undo of DELETE 10,000 rows ({engine})", raw=rd, bare=None, ours=ud,
                             measure=f"x{ud / dd:.2f}", target="<= x1.5 DELETE via safe-mcp", ok=ud / dd <= 1.5,
@@ -297,8 +314,8 @@ def main() -> int:
                 r = gate.run(Call(target=t, tool="sql_execute", args={"sql": DEL_BIG}), me)
                 gate.undo(r.receipt_id, me)
             profiles[rows[-1].name] = del_undo
-        count_s = raw_lite.execute("SELECT count(*) FROM items").fetchone()[0]
-        count_p = raw_pg.execute("SELECT count(*) FROM items").fetchone()[0]
+        count_s = raw_lite.execute("SELECT count(*) FROM items").fetchall()[0][0]
+        count_p = raw_pg.execute("SELECT count(*) FROM items").fetchall()[0][0]
         raw_pg.rollback()
         assert count_s == ROWS and count_p == ROWS, (count_s, count_p)
 
@@ -375,6 +392,15 @@ def main() -> int:
             rows.append(Row("6  start-up over stdio vs dbhub (PostgreSQL)", peer=sp, ours=so,
                             measure=f"x{so / sp:.2f}", target="<= x1.5 dbhub", ok=so / sp <= 1.5))
 
+        # the same read in process: how much of the stdio difference is the gate itself (informational)
+        def pg_read() -> None:
+            raw_pg.execute(READ1).fetchall()
+            raw_pg.rollback()
+        for t, engine, raw_read in (("s", "SQLite", lambda: raw_lite.execute(READ1).fetchall()), ("p", "PostgreSQL", pg_read)):
+            r_in, g_in = paired([raw_read, through(gate, t, READ1, "sql_query")], n)
+            rows.append(Row(f"6  (read 1 row in process, {engine})", raw=r_in, ours=g_in, measure=f"+{g_in - r_in:.3f} ms",
+                            target="(info: the gate's share)"))
+
         # classification: what a repeated statement costs to classify, per engine (informational)
         for t, engine in (("s", "SQLite"), ("p", "PostgreSQL")):
             adapter = gate._adapters[t]
@@ -386,12 +412,16 @@ def main() -> int:
                             measure=f"x{same / fresh:.2f}", target="(info: raw = new text)",
                             note="cached" if same < fresh * 0.5 else "not cached"))
 
-        raw_lite.close()
-        raw_pg.close()
         elapsed = time.perf_counter() - began
         print_table(rows, elapsed, a, node_v)
         if a.profile:
+            shown: set[tuple[str, ...]] = set()  # the dbhub rows share their profile with the bare-SDK rows
             for r in rows:
+                what = ("start-up",) if "start-up" in r.name else (r.name.split(" vs ")[0].split("(")[0], r.name[-12:])
+                if r.ok is False and what in shown:
+                    print(f"\n=== profile for MISS: {r.name}: as above ===")
+                    continue
+                shown.add(what)
                 if r.ok is False and r.name in profiles:
                     print_profile(r.name, profiles[r.name], 30 if r.name.startswith(("1", "7")) else 3)
                 elif r.ok is False and "start-up" in r.name:
@@ -401,6 +431,9 @@ def main() -> int:
                     key, sql = ("read", READ1) if "read" in r.name else ("write", UPD1)
                     tool = "sql_query" if key == "read" else "sql_execute"
                     print_profile(f"{r.name}, the gate's share", through(gate, t, sql, tool), 200)
+                    for label, srv in (("bare SDK server", bare), ("safe-mcp serve", ours)):
+                        print_stats(f"{r.name}, the mcp Client's side against the {label}, 200 calls",
+                                    run_async(client_profile, srv, key, t, sql), top=12, sort="tottime")
                     for label, cmd in (("bare SDK server", [str(HERE / "bare_server.py"), "--sqlite", str(lite),
                                                             "--pg", pg_dsn]),
                                        ("safe-mcp serve", ["-m", "safe_mcp", "serve", "--config", str(cfg_stdio)])):
@@ -417,8 +450,10 @@ def main() -> int:
                         prof.unlink()
         return 0
     finally:
-        for r in runtimes:
-            r.close()
+        for conn in conns:
+            conn.close()
+        for runtime in runtimes:
+            runtime.close()
         shutil.rmtree(d, ignore_errors=True)
         with psycopg.connect(a.dsn, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{target_db}" WITH (FORCE)')
@@ -475,14 +510,14 @@ def print_imports(name: str, servers: list[tuple[str, Stdio]], d: Path) -> None:
               ", ".join(f"{m} {us / 1000:.0f}" for us, m in tops[:12]))
 
 
-def print_stats(title: str, stats: pstats.Stats, top: int = 25) -> None:
+def print_stats(title: str, stats: pstats.Stats, top: int = 25, sort: str = "cumulative") -> None:
     out = io.StringIO()
     stats.stream = out  # type: ignore[attr-defined]
-    stats.strip_dirs().sort_stats("cumulative").print_stats(top)
+    stats.strip_dirs().sort_stats(sort).print_stats(top)
     lines = [line for line in out.getvalue().splitlines() if line.strip()]
     start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
     total = stats.total_tt * 1000  # type: ignore[attr-defined]
-    print(f"\n=== profile for MISS: {title} ({total:.0f} ms profiled; top {top} by cumulative time) ===")
+    print(f"\n=== profile for MISS: {title} ({total:.0f} ms profiled; top {top} by {sort} time) ===")
     print("\n".join(lines[start:]))
 
 
