@@ -417,7 +417,7 @@ def main() -> int:
         if a.profile:
             shown: set[tuple[str, ...]] = set()  # the dbhub rows share their profile with the bare-SDK rows
             for r in rows:
-                what = ("start-up",) if "start-up" in r.name else (r.name.split(" vs ")[0].split("(")[0], r.name[-12:])
+                what = ("start-up",) if "start-up" in r.name else (r.name.split(" vs ")[0].split("(")[0].strip(), r.name[-12:])
                 if r.ok is False and what in shown:
                     print(f"\n=== profile for MISS: {r.name}: as above ===")
                     continue
