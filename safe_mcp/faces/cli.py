@@ -189,8 +189,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from safe_mcp.faces.web import serve_in_thread
 
         serve_in_thread(runtime.gate, config.approvals.host, approvals_port, config.approvals.allowed_hosts)
+        runtime.approval_page = f"http://{_url_host(config.approvals.host)}:{approvals_port}/approvals"
+    elif args.transport != "stdio":
+        runtime.approval_page = f"http://{_url_host(args.host)}:{args.port}/approvals"
     run_server(runtime, args.transport, args.host, args.port, loopback=args.host in LOOPBACK)
     return 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("0.0.0.0", "") else host)  # noqa: S104
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -417,7 +417,29 @@ def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str
             await anyio.to_thread.run_sync(gate.approvals.approve_by_elicitation, action_id, who.client)
         if wait_s > 0:
             await wait_for_human(ctx, action_id, wait_s)
-        return _action(await through_gate(functools.partial(gate.confirm, action_id, who)))
+        try:
+            return _action(await through_gate(functools.partial(gate.confirm, action_id, who)))
+        except ToolError:
+            await offer_approval_page(ctx, action_id)
+            raise
+
+    async def offer_approval_page(ctx: Context, action_id: str) -> None:
+        """A client that takes URL-mode elicitation is shown the approval page for an action that waits for a
+        human (after the refusal was receipted). The page decides, with the approver's own code; never the client."""
+        params = ctx.session.client_params
+        capable = params is not None and params.capabilities.elicitation is not None \
+            and params.capabilities.elicitation.url is not None
+        if not capable or runtime.approval_page is None:
+            return
+        if not await anyio.to_thread.run_sync(gate.approvals.waiting, action_id):
+            return
+        from mcp.shared.exceptions import UrlElicitationRequiredError
+        from mcp_types import ElicitRequestURLParams
+
+        raise UrlElicitationRequiredError([ElicitRequestURLParams(
+            message=f"action {action_id} waits for a human: an approver opens this page and approves or denies it "
+                    "with their own code; then ask the agent to confirm again",
+            url=runtime.approval_page, elicitation_id=action_id)])
 
     async def wait_for_human(ctx: Context, action_id: str, wait_s: float) -> None:
         start = anyio.current_time()

@@ -65,6 +65,9 @@ class Runtime:
         self.scrub = Scrubber(v for d in secrets.values() for v in d.values())
         self.store = open_state(config)
         self.gate = Gate(config, self.store, self.scrub, secrets)
+        self.approval_page: str | None = None
+        """The approval page's URL when this process serves one (set by `serve`), offered to clients that
+        take URL-mode elicitation when an action waits for a human."""
         if reconcile:
             self.reconciled = self.gate.reconcile()
             for intent, became in self.reconciled:
