@@ -230,3 +230,60 @@ def tamper_ledger(config_path: Path, sql: str, params: tuple[object, ...] = ()) 
             tx.execute(sql, params)
     finally:
         store.close()
+
+
+@contextmanager
+def moto_server(key_id: str, secret: str) -> Iterator[str]:
+    """moto's server (AWS over real HTTP) on a free loopback port for the length of the block; yields its URL.
+
+    moto logs every request; a pipe nobody reads would block it, so the log goes to a file.
+    """
+    port = free_port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=log, env=env)
+        try:
+            wait_port(port, proc)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextmanager
+def environ(values: dict[str, str]) -> Iterator[None]:
+    """`values` set in os.environ for the length of the block, then put back as they were."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
+def fresh_database(prefix: str) -> Iterator[str]:
+    """A new database on the machine's PostgreSQL for the length of the block (dropped after); yields its URL."""
+    import uuid
+
+    import psycopg
+
+    require_service("postgresql", "127.0.0.1", 5432)
+    admin_url = "postgresql://postgres@127.0.0.1:5432/test"
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

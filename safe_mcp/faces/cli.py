@@ -223,9 +223,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems = _missing_files(config, inv)
     if not args.offline:
         problems += _audit_targets(config, inv)
+    from safe_mcp.gate.runtime import open_state
     from safe_mcp.gate.ship import check_shipping
 
-    ship_lines, ship_problems = check_shipping(config, probe=not args.offline)
+    ship_lines, ship_problems = check_shipping(config, lambda: open_state(config), probe=not args.offline)
     problems += ship_problems
     if args.format == "json":
         print(json.dumps(inv, indent=2))

@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -298,14 +299,13 @@ class Shipper:
 # --- check ----------------------------------------------------------------------------------------
 
 
-def check_shipping(config: Config, *, probe: bool) -> tuple[list[str], list[str]]:
-    """(lines for `safe-mcp check`, problems): the background shipper's last outcome from the state store and,
-    with `probe`, whether the bucket answers now with Object Lock enabled."""
+def check_shipping(config: Config, open_store: Callable[[], StateStore], *, probe: bool) -> tuple[list[str], list[str]]:
+    """(lines for `safe-mcp check`, problems): the background shipper's last outcome from the state store
+    (`open_store` opens it; it is closed here) and, with `probe`, whether the bucket answers now with Object
+    Lock enabled."""
     settings = config.receipts.ship
     if settings is None:
         return ["receipts shipping: off (receipts stay on this machine; see [receipts.ship])"], []
-    from safe_mcp.gate.runtime import open_state
-
     where = f"s3://{settings.bucket}/{settings.prefix}"
     policy = (f"writes refused after {settings.fail_writes_when_unshipped_s} s unshipped"
               if settings.fail_writes_when_unshipped_s else "writes go on while unshipped")
@@ -313,7 +313,7 @@ def check_shipping(config: Config, *, probe: bool) -> tuple[list[str], list[str]
              f"{settings.retention_days} days; {policy}"]
     problems: list[str] = []
     try:
-        store = open_state(config)
+        store = open_store()
         try:
             status = ship_status(store)
         finally:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port, wait_port, write_config
+from support import environ, moto_server, write_config
 
 KEY_ID = "AKIASAFEMCPTEST00001"
 SECRET = "safe-mcp-test-secret-0123456789abcdef"
@@ -22,22 +18,8 @@ REGION = "us-east-1"
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET}
-    # moto logs every request; a pipe nobody reads would block it, so the log goes to a file
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=log, env=env)
-        try:
-            wait_port(port, proc)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with moto_server(KEY_ID, SECRET) as url:
+        yield url
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -46,14 +28,8 @@ def aws_env() -> Iterator[None]:
     values = {"SAFE_MCP_TEST_AWS_KEY": KEY_ID, "SAFE_MCP_TEST_AWS_SECRET": SECRET,
               "AWS_CONFIG_FILE": "/nonexistent/safe-mcp-test", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/safe-mcp-test",
               "AWS_EC2_METADATA_DISABLED": "true"}
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    yield
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with environ(values):
+        yield
 
 
 @pytest.fixture

@@ -21,14 +21,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ledger_rows, require_service, serve_cmd, write_config
+from support import fresh_database, ledger_rows, serve_cmd, write_config
 
 KILLS = int(os.environ.get("SAFE_MCP_KILLS", "20"))
 ROWS = 5
@@ -126,17 +125,8 @@ failures = 1000
 
 @pytest.fixture
 def pg_db() -> Iterator[str]:
-    require_service("postgresql", "127.0.0.1", 5432)
-    import psycopg
-
-    name = f"safe_mcp_k9_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("safe_mcp_k9") as url:
+        yield url
 
 
 def _postgres(tmp_path: Path, dsn: str) -> Engine:

@@ -3,35 +3,23 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import require_service
+from support import fresh_database
 
 from safe_mcp.faces.cli import main
 from safe_mcp.gate.runtime import open_state
 from safe_mcp.gate.ship import Shipper, ship_status
 from safe_mcp.trust.config import load_config
 
-ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-
 
 @pytest.fixture
 def state_url() -> Iterator[str]:
-    require_service("postgresql", "127.0.0.1", 5432)
-    import psycopg
-
-    name = f"safe_mcp_ship_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("safe_mcp_ship") as url:
+        yield url
 
 
 def test_instances_sharing_postgres_ship_each_receipt_once(

@@ -20,29 +20,19 @@ from typing import Any
 
 import anyio
 import pytest
-from support import create_token, free_port, http_client, require_service, serve_cmd, serving, write_config
+from support import create_token, free_port, fresh_database, http_client, serve_cmd, serving, write_config
 
 from safe_mcp.faces.demo import create_shop
 
 pytestmark = pytest.mark.anyio
 
-ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 ENV = {"PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
 
 
 @pytest.fixture
 def state_url() -> Iterator[str]:
-    require_service("postgresql", "127.0.0.1", 5432)
-    import psycopg
-
-    name = f"safe_mcp_team_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("safe_mcp_team") as url:
+        yield url
 
 
 def team_config(tmp_path: Path, state_url: str, extra: str = "") -> Path:
