@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aws_support import ACCOUNT, REGION, aws_config, run_instance, unique
 from botocore.exceptions import ClientError
-from conftest import ACCOUNT, REGION, aws_config, run_instance, unique
 from support import call, connect, refused
 
 from safe_mcp.adapter import Call

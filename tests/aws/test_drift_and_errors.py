@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ACCOUNT, KEY_ID, REGION, SECRET, unique
+from aws_support import ACCOUNT, KEY_ID, REGION, SECRET, unique
 from support import free_port
 
 from safe_mcp.adapter import Budget, Call

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ACCOUNT, KEY_ID, REGION, SECRET, run_instance, unique
+from aws_support import ACCOUNT, KEY_ID, REGION, SECRET, run_instance, unique
 from safe_mcp_aws.undo_table import COVERED
 
 from safe_mcp.adapter import Budget, Call

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import aws_config, run_instance, unique
+from aws_support import aws_config, run_instance, unique
 from support import call, connect, refused
 
 pytestmark = pytest.mark.anyio

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ACCOUNT, REGION, unique
+from aws_support import ACCOUNT, REGION, unique
 from support import HELD_MAIL_TARGET, call, connect, require_service, write_config
 
 from safe_mcp.faces.demo import create_shop

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ACCOUNT, KEY_ID, SECRET, aws_config, run_instance, unique
+from aws_support import ACCOUNT, KEY_ID, SECRET, aws_config, run_instance, unique
 from support import call, connect, free_port, refused
 
 pytestmark = pytest.mark.anyio

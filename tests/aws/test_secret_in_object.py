@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KEY_ID, SECRET, aws_config, unique
+from aws_support import KEY_ID, SECRET, aws_config, unique
 from support import call, connect
 
 pytestmark = pytest.mark.anyio

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import aws_config
+from aws_support import aws_config
 from support import write_config
 
 from safe_mcp.faces.cli import main

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aws_support import aws_config, unique
 from botocore.exceptions import ClientError
-from conftest import aws_config, unique
 from support import call, connect, refused
 
 pytestmark = pytest.mark.anyio

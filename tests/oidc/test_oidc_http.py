@@ -24,9 +24,9 @@ import httpx2
 import jwt
 import pytest
 import support
-from conftest import Provider
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from oidc_support import Provider
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,7 @@ import anyio
 import jwt
 import pytest
 import support
-from conftest import Provider
+from oidc_support import Provider
 
 from safe_mcp.trust.oidc import OidcVerifier, role_of
 

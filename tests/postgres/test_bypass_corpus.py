@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Pg
+from postgres_support import Pg
 from support import connect
 
 pytestmark = pytest.mark.anyio

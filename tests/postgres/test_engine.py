@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import Pg
+from postgres_support import Pg
 from safe_mcp_postgres import PostgresAdapter, PostgresSettings
 from support import free_port, wait_port
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import SECRET, Pg
+from postgres_support import SECRET, Pg
 from support import call, connect, refused
 
 pytestmark = pytest.mark.anyio

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import Pg
+from postgres_support import Pg
 from safe_mcp_postgres import PostgresAdapter, PostgresSettings
 
 from safe_mcp.adapter import Budget, Call

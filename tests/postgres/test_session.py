@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import Pg
+from postgres_support import Pg
 from safe_mcp_postgres import PostgresAdapter, PostgresSettings
 from support import call, connect, refused
 
