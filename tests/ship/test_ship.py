@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from safe_mcp.faces.cli import main
+from safe_mcp.gate.runtime import open_state
 from safe_mcp.gate.ship import ShipError, Shipper, ship, ship_gate_check, ship_status
 from safe_mcp.state.store import StateStore
 from safe_mcp.trust.config import load_config
@@ -32,7 +33,7 @@ def _append(store: StateStore, n: int, effect: str = "write", **extra: Any) -> l
 
 
 def _ledger(cfg: Path, n: int = 5) -> list[str]:
-    store = StateStore(cfg.parent / "state")
+    store = open_state(load_config(cfg))
     try:
         return _append(store, n)
     finally:
@@ -120,6 +121,7 @@ def test_bucket_without_object_lock_is_refused(ship_config: Callable[..., Path],
     assert s3.list_objects_v2(Bucket="plain-bucket-no-lock").get("KeyCount") == 0
 
 
+@pytest.mark.sqlite_state  # damages the SQLite ledger file itself
 @pytest.mark.parametrize("damage", ["deleted", "truncated", "rewritten", "restarted", "removed-middle"])
 def test_verify_against_names_the_first_bad_receipt(damage: str, ship_config: Callable[..., Path],
                                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -171,6 +173,7 @@ def _rewrite_from(db: Path, start: int) -> None:
         conn.execute("UPDATE ledger_head SET hash = ?", (prev,))
 
 
+@pytest.mark.sqlite_state  # damages the SQLite ledger file itself
 def test_a_ledger_that_does_not_continue_the_shipped_one_is_not_shipped_over(
         ship_config: Callable[..., Path], s3: Any, locked_bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = ship_config()
@@ -190,7 +193,7 @@ def test_shipping_failure_is_visible_in_check_and_logs(ship_config: Callable[...
 
     cfg = ship_config(endpoint_url=f"http://127.0.0.1:{free_port()}")  # nothing listens there
     config = load_config(cfg)
-    store = StateStore(cfg.parent / "state")
+    store = open_state(load_config(cfg))
     try:
         _append(store, 2)
         shipper = Shipper(store, config)
@@ -213,7 +216,7 @@ def test_shipping_failure_is_visible_in_check_and_logs(ship_config: Callable[...
 
 def test_background_shipper_ships_and_recovers(ship_config: Callable[..., Path], s3: Any, locked_bucket: str) -> None:
     cfg = ship_config()
-    store = StateStore(cfg.parent / "state")
+    store = open_state(load_config(cfg))
     shipper = Shipper(store, load_config(cfg))
     try:
         shipper.start()
@@ -228,7 +231,7 @@ def test_background_shipper_ships_and_recovers(ship_config: Callable[..., Path],
     finally:
         shipper.stop()
         store.close()
-    store = StateStore(cfg.parent / "state")
+    store = open_state(load_config(cfg))
     try:
         assert ship_status(store)["shipped_seq"] == 5  # stop ships what is left
     finally:
@@ -240,7 +243,7 @@ def test_fail_closed_refuses_writes_when_unshipped_too_long(ship_config: Callabl
 
     down = ship_config(endpoint_url=f"http://127.0.0.1:{free_port()}", fail_writes_when_unshipped_s=30)
     settings = load_config(down).receipts.ship
-    store = StateStore(down.parent / "state")
+    store = open_state(load_config(down))
     try:
         assert ship_gate_check(store, settings) is None  # nothing unshipped
         _append(store, 3, effect="read")
@@ -264,6 +267,7 @@ def test_fail_closed_refuses_writes_when_unshipped_too_long(ship_config: Callabl
         store.close()
 
 
+@pytest.mark.sqlite_state  # removes or edits the SQLite state behind safe-mcp's back
 def test_a_restarted_ledger_is_not_shipped_over_the_old_one(ship_config: Callable[..., Path], s3: Any,
                                                             locked_bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = ship_config()
@@ -281,6 +285,7 @@ def test_a_restarted_ledger_is_not_shipped_over_the_old_one(ship_config: Callabl
     assert code == 1 and "starts another chain" in out, out
 
 
+@pytest.mark.sqlite_state  # removes or edits the SQLite state behind safe-mcp's back
 def test_a_delete_marker_does_not_hide_a_shipped_batch(ship_config: Callable[..., Path], s3: Any,
                                                        locked_bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = ship_config()
@@ -298,6 +303,7 @@ def test_a_delete_marker_does_not_hide_a_shipped_batch(ship_config: Callable[...
     assert code == 1 and f"MISMATCH at {ids[3]}" in out, out
 
 
+@pytest.mark.sqlite_state  # removes or edits the SQLite state behind safe-mcp's back
 def test_a_batch_forged_without_the_gateways_key_is_named(ship_config: Callable[..., Path], s3: Any,
                                                           locked_bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Someone who may write to the bucket but does not hold the gateway's key adds a batch that continues the
@@ -338,7 +344,7 @@ def test_a_missing_profile_is_a_shipping_error_not_a_crash(ship_config: Callable
     _ledger(cfg, 1)
     code, out = _ship(cfg, capsys)
     assert code == 1 and "the AWS profile 'no-such-profile' does not exist" in out, out
-    store = StateStore(cfg.parent / "state")
+    store = open_state(load_config(cfg))
     try:
         shipper = Shipper(store, load_config(cfg))
         shipper.run_once()
