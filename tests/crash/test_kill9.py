@@ -12,11 +12,9 @@ client would. At the end, from the target and the ledger:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -27,66 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import fresh_database, ledger_rows, serve_cmd, write_config
+from support import RawStdio, fresh_database, ledger_rows, write_config
 
 KILLS = int(os.environ.get("SAFE_MCP_KILLS", "20"))
 ROWS = 5
-
-
-class Stdio:
-    """A minimal JSON-RPC client on a server's stdin/stdout (so the test controls exactly when it kills)."""
-
-    def __init__(self, config: Path, log: Any) -> None:
-        self.proc = subprocess.Popen(serve_cmd(config), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
-        self.next_id = 0
-        self.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
-                                    "clientInfo": {"name": "kill9", "version": "1"}})
-        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-
-    def send(self, msg: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(msg).encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def start(self, method: str, params: dict[str, Any]) -> int:
-        self.next_id += 1
-        self.send({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params})
-        return self.next_id
-
-    def wait(self, rid: int) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise EOFError("the server closed stdout")
-            msg = json.loads(line)
-            if msg.get("id") == rid:
-                return dict(msg)
-
-    def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        return self.wait(self.start(method, params))
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self._close_pipes()
-
-    def _close_pipes(self) -> None:
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                with contextlib.suppress(BrokenPipeError):
-                    pipe.close()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._close_pipes()
 
 
 @dataclass
@@ -150,7 +92,7 @@ def _play(engine: Engine, tmp_path: Path) -> dict[str, int]:
     expected = [0] * ROWS
     kills = calls = 0
     log = open(tmp_path / "server.log", "ab")  # noqa: SIM115 - kept open across many servers
-    server = Stdio(engine.config, log)
+    server = RawStdio(engine.config, log)
     try:
         i = 0
         while kills < KILLS:
@@ -164,7 +106,7 @@ def _play(engine: Engine, tmp_path: Path) -> dict[str, int]:
                 time.sleep(rng.uniform(0, 0.08))
                 server.kill()
                 kills += 1
-                server = Stdio(engine.config, log)
+                server = RawStdio(engine.config, log)
                 rid = server.start("tools/call", {"name": "sql_execute", "arguments": args})  # the client's retry
             reply = server.wait(rid)
             result = reply.get("result", {})
