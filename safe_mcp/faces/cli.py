@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     bsub = b.add_subparsers(dest="action", required=True, metavar="ACTION")
     bsub.add_parser("list", parents=[common], help="breakers that are tripped now")
     br = bsub.add_parser("reset", parents=[common], help="let a session write again")
-    br.add_argument("--session", help="only this session (default: any)")
+    br.add_argument("--session", help="only this principal: local over stdio, token:NAME or oidc:SUB over HTTP (default: any)")
     br.add_argument("--target", help="only this target (default: any)")
 
     pe = sub.add_parser("pending", parents=[common], help="list the actions that wait for confirmation, or show one")
