@@ -238,6 +238,13 @@ def tamper_ledger(config_path: Path, sql: str, params: tuple[object, ...] = ()) 
         store.close()
 
 
+# Credentials moto accepts, and an environment with no ~/.aws files of this machine's.
+MOTO_KEY_ID = "AKIASAFEMCPTEST00001"
+MOTO_SECRET = "safe-mcp-test-secret-0123456789abcdef"
+NO_AWS_FILES = {"AWS_CONFIG_FILE": "/nonexistent/safe-mcp-test", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/safe-mcp-test",
+                "AWS_EC2_METADATA_DISABLED": "true"}
+
+
 @contextmanager
 def moto_server(key_id: str, secret: str) -> Iterator[str]:
     """moto's server (AWS over real HTTP) on a free loopback port for the length of the block; yields its URL.

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import environ, moto_server, write_config
+from support import MOTO_KEY_ID, MOTO_SECRET, NO_AWS_FILES, environ, moto_server, write_config
 
-KEY_ID = "AKIASAFEMCPTEST00001"
-SECRET = "safe-mcp-test-secret-0123456789abcdef"
+KEY_ID, SECRET = MOTO_KEY_ID, MOTO_SECRET
 REGION = "us-east-1"
 
 
@@ -25,10 +24,7 @@ def moto_endpoint() -> Iterator[str]:
 @pytest.fixture(scope="session", autouse=True)
 def aws_env() -> Iterator[None]:
     """Credentials through the standard chain (environment), and no ~/.aws files from this machine."""
-    values = {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET,
-              "AWS_CONFIG_FILE": "/nonexistent/safe-mcp-test", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/safe-mcp-test",
-              "AWS_EC2_METADATA_DISABLED": "true"}
-    with environ(values):
+    with environ({"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, **NO_AWS_FILES}):
         yield
 
 
