@@ -101,13 +101,14 @@ def serve_cmd(config: Path, *extra: str) -> list[str]:
 
 
 @contextmanager
-def serving(config: Path, transport: str, env: dict[str, str] | None = None) -> Iterator[int]:
-    """`safe-mcp serve` over HTTP or SSE on a free loopback port, for the length of the block; yields the port.
+def serving(config: Path, transport: str, env: dict[str, str] | None = None, port: int | None = None) -> Iterator[int]:
+    """`safe-mcp serve` over HTTP or SSE on `port` (default: a free loopback port), for the length of the block;
+    yields the port.
 
     The server's stderr goes to a file (a pipe nobody reads would block a chatty server once full),
     and the block fails if the server logged a traceback.
     """
-    port = free_port()
+    port = port or free_port()
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(serve_cmd(config, "--transport", transport, "--port", str(port)),
                                 stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, **(env or {})})

@@ -13,11 +13,9 @@ import json
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
@@ -58,30 +56,11 @@ def _config(tmp: Path, issuer: str, port: int) -> Path:
         """)
 
 
-@contextmanager
-def _serve(config: Path, port: int, transport: str = "http") -> Iterator[None]:
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(support.serve_cmd(config, "--transport", transport, "--port", str(port)),
-                                stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            support.wait_port(port, proc)
-            yield
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.seek(0)
-            errors = log.read().decode(errors="replace")
-        assert "Traceback" not in errors, errors[-3000:]
-
-
 @pytest.fixture(scope="module")
 def server(provider: Provider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     port = support.free_port()
     config = _config(tmp_path_factory.mktemp("oidc"), provider.issuer, port)
-    with _serve(config, port):
+    with support.serving(config, "http", port=port):
         yield f"http://127.0.0.1:{port}/mcp", config
 
 
@@ -240,7 +219,7 @@ async def test_sse_takes_the_same_tokens(provider: Provider, tmp_path: Path) -> 
     port = support.free_port()
     config = _config(tmp_path, provider.issuer, port)
     good = provider.token(sub="dave", aud=f"http://127.0.0.1:{port}/mcp", groups=["platform"], scope="mcp:tools")
-    with _serve(config, port, "sse"):
+    with support.serving(config, "sse", port=port):
         async with Client(sse_client(f"http://127.0.0.1:{port}/sse", headers={"Authorization": f"Bearer {good}"})) as c:
             assert not (await c.call_tool("sql_execute", _insert("by dave"))).is_error
         async with httpx2.AsyncClient() as http:
