@@ -56,17 +56,18 @@ class Refused(SafeMcpError):
 class AdapterError(SafeMcpError):
     """A driver or service error translated at the adapter boundary.
 
-    The message is safe to show to the agent: no DSNs, passwords or internals.
+    The message is safe to show to the agent: no DSNs, passwords or internals. `remedy`, when the adapter
+    knows it, says what would let the call (or its undo) go through; the gate shows it as the way forward.
     """
+
+    def __init__(self, message: str, remedy: str = "") -> None:
+        self.remedy = remedy
+        super().__init__(message)
 
 
 class TargetUnavailable(AdapterError):
     """The target cannot be used right now (down, unreachable, missing, locked by a crashed writer);
     the call itself may be fine. `remedy` says what to check. Never blamed on the statement."""
-
-    def __init__(self, message: str, remedy: str = "") -> None:
-        self.remedy = remedy
-        super().__init__(message)
 
 
 class TooManyRows(AdapterError):

@@ -44,10 +44,6 @@ _TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62
 class HookFailed(AdapterError):
     """A hook step failed. Before a statement, a failed `required` hook means the statement does not run."""
 
-    def __init__(self, message: str, remedy: str = "") -> None:
-        self.remedy = remedy
-        super().__init__(message)
-
 
 class HookSpec(BaseModel):
     """One `[[targets.NAME.hooks]]` entry."""

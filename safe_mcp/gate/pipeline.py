@@ -299,9 +299,8 @@ class Gate:
         except AdapterError as exc:
             self.store.transition_compensation(cid, "undoing", "available")
             self._fail(call, caller, Effect.WRITE, exc, started, refers_to=receipt_id, settles=intent.id,
-                       remedy=exc.remedy if isinstance(exc, TargetUnavailable) else
-                       "nothing was changed; the target moved on since the write, so undo would destroy newer data"
-                       if "changed" in str(exc) or "conflict" in str(exc) else "")
+                       remedy=exc.remedy or "nothing was changed by this undo; the message says what differs from "
+                                            "what the write left (the target may have moved on since)")
             raise AssertionError("unreachable") from None
         receipt = self._append(call, caller, Effect.WRITE, "allow", f"undo of {receipt_id}", "undone",
                                affected=outcome.affected, refers_to=receipt_id,
@@ -867,7 +866,8 @@ class Gate:
         except StateError:
             rid = None
         self._trouble(call, caller, "failure")
-        raise Refused(f"{outcome.replace('_', ' ')}: {message}", remedy or "nothing was changed; fix the call and retry", rid)
+        raise Refused(f"{outcome.replace('_', ' ')}: {message}",
+                      remedy or exc.remedy or "nothing was changed; fix the call and retry", rid)
 
     @staticmethod
     def _would_do(preview: Preview) -> str:
