@@ -12,7 +12,7 @@ import sqlite3
 from typing import Any
 
 from safe_mcp.errors import AdapterError
-from safe_mcp_sqlite.capture import decode, q
+from safe_mcp_sqlite.capture import decode, load, q
 
 
 def _where(key: list[str]) -> str:
@@ -111,6 +111,15 @@ def restore(conn: sqlite3.Connection, changes: list[dict[str, Any]]) -> int:
         for item in reversed(c["deleted"]):
             _put(conn, c, item["key"], item["row"], item["key"])
             n += 1
+    return _settle(conn, changes, n)
+
+
+def _settle(conn: sqlite3.Connection, changes: list[dict[str, Any]], n: int) -> int:
+    """Put back, twice at most, what a trigger or cascade moved again after the rows were put back.
+
+    Raises:
+        AdapterError: a row still does not stay put; the caller rolls back.
+    """
     for _ in range(2):
         wrong = _wrong(conn, changes)
         if not wrong:
@@ -128,3 +137,159 @@ def restore(conn: sqlite3.Connection, changes: list[dict[str, Any]]) -> int:
     raise AdapterError(f"the row {_show(c, _inserted(item)[0] if kind == 'inserted' else item['key'])} does not "
                        "stay as it was before the write: a trigger or cascade of the database moves it again "
                        "when undo puts it back; undo stopped and changed nothing")
+
+
+# ------------------------------------------------------------------ set-based undo from the journal tables
+#
+# Most writes leave one kind of row event per table, each row once: a DELETE (deleted rows), an UPDATE that
+# keeps keys (updated rows), an INSERT (inserted rows). Their undo is one statement per table over the
+# journal table, and its checks are one query each; `restore` above, row by row, takes everything else
+# (keys changed, a row touched twice, mixed events), so both ways check and restore the same rows.
+
+
+class _Plan:
+    """One capture's journal range, all of one kind of row event, as SQL over the journal table `s`."""
+
+    def __init__(self, conn: sqlite3.Connection, cap: dict[str, Any], kind: str, count: int) -> None:
+        self.conn, self.cap, self.kind, self.count = conn, cap, kind, count
+        self.table, self.store = f"main.{q(cap['table'])}", f"main.{q(cap['store'])}"
+        self.key: list[str] = cap["key"]
+        self.columns: list[str] = cap["columns"]
+        self.range = (cap["after"], cap["upto"])
+        nk, nc = len(self.key), len(self.columns)
+        # journal columns: seq, op, k* (key before), n* (key after), c* (row before), d* (row after)
+        self.k = [f"s.k{j}" for j in range(nk)]
+        self.n = [f"s.n{j}" for j in range(nk)]
+        self.c = [f"s.c{j}" for j in range(nc)]
+        self.d = [f"s.d{j}" for j in range(nc)]
+
+    def at(self, key: list[str]) -> str:
+        """Target row `x` has key `key`, compared as `_where` compares (the key column's own collation)."""
+        return " AND ".join(f"x.{'rowid' if k == 'rowid' else q(k)} = {v}" for k, v in zip(self.key, key, strict=True))
+
+    def holds(self, values: list[str]) -> str:
+        """Target row `x` holds exactly `values`: same type, same bytes; no collation or affinity hides a change."""
+        return " AND ".join([f"x.{q(col)} IS {v} COLLATE BINARY AND typeof(x.{q(col)}) = typeof({v})"
+                             for col, v in zip(self.columns, values, strict=True)] or ["1"])
+
+    def first(self, select: list[str], where: str) -> Any:
+        """`select` of the first journal row (by seq) of the range that matches `where`, or None."""
+        return self.conn.execute(f"SELECT {', '.join(select)} FROM {self.store} AS s "
+                                 f"WHERE s.seq > ? AND s.seq <= ? AND ({where}) ORDER BY s.seq LIMIT 1",
+                                 self.range).fetchone()
+
+    def check(self) -> None:
+        """What `_check` checks, in one query.
+
+        Raises:
+            AdapterError: a row is no longer as the write left it; nothing was changed.
+        """
+        if self.kind == "D":
+            found = self.first(self.k, f"EXISTS (SELECT 1 FROM {self.table} AS x WHERE {self.at(self.k)})")
+            if found is not None:
+                raise AdapterError(f"a newer row {_show(self.cap, list(found))} took the place of a row this write "
+                                   "deleted; undo stopped and changed nothing")
+            return
+        key = self.n if self.kind == "I" else self.k
+        found = self.first([f"EXISTS (SELECT 1 FROM {self.table} AS x WHERE {self.at(key)})", *key],
+                           f"NOT EXISTS (SELECT 1 FROM {self.table} AS x WHERE {self.at(key)} AND {self.holds(self.d)})")
+        if found is None:
+            return
+        present, row = found[0], _show(self.cap, list(found[1:]))
+        if self.kind == "I" and not present:
+            raise AdapterError(f"the row {row} this write inserted is gone already (deleted since); "
+                               "undo stopped and changed nothing")
+        if self.kind == "I":
+            raise AdapterError(f"the row {row} this write inserted was changed since; undo would "
+                               "delete newer data, so it stopped and changed nothing")
+        what = "changed again" if present else "was deleted"
+        raise AdapterError(f"the row {row} {what} after this write; undo would "
+                           "overwrite newer data, so it stopped and changed nothing")
+
+    def apply(self) -> int:
+        """Put the rows back in one statement (the last event first, as `restore` does); the rows restored,
+        counted as `restore` counts them (one per row event; a row a trigger moved is for `moved` to find)."""
+        rng = "s.seq > ? AND s.seq <= ?"
+        if self.kind == "I":
+            keys = ", ".join("rowid" if k == "rowid" else q(k) for k in self.key)
+            self.conn.execute(f"DELETE FROM {self.table} WHERE ({keys}) IN "
+                                    f"(SELECT {', '.join(self.n)} FROM {self.store} AS s WHERE {rng})", self.range)
+        elif self.kind == "U":
+            if not self.columns:
+                return self.count
+            sets = ", ".join(f"{q(col)} = {v}" for col, v in zip(self.columns, self.c, strict=True))
+            self.conn.execute(
+                f"UPDATE {self.table} AS x SET {sets} FROM (SELECT * FROM {self.store} AS s WHERE {rng}) AS s "
+                f"WHERE {self.at(self.k)}", self.range)
+        else:
+            rowid = self.key == ["rowid"]
+            names = (["rowid"] if rowid else []) + [q(col) for col in self.columns]
+            values = (self.k if rowid else []) + self.c
+            self.conn.execute(f"INSERT INTO {self.table} ({', '.join(names)}) SELECT {', '.join(values)} "
+                                    f"FROM {self.store} AS s WHERE {rng} ORDER BY s.seq DESC", self.range)
+        return self.count
+
+    def moved(self) -> bool:
+        """Whether a restored row is not as it was before the write (what `_wrong` looks for), in one query."""
+        if self.kind == "I":
+            where = f"EXISTS (SELECT 1 FROM {self.table} AS x WHERE {self.at(self.n)})"
+        else:
+            where = f"NOT EXISTS (SELECT 1 FROM {self.table} AS x WHERE {self.at(self.k)} AND {self.holds(self.c)})"
+        return self.first(["1"], where) is not None
+
+
+def _plan(conn: sqlite3.Connection, cap: dict[str, Any]) -> _Plan | None:
+    """The set-based plan for `cap`, or None when its events need `restore` (keys changed, mixed events, a row
+    touched twice).
+
+    Raises:
+        AdapterError: the journal table is gone.
+    """
+    nk = len(cap["key"])
+    k = ", ".join(f"k{j}" for j in range(nk))
+    n = ", ".join(f"n{j}" for j in range(nk))
+    same = " AND ".join(f"k{j} IS n{j}" for j in range(nk))
+    store, rng = f"main.{q(cap['store'])}", "seq > ? AND seq <= ?"
+    try:
+        kinds = conn.execute(f"SELECT min(op), max(op), count(*), sum(NOT ({same})) FROM {store} WHERE {rng}",
+                             (cap["after"], cap["upto"])).fetchone()
+        if kinds[2] == 0 or kinds[0] != kinds[1] or kinds[0] not in {"D", "U", "I"}:
+            return None
+        kind, count = kinds[0], kinds[2]
+        if kind == "U" and kinds[3]:
+            return None
+        distinct = conn.execute(f"SELECT count(*) FROM (SELECT DISTINCT {n if kind == 'I' else k} "
+                                f"FROM {store} WHERE {rng})", (cap["after"], cap["upto"])).fetchone()[0]
+    except sqlite3.OperationalError:
+        raise AdapterError(f"the before-images of {cap['table']} are no longer in the target's journal "
+                           f"({cap['store']}); undo is not possible") from None
+    return _Plan(conn, cap, kind, count) if distinct == count else None
+
+
+def restore_journal(conn: sqlite3.Connection, captures: list[dict[str, Any]]) -> int:
+    """`restore` of what a write left in the journal tables (`capture.Capture.captured`): set-based when every
+    table's events allow it, else row by row; the same checks either way, inside the caller's transaction.
+
+    Raises:
+        AdapterError: as `restore`; the caller rolls back.
+    """
+    plans = []
+    for cap in captures:
+        plan = _plan(conn, cap)
+        if plan is None:
+            return restore(conn, load(conn, captures))
+        plans.append(plan)
+    for plan in plans:
+        plan.check()
+    conn.execute("SAVEPOINT safe_mcp_restore")
+    try:
+        n = sum(plan.apply() for plan in reversed(plans))
+    except sqlite3.IntegrityError:
+        # A trigger or cascade put a row where a deleted one goes back: row by row handles it, or names it.
+        conn.execute("ROLLBACK TO safe_mcp_restore")
+        conn.execute("RELEASE safe_mcp_restore")
+        return restore(conn, load(conn, captures))
+    conn.execute("RELEASE safe_mcp_restore")
+    if any(plan.moved() for plan in plans):
+        return _settle(conn, load(conn, captures), n)
+    return n
