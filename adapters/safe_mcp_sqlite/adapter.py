@@ -145,7 +145,7 @@ class SqliteAdapter(Adapter):
 
     def compensate(self, compensation: Mapping[str, Any], budget: Budget) -> Outcome:
         with self._lock:
-            self._drop_stale_capture(self._connect_rw())
+            self._drop_capture(self._connect_rw())
             conn = self._begin()
             try:
                 n, summary = write.compensate(conn, compensation)
@@ -252,6 +252,20 @@ class SqliteAdapter(Adapter):
             if self._capture is None or self._capture.version != version:
                 self._capture = None
                 purge(conn)
+        except sqlite3.Error as exc:
+            raise self._db_error(exc) from None
+
+    def _drop_capture(self, conn: sqlite3.Connection) -> None:
+        """Drop the capture triggers before an undo: nothing reads what they would copy of the rows undo puts
+        back (undo's own journal entry has no compensation), and for a large undo the copy costs as much as
+        the undo. The next write installs them again.
+
+        Raises:
+            TargetUnavailable: the schema could not be read (locked, damaged).
+        """
+        try:
+            self._capture = None
+            purge(conn)
         except sqlite3.Error as exc:
             raise self._db_error(exc) from None
 
