@@ -168,9 +168,28 @@ class _Plan:
         return " AND ".join(f"x.{'rowid' if k == 'rowid' else q(k)} = {v}" for k, v in zip(self.key, key, strict=True))
 
     def holds(self, values: list[str]) -> str:
-        """Target row `x` holds exactly `values`: same type, same bytes; no collation or affinity hides a change."""
-        return " AND ".join([f"x.{q(col)} IS {v} COLLATE BINARY AND typeof(x.{q(col)}) = typeof({v})"
+        """Target row `x` holds exactly `values`: same type, same bytes; no collation or affinity hides a change.
+
+        A column with a type applies its affinity to the journal's value, and every value both sides hold was
+        stored in that column, so equal values are of one type there; only a column without affinity can hold
+        7 and 7.0, which `IS` calls equal, so only there is the type compared as well.
+        """
+        loose = self._untyped()
+        return " AND ".join([f"x.{q(col)} IS {v} COLLATE BINARY"
+                             + (f" AND typeof(x.{q(col)}) = typeof({v})" if col in loose else "")
                              for col, v in zip(self.columns, values, strict=True)] or ["1"])
+
+    def _untyped(self) -> set[str]:
+        """The columns with no affinity (declared without a type, or as BLOB), by SQLite's rules."""
+        out = set()
+        for r in self.conn.execute("SELECT name, upper(type) FROM pragma_table_xinfo(?, 'main')",
+                                   (self.cap["table"],)).fetchall():
+            declared = str(r[1] or "")
+            if "INT" in declared or any(t in declared for t in ("CHAR", "CLOB", "TEXT", "REAL", "FLOA", "DOUB")):
+                continue
+            if declared == "" or "BLOB" in declared:
+                out.add(str(r[0]))
+        return out
 
     def first(self, select: list[str], where: str) -> Any:
         """`select` of the first journal row (by seq) of the range that matches `where`, or None."""
@@ -247,7 +266,6 @@ def _plan(conn: sqlite3.Connection, cap: dict[str, Any]) -> _Plan | None:
     """
     nk = len(cap["key"])
     k = ", ".join(f"k{j}" for j in range(nk))
-    n = ", ".join(f"n{j}" for j in range(nk))
     same = " AND ".join(f"k{j} IS n{j}" for j in range(nk))
     store, rng = f"main.{q(cap['store'])}", "seq > ? AND seq <= ?"
     try:
@@ -256,10 +274,15 @@ def _plan(conn: sqlite3.Connection, cap: dict[str, Any]) -> _Plan | None:
         if kinds[2] == 0 or kinds[0] != kinds[1] or kinds[0] not in {"D", "U", "I"}:
             return None
         kind, count = kinds[0], kinds[2]
-        if kind == "U" and kinds[3]:
+        if kind != "U":
+            # Distinct keys already: a key deleted (inserted) twice needs an insert (a delete) or an update
+            # between, which the same table's triggers journal as another kind of event. (Were it not so,
+            # restoring one key twice fails on the key, and undo goes row by row.)
+            return _Plan(conn, cap, kind, count)
+        if kinds[3]:
             return None
-        distinct = conn.execute(f"SELECT count(*) FROM (SELECT DISTINCT {n if kind == 'I' else k} "
-                                f"FROM {store} WHERE {rng})", (cap["after"], cap["upto"])).fetchone()[0]
+        distinct = conn.execute(f"SELECT count(*) FROM (SELECT DISTINCT {k} FROM {store} WHERE {rng})",
+                                (cap["after"], cap["upto"])).fetchone()[0]
     except sqlite3.OperationalError:
         raise AdapterError(f"the before-images of {cap['table']} are no longer in the target's journal "
                            f"({cap['store']}); undo is not possible") from None
