@@ -14,6 +14,7 @@ from safe_mcp_sqlite import SqliteAdapter, SqliteSettings
 from sqlite_helpers import app, budget, rows, sql
 
 from safe_mcp.adapter import Outcome
+from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError
 
 N = 300  # rows per table: enough for set-based undo, small enough to stay fast
@@ -164,6 +165,14 @@ def test_undo_after_the_schema_changed_between_two_writes_on_one_connection(adap
     app(db, "UPDATE t SET z = x'0102'")
     before = content(db)
     out = write(adapter, "DELETE FROM t WHERE c > 3")
+    undo(adapter, out)
+    assert content(db) == before
+    # and when safe-mcp itself changes the schema between two writes
+    write(adapter, "UPDATE t SET a = 'y' WHERE id = 2")
+    call = sql("ALTER TABLE t ADD COLUMN w TEXT DEFAULT 'd'", target="t")
+    adapter.execute(call, adapter.classify(call), budget(Effect.IRREVERSIBLE, rows_affected=10 * N))
+    before = content(db)
+    out = write(adapter, "UPDATE t SET w = a, a = NULL WHERE c > 3")
     undo(adapter, out)
     assert content(db) == before
 
