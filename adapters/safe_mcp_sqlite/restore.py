@@ -204,10 +204,8 @@ class _Plan:
             AdapterError: a row is no longer as the write left it; nothing was changed.
         """
         if self.kind == "D":
-            found = self.first(self.k, f"EXISTS (SELECT 1 FROM {self.table} AS x WHERE {self.at(self.k)})")
-            if found is not None:
-                raise AdapterError(f"a newer row {_show(self.cap, list(found))} took the place of a row this write "
-                                   "deleted; undo stopped and changed nothing")
+            # A newer row in the place of a deleted one makes `apply`'s INSERT OR ABORT fail on the key, and
+            # `restore_journal` goes row by row, whose check names it: no query here.
             return
         key = self.n if self.kind == "I" else self.k
         found = self.first([f"EXISTS (SELECT 1 FROM {self.table} AS x WHERE {self.at(key)})", *key],
@@ -244,7 +242,8 @@ class _Plan:
             rowid = self.key == ["rowid"]
             names = (["rowid"] if rowid else []) + [q(col) for col in self.columns]
             values = (self.k if rowid else []) + self.c
-            self.conn.execute(f"INSERT INTO {self.table} ({', '.join(names)}) SELECT {', '.join(values)} "
+            # OR ABORT overrides a table's ON CONFLICT REPLACE or IGNORE: a taken key fails, never replaces
+            self.conn.execute(f"INSERT OR ABORT INTO {self.table} ({', '.join(names)}) SELECT {', '.join(values)} "
                                     f"FROM {self.store} AS s WHERE {rng} ORDER BY s.seq DESC", self.range)
         return self.count
 
@@ -308,7 +307,8 @@ def restore_journal(conn: sqlite3.Connection, captures: list[dict[str, Any]]) ->
     try:
         n = sum(plan.apply() for plan in reversed(plans))
     except sqlite3.IntegrityError:
-        # A trigger or cascade put a row where a deleted one goes back: row by row handles it, or names it.
+        # A key a deleted row goes back to is taken (by a newer row, or by a trigger or cascade of this undo):
+        # row by row refuses the first case by name and handles the second.
         conn.execute("ROLLBACK TO safe_mcp_restore")
         conn.execute("RELEASE safe_mcp_restore")
         return restore(conn, load(conn, captures))

@@ -27,6 +27,8 @@ SCHEMAS = {
     "generated column": ["CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b, c REAL, "
                          "g TEXT GENERATED ALWAYS AS (a || '!') STORED, v GENERATED ALWAYS AS (c * 2))"],
     "nocase text, unique": ["CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT COLLATE NOCASE UNIQUE, b, c REAL)"],
+    "keys that replace or ignore on conflict": ["CREATE TABLE t (id INTEGER PRIMARY KEY ON CONFLICT REPLACE, "
+                                                "a TEXT UNIQUE ON CONFLICT IGNORE, b, c REAL)"],
     "trigger writing another table": [
         "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b, c REAL)",
         "CREATE TABLE log (id INTEGER PRIMARY KEY, what TEXT, n INTEGER)",
@@ -206,6 +208,30 @@ def test_undo_refuses_and_changes_nothing_when_one_row_of_many_moved_on(
         app(db, "UPDATE t SET a = 'name150!', b = 7, c = 37.5 WHERE id = 150")
         undo(adapter, out)
         assert rows(db, "SELECT count(*) FROM t WHERE b = 7") == [(0,)]
+
+
+@pytest.mark.parametrize(("schema", "newer"), [
+    ("integer primary key", "same key"),
+    ("keys that replace or ignore on conflict", "same key"),
+    ("keys that replace or ignore on conflict", "same unique value"),
+    ("without rowid, two-column key", "same key"),  # 'K3' is 'k3' to the NOCASE key
+])
+def test_undo_of_a_delete_never_replaces_a_newer_row(adapter: SqliteAdapter, db: Path, schema: str,
+                                                     newer: str) -> None:
+    """A row the app wrote since, in the place of a deleted one, stays: undo refuses and changes nothing, even
+    where the table itself would replace (or silently skip) a row on a conflict."""
+    fill(db, SCHEMAS[schema])
+    out = write(adapter, "DELETE FROM t WHERE c > 10")
+    if "without rowid" in schema:
+        app(db, "INSERT INTO t (k1, k2, a, b, c) VALUES ('K3', 150, 'app', 'app', 1)")
+    else:
+        app(db, "INSERT INTO t (id, a, b, c) VALUES (?, ?, 'app', 1)",
+            (150, "app") if newer == "same key" else (1000, "name151"))
+    state = content(db)
+    with pytest.raises(AdapterError) as err:
+        undo(adapter, out)
+    assert "t (" in str(err.value), err.value
+    assert content(db) == state
 
 
 def test_a_trigger_that_refills_a_restored_key_is_undone_row_by_row(adapter: SqliteAdapter, db: Path) -> None:
