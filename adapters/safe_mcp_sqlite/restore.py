@@ -235,8 +235,9 @@ class _Plan:
             if not self.columns:
                 return self.count
             sets = ", ".join(f"{q(col)} = {v}" for col, v in zip(self.columns, self.c, strict=True))
+            # OR ABORT, as for deletes: a table's ON CONFLICT REPLACE would delete other rows on the way
             self.conn.execute(
-                f"UPDATE {self.table} AS x SET {sets} FROM (SELECT * FROM {self.store} AS s WHERE {rng}) AS s "
+                f"UPDATE OR ABORT {self.table} AS x SET {sets} FROM (SELECT * FROM {self.store} AS s WHERE {rng}) AS s "
                 f"WHERE {self.at(self.k)}", self.range)
         else:
             rowid = self.key == ["rowid"]
@@ -268,24 +269,25 @@ def _plan(conn: sqlite3.Connection, cap: dict[str, Any]) -> _Plan | None:
     same = " AND ".join(f"k{j} IS n{j}" for j in range(nk))
     store, rng = f"main.{q(cap['store'])}", "seq > ? AND seq <= ?"
     try:
-        kinds = conn.execute(f"SELECT min(op), max(op), count(*), sum(NOT ({same})) FROM {store} WHERE {rng}",
-                             (cap["after"], cap["upto"])).fetchone()
-        if kinds[2] == 0 or kinds[0] != kinds[1] or kinds[0] not in {"D", "U", "I"}:
+        first, last, count = conn.execute(f"SELECT min(op), max(op), count(*) FROM {store} WHERE {rng}",
+                                          (cap["after"], cap["upto"])).fetchone()
+        if count == 0 or first != last or first not in {"D", "U", "I"}:
             return None
-        kind, count = kinds[0], kinds[2]
-        if kind != "U":
+        if first != "U":
             # Distinct keys already: a key deleted (inserted) twice needs an insert (a delete) or an update
             # between, which the same table's triggers journal as another kind of event. (Were it not so,
-            # restoring one key twice fails on the key, and undo goes row by row.)
-            return _Plan(conn, cap, kind, count)
-        if kinds[3]:
-            return None
-        distinct = conn.execute(f"SELECT count(*) FROM (SELECT DISTINCT {k} FROM {store} WHERE {rng})",
-                                (cap["after"], cap["upto"])).fetchone()[0]
+            # a deleted key put back twice fails on the key and undo goes row by row; an inserted key's
+            # earlier row fails the check.)
+            return _Plan(conn, cap, first, count)
+        moved, distinct = conn.execute(f"SELECT sum(NOT ({same})), count(DISTINCT {k}) FROM {store} WHERE {rng}"
+                                       if nk == 1 else
+                                       f"SELECT sum(NOT ({same})), (SELECT count(*) FROM (SELECT DISTINCT {k} "
+                                       f"FROM {store} WHERE {rng})) FROM {store} WHERE {rng}",
+                                       (cap["after"], cap["upto"]) * (1 if nk == 1 else 2)).fetchone()
     except sqlite3.OperationalError:
         raise AdapterError(f"the before-images of {cap['table']} are no longer in the target's journal "
                            f"({cap['store']}); undo is not possible") from None
-    return _Plan(conn, cap, kind, count) if distinct == count else None
+    return _Plan(conn, cap, "U", count) if not moved and distinct == count else None
 
 
 def restore_journal(conn: sqlite3.Connection, captures: list[dict[str, Any]]) -> int:
@@ -313,6 +315,16 @@ def restore_journal(conn: sqlite3.Connection, captures: list[dict[str, Any]]) ->
         conn.execute("RELEASE safe_mcp_restore")
         return restore(conn, load(conn, captures))
     conn.execute("RELEASE safe_mcp_restore")
+    if all(plan.kind == "D" for plan in plans) and not _triggers(conn):
+        # Deleted rows put back by INSERT OR ABORT, with no trigger anywhere to move them (an insert fires no
+        # foreign key action): each holds its before-image, values stored by the same column once before.
+        return n
     if any(plan.moved() for plan in plans):
         return _settle(conn, load(conn, captures), n)
     return n
+
+
+def _triggers(conn: sqlite3.Connection) -> bool:
+    """Whether any trigger exists that a write on `conn` may fire (the capture triggers are gone before undo)."""
+    return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM main.sqlite_schema WHERE type = 'trigger') "
+                             "OR EXISTS (SELECT 1 FROM temp.sqlite_schema WHERE type = 'trigger')").fetchone()[0])
