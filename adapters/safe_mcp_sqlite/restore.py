@@ -4,6 +4,9 @@ Restoring one table can move rows of another (a foreign key cascade, a trigger o
 every conflict is looked for before anything changes, and after the rows are put back each one must
 equal its before-image; a second pass puts back what a trigger or cascade moved again, and if it still
 moves, undo refuses (the caller rolls back).
+
+`restore_journal` does the same over the journal tables a write left: set-based (a few statements per
+table, whatever the rows) when each table holds one kind of row event, each row once; row by row otherwise.
 """
 
 from __future__ import annotations
