@@ -32,6 +32,13 @@ def _row(conn: sqlite3.Connection, c: dict[str, Any], key: list[Any]) -> list[An
     return None if found is None else list(found)
 
 
+def _same(now: list[Any] | None, recorded: list[Any]) -> bool:
+    """The row `now` holds exactly the recorded values, types included (7 and 7.0 differ, as set-based undo
+    finds: a column without affinity keeps the difference)."""
+    return now is not None and len(now) == len(recorded) and all(
+        type(a) is type(b) and a == b for a, b in zip(now, (decode(x) for x in recorded), strict=False))
+
+
 def _inserted(item: Any) -> tuple[list[Any], list[Any] | None]:
     # Records from before inserted rows were kept whole hold only the key.
     return (item["key"], item["row"]) if isinstance(item, dict) else (item, None)
@@ -45,12 +52,12 @@ def _check(conn: sqlite3.Connection, changes: list[dict[str, Any]]) -> None:
             if now is None:
                 raise AdapterError(f"the row {_show(c, key)} this write inserted is gone already (deleted since); "
                                    "undo stopped and changed nothing")
-            if row is not None and now != [decode(x) for x in row]:
+            if row is not None and not _same(now, row):
                 raise AdapterError(f"the row {_show(c, key)} this write inserted was changed since; undo would "
                                    "delete newer data, so it stopped and changed nothing")
         for item in c["updated"]:
             now = _row(conn, c, item["new_key"])
-            if now != [decode(x) for x in item["new_row"]]:
+            if not _same(now, item["new_row"]):
                 what = "was deleted" if now is None else "changed again"
                 raise AdapterError(f"the row {_show(c, item['new_key'])} {what} after this write; undo would "
                                    "overwrite newer data, so it stopped and changed nothing")
@@ -85,7 +92,7 @@ def _wrong(conn: sqlite3.Connection, changes: list[dict[str, Any]]) -> list[tupl
     for c in changes:
         restored = {tuple(map(str, i["key"])) for i in c["updated"] + c["deleted"]}
         for item in c["updated"] + c["deleted"]:
-            if _row(conn, c, item["key"]) != [decode(x) for x in item["row"]]:
+            if not _same(_row(conn, c, item["key"]), item["row"]):
                 out.append((c, "row", item))
         for item in c["inserted"]:
             key = _inserted(item)[0]
