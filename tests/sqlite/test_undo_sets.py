@@ -122,7 +122,7 @@ WRITES = {
 def test_undo_restores_the_exact_prior_file(adapter: SqliteAdapter, db: Path, schema: str, statement: str) -> None:
     fill(db, SCHEMAS[schema])
     text = WRITES[statement]
-    if "without rowid" in schema:  # no column c to key on by rowid; the same statements over k2
+    if "without rowid" in schema:  # its keys have no default: the inserts name k1 and k2
         text = text.replace("INTO t (a, b, c)", "INTO t (k1, k2, a, b, c)").replace(
             "SELECT 'new' || c, b, c + 1000", "SELECT k1, k2 + 1000, 'new' || c, b, c + 1000").replace(
             "SELECT a, 'r', c", "SELECT k1, k2, a, 'r', c").replace("SELECT a, 'u', c", "SELECT k1, k2, a, 'u', c")
