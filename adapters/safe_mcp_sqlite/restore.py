@@ -157,6 +157,10 @@ def _settle(conn: sqlite3.Connection, changes: list[dict[str, Any]], n: int) -> 
 # (keys changed, a row touched twice, mixed events), so both ways check and restore the same rows.
 
 
+SMALL = 32
+"""Below this many row events (as the write counted them), undo goes row by row."""
+
+
 class _Plan:
     """One capture's journal range, all of one kind of row event, as SQL over the journal table `s`."""
 
@@ -307,6 +311,8 @@ def restore_journal(conn: sqlite3.Connection, captures: list[dict[str, Any]]) ->
     Raises:
         AdapterError: as `restore`; the caller rolls back.
     """
+    if sum(int(c.get("deleted", 0)) + int(c.get("updated", 0)) + int(c.get("inserted", 0)) for c in captures) < SMALL:
+        return restore(conn, load(conn, captures))  # a few rows: fewer statements row by row
     plans = []
     for cap in captures:
         plan = _plan(conn, cap)

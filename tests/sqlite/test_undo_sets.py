@@ -242,10 +242,14 @@ def test_a_trigger_that_refills_a_restored_key_is_undone_row_by_row(adapter: Sql
     insert fails on the key, and the row-by-row way puts row 1 back over the trigger's row."""
     fill(db, SCHEMAS["integer primary key"])
     before = content(db)
-    out = write(adapter, "DELETE FROM t WHERE id <= 2")
+    out = write(adapter, "DELETE FROM t WHERE id <= 40")
     app(db, "CREATE TRIGGER refill AFTER INSERT ON t WHEN new.id = 2 BEGIN "
             "INSERT OR IGNORE INTO t (id, a, b, c) VALUES (1, 'trigger', NULL, 0); END")
+    seen: list[str] = []
+    adapter._connect_rw().set_trace_callback(seen.append)
     undo(adapter, out)
+    adapter._connect_rw().set_trace_callback(None)
+    assert any(s.startswith("ROLLBACK TO") for s in seen)  # the set-based insert failed, and was undone
     app(db, "DROP TRIGGER refill")
     assert content(db) == before
 
