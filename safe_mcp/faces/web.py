@@ -30,11 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from safe_mcp.errors import Refused, SafeMcpError
-from safe_mcp.trust.oidc_login import Approver, LoginFailed, LoginStart, OidcLogin
+from safe_mcp.trust.oidc import IssuerKeys
+from safe_mcp.trust.oidc_login import Approver, LoginFailed, LoginStart, OidcLogin, approver_of_access_token
 
 if TYPE_CHECKING:
     from safe_mcp.gate.approvals import DecisionResult
@@ -87,6 +88,7 @@ class ApprovalPage:
         self._session_key = hmac.new(self._key, b"safe-mcp/approver-session", hashlib.sha256).digest()
         self.login = _provider_login(gate)
         self._logins: dict[str, tuple[LoginStart, str, float]] = {}  # state -> (sign-in, browser binding, expiry)
+        self._agent_keys: IssuerKeys | None = None  # [server] issuer's keys, when approvers sign in elsewhere
 
     def routes(self) -> list[Route]:
         routes = [
@@ -98,7 +100,46 @@ class ApprovalPage:
             routes += [Route("/approvals/login", self.sign_in, methods=["GET"]),
                        Route("/approvals/callback", self.callback, methods=["GET"]),
                        Route("/approvals/logout", self.sign_out, methods=["POST"])]
+            if self.gate.config.server.auth == "oidc":
+                routes.append(Route("/approvals/decide", self.decide_bearer, methods=["POST"]))
         return routes
+
+    async def decide_bearer(self, request: Request) -> Response:
+        """A CLI decides with `Authorization: Bearer <access token for [server] audience>` and a JSON body
+        {action_id, decision, reason?, code?}. No cookie counts here, so no CSRF token is needed; a browser's
+        cross-site request cannot set the header."""
+        host = request.headers.get("host", "")
+        origin = request.headers.get("origin")
+        if host not in self.hosts or (origin is not None and origin != f"http://{host}") or self.login is None:
+            return JSONResponse({"error": "forbidden: bad Host or Origin"}, status_code=403)
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        server = self.gate.config.server
+        who = None
+        if scheme.lower() == "bearer" and token:
+            keys = self.login.keys if self.login.issuer == server.issuer else self._bearer_keys()
+            who = await approver_of_access_token(keys, token.strip(), server.audience, server.roles_claim,
+                                                 server.roles)
+        if who is None:
+            return JSONResponse({"error": "a valid bearer access token from the provider is required"},
+                                status_code=401, headers={"WWW-Authenticate": 'Bearer realm="safe-mcp approvals"'})
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or body.get("decision") not in ("approve", "deny"):
+            return JSONResponse({"error": 'send JSON {"action_id": ..., "decision": "approve" | "deny"}'},
+                                status_code=400)
+        field = {k: str(body.get(k) or "") for k in ("action_id", "decision", "reason", "code")}
+        message, status = await self._run_decision(lambda: self.gate.approvals.decide_signed_in(
+            field["action_id"], who.subject, who.role, who.display, "api", field["decision"] == "approve",
+            field["reason"], field["code"]))
+        return JSONResponse({"approver": who.name, "message": message} if status == 200 else
+                            {"approver": who.name, "error": message}, status_code=status)
+
+    def _bearer_keys(self) -> IssuerKeys:
+        if self._agent_keys is None:
+            self._agent_keys = IssuerKeys(self.gate.config.server.issuer)
+        return self._agent_keys
 
     # checks -------------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ APPROVAL_TABLES = _SCHEMA
 
 KEY_FILE = "approvers.key"
 _KEYRING_PREFIX = "approvers-key:"
-Channel = Literal["cli", "web", "elicitation"]
+Channel = Literal["cli", "web", "elicitation", "api"]
 
 
 class ApprovalStatus(BaseModel):

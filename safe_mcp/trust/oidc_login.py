@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from safe_mcp.trust.oidc import IssuerKeys, Role, role_of
 
-__all__ = ["Approver", "LoginFailed", "LoginStart", "OidcLogin"]
+__all__ = ["Approver", "LoginFailed", "LoginStart", "OidcLogin", "approver_of_access_token"]
 
 log = logging.getLogger("safe_mcp.oidc")
 _SUBJECT = re.compile(r"^[\x21-\x7e]{1,200}$")
@@ -133,6 +133,17 @@ class OidcLogin:
         if not isinstance(sub, str) or not _SUBJECT.match(sub):
             raise LoginFailed("the ID token has no usable subject")
         return Approver(subject=sub, role=role_of(claims, self.roles_claim, self.roles), display=_display(claims))
+
+
+async def approver_of_access_token(keys: IssuerKeys, token: str, audience: str, roles_claim: str,
+                                   roles: Mapping[Role, Sequence[str]]) -> Approver | None:
+    """Who an access token for `audience` (this server) proves, for a CLI deciding with a bearer token; None when
+    the token is not valid here. The role is the caller's to check."""
+    claims = await keys.decode(token, audience, ("exp", "iss", "aud", "sub"))
+    sub = claims.get("sub") if claims is not None else None
+    if claims is None or not isinstance(sub, str) or not _SUBJECT.match(sub):
+        return None
+    return Approver(subject=sub, role=role_of(claims, roles_claim, roles), display=_display(claims))
 
 
 def _display(claims: Mapping[str, Any]) -> str:

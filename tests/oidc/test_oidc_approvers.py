@@ -346,3 +346,43 @@ def test_provider_sign_in_config_is_refused_when_incomplete(body: str, key: str)
         parse_config(raw, source="t.toml", base_dir="/tmp")
     assert key in str(exc.value), str(exc.value)
     assert "hunter2" not in str(exc.value)
+
+
+async def test_a_cli_decides_with_a_bearer_access_token(provider: Provider, server: tuple[int, Path]) -> None:
+    import httpx2
+
+    port, config = server
+    action, token = await _request(provider, port, config, "bearer_col", target="vault")
+    aud = f"http://127.0.0.1:{port}/mcp"
+    url = f"http://127.0.0.1:{port}/approvals/decide"
+    body = {"action_id": action, "decision": "approve"}
+    with httpx2.Client(timeout=20) as http:
+        def post(bearer: str | None, **extra: str) -> httpx2.Response:
+            headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else {}
+            return http.post(url, json={**body, **extra}, headers=headers)
+
+        for bad in (None, "not-a-jwt", provider.token(sub="sam-7", aud=aud, groups=["sre-leads"], ttl=-120),
+                    provider.token(sub="sam-7", aud="http://127.0.0.1:1/mcp", groups=["sre-leads"]),
+                    provider.token(sub="sam-7", aud=aud, groups=["sre-leads"], iss="http://localhost:1")):
+            assert post(bad).status_code == 401
+        r = post(provider.token(sub="eve-1", aud=aud, groups=["eng"]))
+        assert r.status_code == 403 and "only approver or admin may decide" in r.json()["error"], r.text
+        sam = provider.token(sub="sam-7", aud=aud, groups=["sre-leads"], name="Sam Lead")
+        assert http.post(url, json=body, headers={"Authorization": f"Bearer {sam}", "Origin": "http://evil.example"}
+                         ).status_code == 403
+        r = post(sam)
+        assert r.status_code == 200 and r.json()["approver"] == "oidc:sam-7" and "1 of 2" in r.json()["message"]
+        # The same subject through the page is still the same approver.
+        b = Browser(f"http://127.0.0.1:{port}")
+        try:
+            assert b.sign_in(SAM).status_code == 200
+            assert "oidc:sam-7 already decided" in b.decide(action, "approve").text
+        finally:
+            b.close()
+        ok, _ = await _confirm(port, config, token, action)
+        assert not ok and "bearer_col" not in _columns(config, "vault.db")
+        r = post(provider.token(sub="pat-3", aud=aud, groups=["platform"]))
+        assert r.status_code == 200 and "is approved" in r.json()["message"], r.text
+    ok, text = await _confirm(port, config, token, action)
+    assert ok and "bearer_col" in _columns(config, "vault.db"), text
+    assert any("via api" in b and "oidc:pat-3" in b for b in _receipts(config, action))
