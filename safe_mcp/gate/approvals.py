@@ -265,10 +265,13 @@ class ApprovalDesk:
 
     def _notify(self, url: str, action: PendingAction) -> None:
         statement = {k: v for k, v in action.call.items() if k not in ("dry_run", "idempotency_key")}
+        how = ("sign in on the approval page (/approvals) with the team's provider to approve or deny"
+               if self.gate.config.approvals.oidc_client_id else
+               f"approve with `safe-mcp approve {action.id} --as NAME`")
         body = {
             "text": f"safe-mcp: {action.effect} {action.tool} on {action.target} waits for human approval "
                     f"(action {action.id}, expires {time.strftime('%H:%M:%SZ', time.gmtime(action.expires))}). "
-                    f"Review with `safe-mcp pending`; approve with `safe-mcp approve {action.id} --as NAME`.",
+                    f"Review with `safe-mcp pending`; {how}.",
             "action": {"action_id": action.id, "target": action.target, "tool": action.tool, "effect": action.effect,
                        "statement": statement, "preview": action.preview, "expires": action.expires,
                        "approvals_required": self.required(action)},
