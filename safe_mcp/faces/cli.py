@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
 
     cn = sub.add_parser("connect", help="a stdio MCP server that relays to a gateway's streamable HTTP URL (for "
                                         "clients that only start stdio servers); holds only the bearer token")
-    cn.add_argument("url", help="the gateway's MCP endpoint, e.g. http://127.0.0.1:8765/mcp")
+    cn.add_argument("url", help="the gateway's MCP endpoint, e.g. http://127.0.0.1:8765/mcp, or its Unix socket "
+                                "(serve --uds), e.g. unix:///run/safe-mcp/mcp.sock")
     tok = cn.add_mutually_exclusive_group()
     tok.add_argument("--token-env", metavar="VAR", help="read the bearer token from this environment variable "
                                                       "(default SAFE_MCP_TOKEN)")
@@ -120,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     cc = sub.add_parser("client-config", parents=[common], help="print the JSON to paste into a client")
     cc.add_argument("client", choices=["cursor", "claude", "claude-code", "vscode"])
     cc.add_argument("--url", metavar="URL", help="reach a running `serve --transport http` at URL (with a bearer token) "
-                                                 "instead of starting safe-mcp locally")
+                                                 "instead of starting safe-mcp locally; a unix:///PATH socket (serve "
+                                                 "--uds) is reached through `safe-mcp connect`")
     bu = sub.add_parser("bundle", parents=[common], help="write an MCP Bundle (.mcpb) that installs safe-mcp in Claude Desktop")
     bu.add_argument("--out", metavar="F", default="safe-mcp.mcpb", help="the bundle to write (default ./safe-mcp.mcpb)")
 
@@ -548,12 +550,15 @@ def _checked_config_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_client_config(args: argparse.Namespace) -> int:
-    from safe_mcp.faces.cli_clients import client_entry
+    from safe_mcp.faces.cli_clients import UNIX_SCHEMES, client_entry
+    from safe_mcp.faces.connect import unix_socket_of
 
     path = config_path_of(args).resolve() if args.url and not args.config else _checked_config_path(args)
-    if args.url and not args.url.startswith(("http://", "https://")):
-        print(f"safe-mcp: --url must be an http:// or https:// URL, not {args.url!r}", file=sys.stderr)
+    if args.url and not args.url.startswith(("http://", "https://", *UNIX_SCHEMES)):
+        print(f"safe-mcp: --url must be an http://, https:// or unix:// URL, not {args.url!r}", file=sys.stderr)
         return 2
+    if args.url:
+        unix_socket_of(args.url)  # a malformed unix:// URL is refused here, not by the client later
     doc, notes = client_entry(args.client, path, args.url)
     print(json.dumps(doc, indent=2))
     for note in notes:
