@@ -250,7 +250,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"safe-mcp: no OS user named {args.client_user!r} (--client-user takes a login name or a uid)",
               file=sys.stderr)
         return 2
-    inv = inventory(config, client)
+    inv = inventory(config, client, Path(args.uds).absolute() if args.uds else None)
     problems = _missing_files(config, inv)
     if not args.offline:
         problems += _audit_targets(config, inv)
