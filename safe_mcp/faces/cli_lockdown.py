@@ -222,16 +222,17 @@ def _run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopb
     if uds is None:
         anyio.run(uvicorn.Server(config).serve)
         return
-    from safe_mcp.faces.uds import UnixServer, bind_unix, remove_unix
+    from safe_mcp.faces.uds import bind_unix, exit_on_signals, remove_unix
 
     # Bound here, not by uvicorn (which would create it 0666 and chmod it after): see safe_mcp.faces.uds.
-    sock = bind_unix(uds.path, uds.group, uds.source, uds.key)
-    inode = os.lstat(uds.path).st_ino
-    try:
-        anyio.run(UnixServer(config, uds.path, inode).serve, [sock])
-    finally:
-        sock.close()
-        remove_unix(uds.path, inode)  # serve() failed to start: the socket is still ours
+    with exit_on_signals():
+        sock = bind_unix(uds.path, uds.group, uds.source, uds.key)
+        inode = os.lstat(uds.path).st_ino
+        try:
+            anyio.run(uvicorn.Server(config).serve, [sock])
+        finally:
+            sock.close()
+            remove_unix(uds.path, inode)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -4,7 +4,7 @@ The socket file is created under umask 0177, so it is mode 0600 from its first i
 another user could connect); with a group it is then handed to that group and opened to 0660. Only the
 gateway's user and the group's members can connect; every request still needs a bearer token. A socket left by
 a server that died is removed; anything else at the path (a live server, a regular file) is refused. On a clean
-exit the socket is removed, unless another server has replaced it meanwhile.
+exit (SIGTERM, SIGINT, SIGHUP) the socket is removed, unless another server has replaced it meanwhile.
 """
 
 from __future__ import annotations
@@ -12,15 +12,16 @@ from __future__ import annotations
 import errno
 import grp
 import os
+import signal
 import socket
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-
-import uvicorn
 
 from safe_mcp.errors import ConfigError
 
-__all__ = ["UDS_HOST", "UnixServer", "bind_unix", "remove_unix"]
+__all__ = ["UDS_HOST", "bind_unix", "exit_on_signals", "remove_unix"]
 
 UDS_HOST = "localhost"
 """The Host header accepted over the socket (what `safe-mcp connect unix://...` and `curl --unix-socket` send)."""
@@ -67,19 +68,21 @@ def bind_unix(path: Path, group: str, source: str, key: str) -> socket.socket:
     return sock
 
 
-class UnixServer(uvicorn.Server):
-    """uvicorn's server that removes its socket as it shuts down: after SIGTERM, uvicorn re-raises the signal
-    once serving ends, which ends the process before any code after `serve()` runs."""
+@contextmanager
+def exit_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the process by SystemExit (128 + the signal), so `finally` blocks run and the socket
+    is removed: before uvicorn takes the signals over, and after, since uvicorn re-raises the signal it caught
+    once it has shut down (SIGINT already raises KeyboardInterrupt)."""
 
-    def __init__(self, config: uvicorn.Config, path: Path, inode: int) -> None:
-        super().__init__(config)
-        self._path, self._inode = path, inode
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
 
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            await super().shutdown(sockets)
-        finally:
-            remove_unix(self._path, self._inode)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def remove_unix(path: Path, inode: int | None) -> None:
