@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 from mcp import Client, StdioServerParameters
-from support import create_token, free_port, serving, write_config
-from uds_support import SHOP, make_shop, request, rows, serving_uds, wait_socket
+from support import create_token, free_port, serving, serving_uds, wait_socket, write_config
+from uds_support import SHOP, make_shop, request, rows
 
 pytestmark = pytest.mark.anyio
 

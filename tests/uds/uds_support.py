@@ -1,18 +1,11 @@
-"""Helpers for the Unix-socket tests: a real `safe-mcp serve --transport http --uds` in a subprocess, and raw HTTP
-over a Unix socket (to send what a client would not: no token, another Host, an Origin)."""
+"""Helpers for the Unix-socket tests: a SQLite shop, and raw HTTP over a Unix socket (to send what a client would
+not: no token, another Host, an Origin). The server itself: support.serving_uds."""
 
 from __future__ import annotations
 
 import http.client
-import os
 import socket
 import sqlite3
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,53 +34,6 @@ def rows(path: Path) -> list[tuple[Any, ...]]:
         return db.execute("SELECT id, name FROM items ORDER BY id").fetchall()
     finally:
         db.close()
-
-
-def wait_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.connect(str(path))
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listened on {path} after {timeout}s")
-
-
-@contextmanager
-def serving_uds(config: Path, sock: Path | None, *extra: str, env: dict[str, str] | None = None,
-                **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
-    """`safe-mcp serve --transport http --uds SOCK` (no --uds: the config's [server] uds) until the block ends;
-    then SIGTERM, and the socket must be gone (removed on a clean exit) and the log free of tracebacks."""
-    args = [sys.executable, "-m", "safe_mcp", "serve", "--config", str(config), "--transport", "http",
-            *(["--uds", str(sock)] if sock is not None else []), *extra]
-    where = sock if sock is not None else _configured(config)
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log,
-                                **({"env": {**os.environ, **(env or {})}} | popen))
-        try:
-            wait_socket(where, proc)
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.seek(0)
-            text = log.read().decode(errors="replace")
-        assert "Traceback" not in text, text[-3000:]
-        assert not os.path.lexists(where), f"the socket {where} outlived a clean exit"
-
-
-def _configured(config: Path) -> Path:
-    import tomllib
-
-    return config.parent / tomllib.loads(config.read_text())["server"]["uds"]
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
