@@ -54,16 +54,16 @@ def bind_unix(path: Path, group: str, source: str, key: str) -> socket.socket:
                           f"let the gateway's user write {path.parent}") from None
     finally:
         os.umask(old)
-    try:
-        if gid is not None:
+    if gid is not None:
+        try:
             os.chown(path, -1, gid)
             os.chmod(path, 0o660)
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        remove_unix(path, None)
-        raise ConfigError(source, key, f"cannot give the socket {path} to group {group!r}: {exc.strerror}",
-                          f"run the gateway as a member of {group} (usermod -aG {group} USER) or as root") from None
+        except OSError as exc:
+            sock.close()
+            remove_unix(path, None)
+            raise ConfigError(source, key, f"cannot give the socket {path} to group {group!r}: {exc.strerror}",
+                              f"run the gateway as a member of {group} (usermod -aG {group} USER) or as root") from None
+    sock.listen(128)
     sock.setblocking(False)
     return sock
 

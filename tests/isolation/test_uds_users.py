@@ -175,6 +175,16 @@ def test_check_predicts_who_can_connect(users: Setup, gateway: int) -> None:
         assert ("can connect to" if can else "CANNOT connect to") in text
 
 
+def test_the_gateway_cannot_hand_the_socket_to_a_group_it_is_not_in(users: Setup) -> None:
+    s = users
+    sock = s.sock.parent / "other.sock"
+    theirs = pwd.getpwnam(s.member.pw_name).pw_gid  # the member's own group: the gateway's user is not in it
+    r = s.run_as(s.gw, "-m", "safe_mcp", "serve", "--config", str(s.config), "--transport", "http", "--uds", str(sock),
+                 "--uds-group", str(theirs), check=False)
+    assert r.returncode == 2 and "cannot give the socket" in r.stderr and "usermod -aG" in r.stderr, r.stderr
+    assert not os.path.lexists(sock)  # not left behind half-made
+
+
 def _gid(group: str) -> int:
     import grp
 
