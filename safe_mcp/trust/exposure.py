@@ -138,8 +138,7 @@ def socket_reach(p: Principal, path: Path, group: str = "") -> SocketReach:
     note = "; that is how a client reaches the gateway, and every call still needs a token"
     join = (f"add {p.name} to the socket's group (usermod -aG GROUP {p.name}; serve with --uds-group GROUP or "
             "[server] uds_group), then start the client again")
-    if p.uid == 0:
-        return SocketReach(str(full), True, f"{p.name} is root, which connects to every socket{note}")
+    root = p.uid == 0
     parents = list(full.parents)
     parents.reverse()
     for directory in parents:
@@ -148,7 +147,7 @@ def socket_reach(p: Principal, path: Path, group: str = "") -> SocketReach:
         except OSError:
             return SocketReach(str(full), False, f"{directory} does not exist or cannot be examined",
                                f"create it for the gateway (mkdir -p {full.parent}) before serving")
-        if not _bits(p, st) & 1:
+        if not root and not _bits(p, st) & 1:
             return SocketReach(str(full), False, f"{p.name} cannot enter {directory} (mode "
                                                  f"{stat.S_IMODE(st.st_mode):o}, owner {_owner(st)})",
                                f"let the socket's group enter it: chgrp GROUP {directory}; chmod g+x {directory}")
@@ -156,6 +155,8 @@ def socket_reach(p: Principal, path: Path, group: str = "") -> SocketReach:
         st = full.stat()
     except FileNotFoundError:
         ahead = f"no socket at {full} yet (is the gateway serving?); when `serve --uds` creates it"
+        if root:
+            return SocketReach(str(full), True, f"{ahead}, {p.name} is root, which connects to every socket{note}")
         if p.uid == os.getuid():
             return SocketReach(str(full), True, f"{ahead}, {p.name} owns it{note}")
         gid = _group_id(group)
@@ -167,6 +168,9 @@ def socket_reach(p: Principal, path: Path, group: str = "") -> SocketReach:
         return SocketReach(str(full), False, f"cannot examine {full}: {exc.strerror}")
     if not stat.S_ISSOCK(st.st_mode):
         return SocketReach(str(full), False, f"{full} is not a socket", "point --uds at the socket serve creates")
+    if root:
+        return SocketReach(str(full), True, f"{p.name} is root, which connects to every socket (mode "
+                                            f"{stat.S_IMODE(st.st_mode):o}){note}")
     if _bits(p, st) & 2:
         return SocketReach(str(full), True, f"{p.name} can connect (mode {stat.S_IMODE(st.st_mode):o}, owner "
                                             f"{_owner(st)}){note}")

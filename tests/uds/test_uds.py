@@ -310,3 +310,31 @@ def test_the_socket_port_is_free_of_tcp(shop: tuple[Path, Path]) -> None:
     port = free_port()
     with serving_uds(cfg, cfg.parent / "mcp.sock", "--port", str(port)), socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _check(cfg: Path, *args: str) -> dict[str, Any]:
+    r = subprocess.run([sys.executable, "-m", "safe_mcp", "check", "--offline", "--format", "json", "--config", str(cfg),
+                        *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode in (0, 1), r.stderr
+    exposure: dict[str, Any] = json.loads(r.stdout)["exposure"]
+    return exposure
+
+
+def test_check_reports_the_socket_for_the_user_running_it(shop: tuple[Path, Path]) -> None:
+    """Without --client-user, check judges for its own user (the gateway's): it can connect, and owning the
+    socket's folder is reported like its other files. The socket entry is absent when no socket is named."""
+    cfg, _token = shop
+    sock = cfg.parent / "mcp.sock"
+    assert "socket" not in _check(cfg)
+    ahead = _check(cfg, "--uds", str(sock))["socket"]  # not serving yet: what serve will create is judged
+    assert ahead["can_connect"] is True and "no socket" in ahead["why"] and "token" in ahead["why"]
+    with serving_uds(cfg, sock):
+        now = _check(cfg, "--uds", str(sock))
+        assert now["socket"]["can_connect"] is True and "mode 600" in now["socket"]["why"]
+        assert "token" in now["socket"]["why"]
+        folder = [f for f in now["findings"] if f["subject"] == "the folder of the gateway's Unix socket"]
+        assert folder and folder[0]["path"] == str(sock.parent)
+    not_socket = _check(cfg, "--uds", str(cfg))["socket"]
+    assert not_socket["can_connect"] is False and "not a socket" in not_socket["why"]
+    missing = _check(cfg, "--uds", str(cfg.parent / "nope" / "x.sock"))["socket"]
+    assert missing["can_connect"] is False and "does not exist" in missing["why"] and "mkdir -p" in missing["fix"]
