@@ -186,6 +186,10 @@ class ServerSettings(_Strict):
                                                                        'or "mcp.internal:*"; required beyond loopback')
     allowed_origins: list[str] = Field(default_factory=list, description='Origin headers accepted, e.g. '
                                                                          '"https://ide.internal"; required beyond loopback')
+    uds: str = Field("", description='serve --transport http on this Unix socket instead of host:port (relative to '
+                                     'the config\'s folder); mode 0600, or 0660 with uds_group; tokens still required')
+    uds_group: str = Field("", description="the group whose members may connect to the Unix socket (mode 0660); "
+                                           "empty: only the gateway's own user (mode 0600)")
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="a request larger than this is refused "
                                                                          "before it is parsed (stdio and HTTP)")
     issuer: str = Field("", description='auth = "oidc": the OpenID provider\'s issuer URL, exactly as its tokens '
@@ -274,6 +278,11 @@ class Config(BaseModel):
     telemetry: TelemetrySettings | None = None
     org_policy: dict[str, Any] = Field(default_factory=dict)
     """Set by `safe_mcp.trust.orgpolicy.apply_policy`: source, digest, forbid lists and provenance of the org policy."""
+
+    @property
+    def uds_path(self) -> Path | None:
+        """`[server] uds` resolved against the config's folder; None when not set."""
+        return Path(self.base_dir, self.server.uds) if self.server.uds else None
 
     @property
     def state_dir(self) -> Path:
