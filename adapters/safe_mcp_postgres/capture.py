@@ -11,6 +11,7 @@ Values travel as their text form and are cast back to the column type on restore
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,7 @@ _KEY_SQL = """
 SELECT array_agg(a.attname::text ORDER BY u.ord), bool_and(a.attnotnull)
 FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS u(attnum, ord)
 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = u.attnum
-WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
 GROUP BY i.indexrelid, i.indisprimary ORDER BY i.indisprimary DESC, i.indexrelid
 """
 
@@ -103,12 +104,15 @@ def table_info(conn: psycopg.Connection[Any], schema: str | None, name: str) -> 
         AdapterError: no such table.
     """
     shown = f"{qi(schema)}.{qi(name)}" if schema else qi(name)
-    row = conn.execute(_INFO_SQL, [shown]).fetchone()
+    with conn.pipeline():  # both questions in one round trip
+        asked = conn.execute(_INFO_SQL, [shown])
+        keys = conn.execute(_KEY_SQL, [shown])
+    row = asked.fetchone()
     if row is None:
         raise AdapterError(f"no table named {schema + '.' if schema else ''}{name}; sql_schema lists the tables")
     oid, nsp, rel, kind, cols, types, cascades, triggers, always, inherited, rules = row
     key = None
-    for names, not_null in conn.execute(_KEY_SQL, [oid]).fetchall():
+    for names, not_null in keys.fetchall():
         if not_null and all(n in cols for n in names):
             key = list(names)
             break
@@ -122,6 +126,14 @@ def capture_sql(sql: str, info: TableInfo) -> tuple[str, int]:
 
     UPDATE returns (old image, new image); DELETE returns (old image); INSERT returns (new image).
     """
+    if len(sql) > _CACHED_SQL_CHARS:
+        return _capture(sql, info.qualified, tuple(info.key) if info.key is not None else None)
+    return _capture_cached(sql, info.qualified, tuple(info.key) if info.key is not None else None)
+
+
+def _capture(sql: str, qualified: str, key: tuple[str, ...] | None) -> tuple[str, int]:
+    """capture_sql of a table named `qualified` whose rows are found again by `key`: a pure function of
+    its arguments (the text and the parser's tree), so an agent's repeated statements are rewritten once."""
     stmt = parse_one(sql, fresh=True)
     rel = stmt.relation
     ref = rel.alias.aliasname if rel.alias is not None else rel.relname
@@ -130,21 +142,21 @@ def capture_sql(sql: str, info: TableInfo) -> tuple[str, int]:
     elif isinstance(stmt, ast.DeleteStmt):
         extra = [f"CAST({qi(ref)}.* AS text) AS {_IMG}"]
     else:
-        assert isinstance(stmt, ast.UpdateStmt) and info.key is not None
+        assert isinstance(stmt, ast.UpdateStmt) and key is not None
         only = "" if rel.inh else "ONLY "
         pushed = _pushable_where(stmt)
         if pushed is None:
-            inner, named = "o", f"{only}{info.qualified} AS o"
+            inner, named = "o", f"{only}{qualified} AS o"
         else:
             # Under the agent's own name for the table, so its WHERE reads the same inside.
             inner = ref
-            named = f"{only}{info.qualified}" + (f" AS {qi(ref)}" if rel.alias is not None else "")
-        keys = ", ".join(f"{qi(inner)}.{qi(k)} AS __safe_mcp_k{i}" for i, k in enumerate(info.key))
+            named = f"{only}{qualified}" + (f" AS {qi(ref)}" if rel.alias is not None else "")
+        keys = ", ".join(f"{qi(inner)}.{qi(k)} AS __safe_mcp_k{i}" for i, k in enumerate(key))
         derived = parse_one(f"SELECT 1 FROM (SELECT {keys}, CAST({qi(inner)}.* AS text) AS {_IMG} "
                             f"FROM {named}) AS {_OLD}", fresh=True).fromClause[0]
         if pushed is not None:
             derived.subquery.whereClause = pushed
-        cond = " AND ".join(f"{_OLD}.__safe_mcp_k{i} = {qi(ref)}.{qi(k)}" for i, k in enumerate(info.key))
+        cond = " AND ".join(f"{_OLD}.__safe_mcp_k{i} = {qi(ref)}.{qi(k)}" for i, k in enumerate(key))
         join = parse_one(f"SELECT 1 WHERE {cond}", fresh=True).whereClause
         stmt.fromClause = (derived, *(stmt.fromClause or ()))
         stmt.whereClause = join if stmt.whereClause is None else ast.BoolExpr(
@@ -156,6 +168,10 @@ def capture_sql(sql: str, info: TableInfo) -> tuple[str, int]:
     options = current.options if current is not None else None
     stmt.returningClause = ast.ReturningClause(options=options, exprs=exprs)
     return str(RawStream()(stmt)), len(extra)
+
+
+_CACHED_SQL_CHARS = 4096
+_capture_cached = functools.lru_cache(maxsize=256)(_capture)
 
 
 def _pushable_where(stmt: Any) -> Any | None:
