@@ -220,11 +220,10 @@ def journaled_sql(rewritten: str, op: str, info: TableInfo, first_param: int, *,
     return (f"WITH __safe_mcp_w AS ({rewritten}), "
             f"__safe_mcp_a AS (SELECT count(*) AS n, {fp} AS fp, {old} AS old, {new} AS new FROM __safe_mcp_w), "
             f"__safe_mcp_j AS (INSERT INTO {JOURNAL} (intent_id, kind, affected, compensation, old, new) "
-            f"SELECT ${i}, 'write', n, ${m}::jsonb, old, new FROM __safe_mcp_a), "
-            f"__safe_mcp_m AS MATERIALIZED (SELECT a.n, a.fp, {left}, {shown('old')}, {shown('new')} "
-            "FROM __safe_mcp_a AS a) "  # measured once, not once per returned row
-            f"SELECT r.*, m.* FROM __safe_mcp_m AS m LEFT JOIN LATERAL (SELECT * FROM __safe_mcp_w LIMIT {returning}) "
-            "AS r ON true")
+            f"SELECT ${i}, 'write', n, ${m}::jsonb, old, new FROM __safe_mcp_a) "
+            # OFFSET 0 keeps the measurement a subquery of its own: computed once, not once per returned row.
+            f"SELECT r.*, m.* FROM (SELECT a.n, a.fp, {left}, {shown('old')}, {shown('new')} FROM __safe_mcp_a AS a "
+            f"OFFSET 0) AS m LEFT JOIN LATERAL (SELECT * FROM __safe_mcp_w LIMIT {returning}) AS r ON true")
 
 
 @dataclass(frozen=True)
