@@ -165,3 +165,39 @@ def test_a_row_written_in_between_refuses_undo_and_confirm(pg: Pg, a: PostgresAd
         a.compensate(out.compensation, budget())
     assert "id=4 was changed" in str(err.value)
     assert rows(pg, f"SELECT * FROM {t} ORDER BY id") == now, "a refused undo changes nothing"
+
+
+DELETES = [
+    "DELETE FROM {t} AS x USING {t}_side AS s WHERE s.id = x.id AND s.bump > $1",
+    "DELETE FROM {t} WHERE id IN (SELECT id FROM {t}_side WHERE bump = 2) RETURNING id, twice",
+    "DELETE FROM ONLY public.{t} WHERE note IS NULL",
+]
+
+
+@pytest.mark.parametrize("i", range(len(DELETES)))
+def test_delete_changes_what_the_statement_changes_and_undo_restores_exactly(pg: Pg, a: PostgresAdapter, t: str,
+                                                                              i: int) -> None:
+    statement, params = DELETES[i].format(t=t), [4] if "$1" in DELETES[i] else None
+    look = f"SELECT * FROM {t} ORDER BY id"
+    original = rows(pg, look)
+    with pg.connect(cursor_factory=psycopg.RawCursor) as conn, conn.transaction(force_rollback=True):
+        conn.execute(statement, params)
+        expected = rows_in(conn, look)
+    call = sql(statement, params)
+    preview = a.preview(call, a.classify(call), budget())
+    out = a.execute(call, a.classify(call), budget(expect=preview))
+    assert rows(pg, look) == expected and out.affected == len(original) - len(expected) > 0
+    assert out.compensation is not None
+    assert a.compensate(out.compensation, budget()).affected == out.affected
+    assert rows(pg, look) == original, "generated columns included"
+
+
+def test_no_key_table_is_not_captured_and_says_so(pg: Pg, a: PostgresAdapter, t: str) -> None:
+    with pg.connect() as conn:
+        conn.execute(f"CREATE TABLE {t}_nokey (a int, b text); INSERT INTO {t}_nokey VALUES (1, 'x'), (2, 'y')")
+    call = sql(f"UPDATE {t}_nokey SET b = 'z' WHERE a = 1")
+    preview = a.preview(call, a.classify(call), budget())
+    assert preview.effect is Effect.IRREVERSIBLE and "no primary key" in preview.notes[0]
+    assert rows(pg, f"SELECT * FROM {t}_nokey ORDER BY a") == [(1, "x"), (2, "y")]
+    with pg.connect() as conn:
+        conn.execute(f"DROP TABLE {t}_nokey")
