@@ -126,6 +126,54 @@ def serving(config: Path, transport: str, env: dict[str, str] | None = None, por
         assert "Logging error" not in errors and "Traceback" not in errors, errors[-3000:]
 
 
+def wait_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Until something accepts connections on the Unix socket `path` (the server `proc` must not exit first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(path))
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on {path} after {timeout}s")
+
+
+@contextmanager
+def serving_uds(config: Path, sock: Path | None, *extra: str, env: dict[str, str] | None = None,
+                **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """`safe-mcp serve --transport http --uds SOCK` (no --uds: the config's [server] uds) until the block ends;
+    then SIGTERM, and the socket must be gone (removed on a clean exit) and the log free of tracebacks."""
+    args = [sys.executable, "-m", "safe_mcp", "serve", "--config", str(config), "--transport", "http",
+            *(["--uds", str(sock)] if sock is not None else []), *extra]
+    where = sock if sock is not None else _configured(config)
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log,
+                                **({"env": {**os.environ, **(env or {})}} | popen))
+        try:
+            wait_socket(where, proc)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.seek(0)
+            text = log.read().decode(errors="replace")
+        assert "Traceback" not in text, text[-3000:]
+        assert not os.path.lexists(where), f"the socket {where} outlived a clean exit"
+
+
+def _configured(config: Path) -> Path:
+    import tomllib
+
+    return config.parent / tomllib.loads(config.read_text())["server"]["uds"]
+
+
 @asynccontextmanager
 async def connect(config: Path, transport: str = "memory", env: dict[str, str] | None = None) -> AsyncIterator[Client]:
     """An MCP client connected to safe-mcp serving `config` over `transport`."""

@@ -24,7 +24,7 @@ from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Drifted, Escalated, TooManyRows
 from safe_mcp.hooks import HookSpec, HooksSetting, check_hooks
 from safe_mcp_postgres import journal, tables
-from safe_mcp_postgres.capture import capture_sql, journaled_sql, max_param, measure, restore_rows, table_info
+from safe_mcp_postgres.capture import capture_sql, journaled_sql, max_param, measured, restore_rows, table_info
 from safe_mcp_postgres.classify import classify_sql
 from safe_mcp_postgres.engine import PLAIN_OIDS, Engine, qi, run_one, translate
 from safe_mcp_postgres.reads import bounded_fetch
@@ -387,18 +387,19 @@ class PostgresAdapter(Adapter):
         comp = {"op": "rows", "version": 3, "journal": intent, "change": op, "schema": info.schema,
                 "table": info.name, "columns": info.columns, "types": info.types, "key": info.key,
                 "always": info.always}
-        cur = run_one(conn, journaled_sql(rewritten, op, len(given) + 1, _RETURNING), [*given, intent,
-                                                                                     json.dumps(comp)])
-        rows = cur.fetchall()
-        width = len(cur.description or ()) - extra
         fingerprint = not commit or budget.expect is not None
-        n, samples, digest, remaining = measure(conn, info, op, intent, limit=_SAMPLE, fingerprint=fingerprint,
-                                                remaining=op in {"update", "delete"})
-        if op in {"update", "delete"} and n > 1 and remaining is not None:
-            every = (op == "delete" and remaining == 0) or (op == "update" and remaining <= n)
-            if every and effect.rank < Effect.DESTRUCTIVE.rank:
-                effect = Effect.DESTRUCTIVE
-                notes.append(f"it changes every row of {info.name} ({n} rows)")
+        cur = run_one(conn, journaled_sql(rewritten, op, info, len(given) + 1, returning=_RETURNING, samples=_SAMPLE,
+                                          fingerprint=fingerprint),
+                      [*given, intent, json.dumps(comp)])
+        rows = cur.fetchall()
+        width = len(cur.description or ()) - extra - 5
+        got = measured(rows[0], info, op, fingerprint=fingerprint)
+        n, samples, digest = got.affected, got.samples, got.fingerprint
+        if n == 0:
+            rows = []  # the one row carries only the measurement
+        if got.every and effect.rank < Effect.DESTRUCTIVE.rank:
+            effect = Effect.DESTRUCTIVE
+            notes.append(f"it changes every row of {info.name} ({n} rows)")
         preview = Preview(effect=effect, affected=n, sample=samples, notes=notes, fingerprint=digest)
         result: dict[str, Any] = {"rows_affected": n}
         if width > 0:

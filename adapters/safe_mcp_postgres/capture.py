@@ -2,13 +2,16 @@
 
 UPDATE and DELETE are rewritten (from the parsed tree, never by text) to return every
 changed row as text: a DELETE returns its old rows; an UPDATE joins a snapshot copy of
-its own table on the key, so the same statement returns the row before and after. The
-images are taken in the write's own transaction and compared again before undo.
+its own table on the key (filtered by the UPDATE's own WHERE where that reads the same twice),
+so the same statement returns the row before and after. The same statement journals the
+images and measures the write (count, fingerprint, samples): one round trip, and the images
+never leave the server. They are compared again before undo.
 Values travel as their text form and are cast back to the column type on restore.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +24,8 @@ from safe_mcp_postgres.classify import parse_one, walk
 from safe_mcp_postgres.engine import qi
 from safe_mcp_postgres.journal import TABLE as JOURNAL
 
-__all__ = ["TableInfo", "capture_sql", "journaled_sql", "max_param", "measure", "restore_rows", "table_info"]
+__all__ = ["Measured", "TableInfo", "capture_sql", "journaled_sql", "max_param", "measured", "restore_rows",
+           "table_info"]
 
 _OLD = "__safe_mcp_o"
 _IMG = "__safe_mcp_old"
@@ -49,7 +53,7 @@ _KEY_SQL = """
 SELECT array_agg(a.attname::text ORDER BY u.ord), bool_and(a.attnotnull)
 FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS u(attnum, ord)
 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = u.attnum
-WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
 GROUP BY i.indexrelid, i.indisprimary ORDER BY i.indisprimary DESC, i.indexrelid
 """
 
@@ -100,12 +104,15 @@ def table_info(conn: psycopg.Connection[Any], schema: str | None, name: str) -> 
         AdapterError: no such table.
     """
     shown = f"{qi(schema)}.{qi(name)}" if schema else qi(name)
-    row = conn.execute(_INFO_SQL, [shown]).fetchone()
+    with conn.pipeline():  # both questions in one round trip
+        asked = conn.execute(_INFO_SQL, [shown])
+        keys = conn.execute(_KEY_SQL, [shown])
+    row = asked.fetchone()
     if row is None:
         raise AdapterError(f"no table named {schema + '.' if schema else ''}{name}; sql_schema lists the tables")
     oid, nsp, rel, kind, cols, types, cascades, triggers, always, inherited, rules = row
     key = None
-    for names, not_null in conn.execute(_KEY_SQL, [oid]).fetchall():
+    for names, not_null in keys.fetchall():
         if not_null and all(n in cols for n in names):
             key = list(names)
             break
@@ -119,25 +126,42 @@ def capture_sql(sql: str, info: TableInfo) -> tuple[str, int]:
 
     UPDATE returns (old image, new image); DELETE returns (old image); INSERT returns (new image).
     """
+    if len(sql) > _CACHED_SQL_CHARS:
+        return _capture(sql, info.qualified, tuple(info.key) if info.key is not None else None)
+    return _capture_cached(sql, info.qualified, tuple(info.key) if info.key is not None else None)
+
+
+def _capture(sql: str, qualified: str, key: tuple[str, ...] | None) -> tuple[str, int]:
+    """capture_sql of a table named `qualified` whose rows are found again by `key`: a pure function of
+    its arguments (the text and the parser's tree), so an agent's repeated statements are rewritten once."""
     stmt = parse_one(sql, fresh=True)
     rel = stmt.relation
     ref = rel.alias.aliasname if rel.alias is not None else rel.relname
     if isinstance(stmt, ast.InsertStmt):
-        extra = [f"{qi(ref)}::text AS {_NEW}"]
+        extra = [f"CAST({qi(ref)}.* AS text) AS {_NEW}"]
     elif isinstance(stmt, ast.DeleteStmt):
-        extra = [f"{qi(ref)}::text AS {_IMG}"]
+        extra = [f"CAST({qi(ref)}.* AS text) AS {_IMG}"]
     else:
-        assert isinstance(stmt, ast.UpdateStmt) and info.key is not None
-        keys = ", ".join(f"{qi('o')}.{qi(k)} AS __safe_mcp_k{i}" for i, k in enumerate(info.key))
+        assert isinstance(stmt, ast.UpdateStmt) and key is not None
         only = "" if rel.inh else "ONLY "
-        derived = parse_one(f"SELECT 1 FROM (SELECT {keys}, {qi('o')}::text AS {_IMG} "
-                            f"FROM {only}{info.qualified} AS o) AS {_OLD}", fresh=True).fromClause[0]
-        cond = " AND ".join(f"{_OLD}.__safe_mcp_k{i} = {qi(ref)}.{qi(k)}" for i, k in enumerate(info.key))
+        pushed = _pushable_where(stmt)
+        if pushed is None:
+            inner, named = "o", f"{only}{qualified} AS o"
+        else:
+            # Under the agent's own name for the table, so its WHERE reads the same inside.
+            inner = ref
+            named = f"{only}{qualified}" + (f" AS {qi(ref)}" if rel.alias is not None else "")
+        keys = ", ".join(f"{qi(inner)}.{qi(k)} AS __safe_mcp_k{i}" for i, k in enumerate(key))
+        derived = parse_one(f"SELECT 1 FROM (SELECT {keys}, CAST({qi(inner)}.* AS text) AS {_IMG} "
+                            f"FROM {named}) AS {_OLD}", fresh=True).fromClause[0]
+        if pushed is not None:
+            derived.subquery.whereClause = pushed
+        cond = " AND ".join(f"{_OLD}.__safe_mcp_k{i} = {qi(ref)}.{qi(k)}" for i, k in enumerate(key))
         join = parse_one(f"SELECT 1 WHERE {cond}", fresh=True).whereClause
         stmt.fromClause = (derived, *(stmt.fromClause or ()))
         stmt.whereClause = join if stmt.whereClause is None else ast.BoolExpr(
             boolop=enums.BoolExprType.AND_EXPR, args=(stmt.whereClause, join))
-        extra = [f"{_OLD}.{_IMG}", f"{qi(ref)}::text AS {_NEW}"]
+        extra = [f"{_OLD}.{_IMG}", f"CAST({qi(ref)}.* AS text) AS {_NEW}"]
     targets = parse_one(f"SELECT {', '.join(extra)}", fresh=True).targetList
     current = stmt.returningClause
     exprs = (*(current.exprs or ()), *targets) if current is not None else tuple(targets)
@@ -146,45 +170,80 @@ def capture_sql(sql: str, info: TableInfo) -> tuple[str, int]:
     return str(RawStream()(stmt)), len(extra)
 
 
+_CACHED_SQL_CHARS = 4096
+_capture_cached = functools.lru_cache(maxsize=256)(_capture)
+
+
+def _pushable_where(stmt: Any) -> Any | None:
+    """A fresh copy of an UPDATE's WHERE that may also filter the snapshot it joins for its old rows, or None.
+
+    Copied, the old rows are read by the same (indexed) condition instead of the whole table. Only a
+    condition on the target alone qualifies (no FROM), that reads the same when evaluated twice (no function
+    calls: one may be volatile, like random()) and names no cursor position.
+    """
+    if stmt.fromClause or stmt.whereClause is None:
+        return None
+    if any(isinstance(n, (ast.FuncCall, ast.CurrentOfExpr)) for n in walk(stmt.whereClause)):
+        return None
+    return parse_one(str(RawStream()(stmt)), fresh=True).whereClause
+
+
 def max_param(sql: str) -> int:
     """The highest $n placeholder the statement uses (0 for none)."""
     return max((int(n.number or 0) for n in walk(parse_one(sql)) if isinstance(n, ast.ParamRef)), default=0)
 
 
-def journaled_sql(rewritten: str, op: str, first_param: int, returning: int) -> str:
-    """`rewritten` (from capture_sql) wrapped so that the same statement journals its row images.
+def journaled_sql(rewritten: str, op: str, info: TableInfo, first_param: int, *, returning: int, samples: int,
+                  fingerprint: bool) -> str:
+    """`rewritten` (from capture_sql) wrapped so that the same statement journals its row images and measures.
 
-    The journal row gets $first_param (intent id) and $first_param+1 (the compensation, jsonb); the
-    statement returns at most `returning` of the rows the agent's RETURNING asked for.
+    The journal row gets $first_param (intent id) and $first_param+1 (the compensation, jsonb). The
+    statement returns at least one row: the agent's RETURNING columns (NULL when nothing changed, at most
+    `returning` rows), the columns capture_sql appended, then the five of `measured`.
     """
-    old = f"array_agg({_IMG})" if op in ("update", "delete") else "NULL"
-    new = f"array_agg({_NEW})" if op in ("update", "insert") else "NULL"
+    old = f"array_agg({_IMG})" if op in ("update", "delete") else "NULL::text[]"
+    new = f"array_agg({_NEW})" if op in ("update", "insert") else "NULL::text[]"
+    # Order-free and in constant memory: the same rows in the same state give the same digest.
+    fp = (f"count(*)::text || ':' || coalesce(sum(hashtextextended({_IMG}, 0)), 0)::text"
+          if fingerprint and op != "insert" else "NULL::text")
+    t = info.qualified
+    # Seen from the statement's snapshot, the table holds what it held before the write: the write changed
+    # every row when it holds no more rows than were changed. Counting stops at one row more.
+    left = (f"CASE WHEN a.n > 1 THEN (SELECT count(*) FROM (SELECT FROM {t} LIMIT a.n + 1) AS c) <= a.n END"
+            if op in ("update", "delete") else "NULL::boolean")
     i, m = first_param, first_param + 1
-    return (f"WITH __safe_mcp_w AS ({rewritten}), __safe_mcp_j AS (INSERT INTO {JOURNAL} "
-            f"(intent_id, kind, affected, compensation, old, new) SELECT ${i}, 'write', count(*), ${m}::jsonb, "
-            f"{old}, {new} FROM __safe_mcp_w) SELECT * FROM __safe_mcp_w LIMIT {returning}")
+
+    def shown(images: str) -> str:
+        return (f"(SELECT coalesce(jsonb_agg(to_jsonb(v::{t}) ORDER BY k), '[]') FROM unnest(a.{images}[1:{samples}]) "
+                "WITH ORDINALITY AS u(v, k))")
+
+    return (f"WITH __safe_mcp_w AS ({rewritten}), "
+            f"__safe_mcp_a AS (SELECT count(*) AS n, {fp} AS fp, {old} AS old, {new} AS new FROM __safe_mcp_w), "
+            f"__safe_mcp_j AS (INSERT INTO {JOURNAL} (intent_id, kind, affected, compensation, old, new) "
+            f"SELECT ${i}, 'write', n, ${m}::jsonb, old, new FROM __safe_mcp_a) "
+            # OFFSET 0 keeps the measurement a subquery of its own: computed once, not once per returned row.
+            f"SELECT r.*, m.* FROM (SELECT a.n, a.fp, {left}, {shown('old')}, {shown('new')} FROM __safe_mcp_a AS a "
+            f"OFFSET 0) AS m LEFT JOIN LATERAL (SELECT * FROM __safe_mcp_w LIMIT {returning}) AS r ON true")
 
 
-def measure(conn: psycopg.Connection[Any], info: TableInfo, op: str, intent_id: str, *, limit: int,
-            fingerprint: bool, remaining: bool) -> tuple[int, list[dict[str, Any]], str | None, int | None]:
-    """After a journaled write, in its transaction: (affected, sample, fingerprint, rows left in the table).
+@dataclass(frozen=True)
+class Measured:
+    """What a journaled write measured, in its own statement."""
+
+    affected: int
+    samples: list[dict[str, Any]]
+    fingerprint: str | None
+    every: bool
+    """It changed every row the table held (update, delete of more than one row)."""
+
+
+def measured(row: tuple[Any, ...], info: TableInfo, op: str, *, fingerprint: bool) -> Measured:
+    """The last five columns of a journaled_sql row, read.
 
     The fingerprint digests the before-images (update, delete), so the same rows in the same state give
     the same digest; for an insert, the number of rows (new keys differ on every run).
     """
-    t = info.qualified
-    # Order-free and in constant memory: the same rows in the same state give the same digest.
-    fp = ("(SELECT count(*)::text || ':' || coalesce(sum(hashtextextended(o, 0)), 0)::text FROM unnest(j.old) AS o)"
-          if fingerprint and op != "insert" else "NULL")
-    left = f"(SELECT count(*) FROM {t})" if remaining else "NULL"
-    row = conn.execute(
-        f"SELECT j.affected, {fp}, {left}, "
-        f"(SELECT coalesce(jsonb_agg(to_jsonb(v::{t}) ORDER BY n), '[]') FROM unnest(j.old[1:{limit}]) "
-        f"WITH ORDINALITY AS u(v, n)), "
-        f"(SELECT coalesce(jsonb_agg(to_jsonb(v::{t}) ORDER BY n), '[]') FROM unnest(j.new[1:{limit}]) "
-        f"WITH ORDINALITY AS u(v, n)) FROM {JOURNAL} AS j WHERE j.intent_id = $1", [intent_id]).fetchone()
-    assert row is not None
-    n, digest, rest, before, after = int(row[0]), row[1], row[2], row[3], row[4]
+    n, digest, every, before, after = int(row[-5]), row[-4], bool(row[-3]), row[-2], row[-1]
     if op == "insert":
         samples = [{"table": info.name, "change": "insert",
                     "key": {k: a.get(k) for k in info.key or []}, "after": a} for a in after]
@@ -194,7 +253,7 @@ def measure(conn: psycopg.Connection[Any], info: TableInfo, op: str, intent_id: 
     else:
         samples = [{"table": info.name, "change": "update", "before": b, "after": a}
                    for b, a in zip(before, after, strict=True)]
-    return n, samples, digest, None if rest is None else int(rest)
+    return Measured(affected=n, samples=samples, fingerprint=digest, every=every)
 
 
 def restore_rows(conn: psycopg.Connection[Any], comp: dict[str, Any]) -> int:

@@ -68,6 +68,8 @@ def names_internal(action: str, a1: str | None, a2: str | None) -> bool:
     return False
 
 
+_FRESH_SCHEMA = "SELECT 1 FROM main.sqlite_schema LIMIT 0"
+
 _EXPLAIN_NESTED = re.compile(r'near "explain": syntax error', re.IGNORECASE)
 
 
@@ -99,8 +101,12 @@ def collect(conn: sqlite3.Connection, sql: str, params: Any,
             acts.inner.append((name, a1, a2, db, trig))
         return sqlite3.SQLITE_OK
 
-    conn.set_authorizer(record)
     try:
+        # An EXPLAIN never checks the schema cookie, so a connection kept across calls would compile against
+        # the schema it loaded first: a trigger added since (by any process) would go unseen. A real read of
+        # the schema table checks the cookie and reloads a changed schema (and expires old statements).
+        conn.execute(_FRESH_SCHEMA).fetchall()
+        conn.set_authorizer(record)
         cur = conn.execute("EXPLAIN " + sql, params if params is not None else ())
         # The bytecode matters only where the authorizer cannot tell: a DELETE without WHERE ("Clear")
         # and statements it never sees (VACUUM). Reading it costs as much as the rest of classifying.

@@ -19,6 +19,7 @@ from safe_mcp.faces.cli_reconcile import add_parser as _reconcile_parser
 from safe_mcp.faces.cli_state import add_parser as _state_parser
 
 if TYPE_CHECKING:
+    from safe_mcp.faces.cli_lockdown import UnixListener
     from safe_mcp.gate.runtime import Runtime
     from safe_mcp.trust.config import Config
 
@@ -38,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--transport", choices=["stdio", "sse", "http"], default="stdio")
     s.add_argument("--host", default="127.0.0.1", help="HTTP/SSE bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8765, help="HTTP/SSE port (default 8765)")
+    s.add_argument("--uds", metavar="PATH", help="HTTP: listen on this Unix socket instead of --host/--port (mode 0600, "
+                                                 "or 0660 with --uds-group; tokens still required); overrides [server] uds")
+    s.add_argument("--uds-group", metavar="GROUP", help="the group whose members may connect to the --uds socket "
+                                                        "(mode 0660); overrides [server] uds_group")
     s.add_argument("--approvals-port", type=int, metavar="PORT",
                    help="serve the human approval page at /approvals on this port (any transport)")
 
@@ -47,12 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", parents=[common], help="validate a config and print its blast radius")
     c.add_argument("--format", choices=["text", "json", "md"], default="text")
     c.add_argument("--offline", action="store_true", help="do not connect to targets to audit their credentials")
+    c.add_argument("--uds", metavar="PATH", help="the Unix socket the gateway serves on (default [server] uds): report "
+                                                 "whether --client-user can connect to it")
     c.add_argument("--client-user", metavar="NAME", help="the OS user the MCP client (the agent) runs as: report what it "
                                                        "can reach of secrets, config, policy and state (default: you)")
 
     cn = sub.add_parser("connect", help="a stdio MCP server that relays to a gateway's streamable HTTP URL (for "
                                         "clients that only start stdio servers); holds only the bearer token")
-    cn.add_argument("url", help="the gateway's MCP endpoint, e.g. http://127.0.0.1:8765/mcp")
+    cn.add_argument("url", help="the gateway's MCP endpoint, e.g. http://127.0.0.1:8765/mcp, or its Unix socket "
+                                "(serve --uds), e.g. unix:///run/safe-mcp/mcp.sock")
     tok = cn.add_mutually_exclusive_group()
     tok.add_argument("--token-env", metavar="VAR", help="read the bearer token from this environment variable "
                                                       "(default SAFE_MCP_TOKEN)")
@@ -113,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     cc = sub.add_parser("client-config", parents=[common], help="print the JSON to paste into a client")
     cc.add_argument("client", choices=["cursor", "claude", "claude-code", "vscode"])
     cc.add_argument("--url", metavar="URL", help="reach a running `serve --transport http` at URL (with a bearer token) "
-                                                 "instead of starting safe-mcp locally")
+                                                 "instead of starting safe-mcp locally; a unix:///PATH socket (serve "
+                                                 "--uds) is reached through `safe-mcp connect`")
     bu = sub.add_parser("bundle", parents=[common], help="write an MCP Bundle (.mcpb) that installs safe-mcp in Claude Desktop")
     bu.add_argument("--out", metavar="F", default="safe-mcp.mcpb", help="the bundle to write (default ./safe-mcp.mcpb)")
 
@@ -162,10 +171,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = config_of(args)
+    uds = _uds_of(args, config)
     if args.transport != "stdio":
         from safe_mcp.trust.orgpolicy import check_listener
 
-        for warning in check_listener(config, args.host, args.host in LOOPBACK):
+        # A Unix socket is local like loopback, and narrower: only its owner and group can connect.
+        listener = (f"unix:{uds.path}", True) if uds else (args.host, args.host in LOOPBACK)
+        for warning in check_listener(config, *listener):
             logging.getLogger("safe_mcp").warning(warning)
     from safe_mcp.gate.runtime import Runtime
 
@@ -190,10 +202,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         serve_in_thread(runtime.gate, config.approvals.host, approvals_port, config.approvals.allowed_hosts)
         runtime.approval_page = f"http://{_url_host(config.approvals.host)}:{approvals_port}/approvals"
-    elif args.transport != "stdio":
+    elif args.transport != "stdio" and uds is None:  # a browser cannot open a Unix socket: no URL to offer
         runtime.approval_page = f"http://{_url_host(args.host)}:{args.port}/approvals"
-    run_server(runtime, args.transport, args.host, args.port, loopback=args.host in LOOPBACK)
+    run_server(runtime, args.transport, args.host, args.port, loopback=args.host in LOOPBACK, uds=uds)
     return 0
+
+
+def _uds_of(args: argparse.Namespace, config: Config) -> UnixListener | None:
+    """The Unix socket to serve on: --uds (relative to here) over [server] uds (relative to the config)."""
+    from safe_mcp.faces.cli_lockdown import UnixListener
+
+    group = args.uds_group if args.uds_group is not None else config.server.uds_group
+    if args.uds:
+        uds = UnixListener(Path(args.uds).absolute(), group, "command line", "--uds")
+    elif config.uds_path is not None and args.transport != "stdio":
+        uds = UnixListener(config.uds_path, group, config.source, "server.uds")
+    elif args.uds_group is not None:
+        raise ConfigError("command line", "--uds-group", "--uds-group without a socket", "add --uds PATH")
+    else:
+        return None
+    if args.transport != "http":
+        raise ConfigError(uds.source, uds.key, f"a Unix socket is served over --transport http, not {args.transport}",
+                          "add --transport http (safe-mcp connect unix://PATH bridges stdio clients to it)")
+    return uds
 
 
 def _url_host(host: str) -> str:
@@ -219,7 +250,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"safe-mcp: no OS user named {args.client_user!r} (--client-user takes a login name or a uid)",
               file=sys.stderr)
         return 2
-    inv = inventory(config, client)
+    inv = inventory(config, client, Path(args.uds).absolute() if args.uds else None)
     problems = _missing_files(config, inv)
     if not args.offline:
         problems += _audit_targets(config, inv)
@@ -519,12 +550,15 @@ def _checked_config_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_client_config(args: argparse.Namespace) -> int:
-    from safe_mcp.faces.cli_clients import client_entry
+    from safe_mcp.faces.cli_clients import UNIX_SCHEMES, client_entry
+    from safe_mcp.faces.connect import unix_socket_of
 
     path = config_path_of(args).resolve() if args.url and not args.config else _checked_config_path(args)
-    if args.url and not args.url.startswith(("http://", "https://")):
-        print(f"safe-mcp: --url must be an http:// or https:// URL, not {args.url!r}", file=sys.stderr)
+    if args.url and not args.url.startswith(("http://", "https://", *UNIX_SCHEMES)):
+        print(f"safe-mcp: --url must be an http://, https:// or unix:// URL, not {args.url!r}", file=sys.stderr)
         return 2
+    if args.url:
+        unix_socket_of(args.url)  # a malformed unix:// URL is refused here, not by the client later
     doc, notes = client_entry(args.client, path, args.url)
     print(json.dumps(doc, indent=2))
     for note in notes:

@@ -2,7 +2,8 @@
 
 Local (stdio) entries start `python -m safe_mcp serve --config F` with the Python of this install.
 Remote entries (`--url`) reach a running `serve --transport http` with a bearer token that is never
-printed here: the entries refer to $SAFE_MCP_TOKEN (or the client's own secret prompt).
+printed here: the entries refer to $SAFE_MCP_TOKEN (or the client's own secret prompt). A Unix-socket URL
+(`unix:///run/safe-mcp/mcp.sock`, from `serve --uds`) gives every client a `safe-mcp connect` entry.
 """
 
 from __future__ import annotations
@@ -14,19 +15,44 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLIENTS", "bundle_manifest", "client_entry", "write_bundle"]
+__all__ = ["CLIENTS", "UNIX_SCHEMES", "bundle_manifest", "client_entry", "write_bundle"]
 
 CLIENTS = ("cursor", "claude", "claude-code", "vscode")
 TOKEN_ENV = "SAFE_MCP_TOKEN"  # noqa: S105 - the name of a variable, not a token
 NAME = "safe-mcp"
+UNIX_SCHEMES = ("unix:", "http+unix:")
 
 
 def _stdio(config: Path) -> tuple[str, list[str]]:
     return sys.executable, ["-m", "safe_mcp", "serve", "--config", str(config)]
 
 
+def _bridged(client: str, url: str) -> tuple[dict[str, Any], list[str]]:
+    """A Unix-socket gateway (`serve --uds`): no client speaks HTTP over a socket, so every client starts
+    `safe-mcp connect unix://...` over stdio, which holds the token (a 0600 file) and relays."""
+    command, args = sys.executable, ["-m", "safe_mcp", "connect", url, "--token-file",
+                                     "<path of a 0600 file holding the token>"]
+    token_note = (f"the gateway's user creates the token (safe-mcp token create --name {client} --role agent); the "
+                  "client's user keeps it in a file only it can read (umask 077) and puts that path in place of the "
+                  "placeholder; the client's user must be in the socket's group ([server] uds_group / --uds-group)")
+    if client == "claude-code":
+        add = ["claude", "mcp", "add", "--transport", "stdio", NAME, "--", command, *args]
+        return ({"mcpServers": {NAME: {"type": "stdio", "command": command, "args": args, "env": {}}}},
+                ["run:  " + shlex.join(add), "or put the JSON above in .mcp.json at the project's root", token_note])
+    if client == "vscode":
+        return ({"servers": {NAME: {"type": "stdio", "command": command, "args": args}}},
+                ["paste into .vscode/mcp.json in the workspace (or the user-level mcp.json)", token_note])
+    where = {"cursor": "paste into ~/.cursor/mcp.json (or .cursor/mcp.json in a project), under mcpServers",
+             "claude": "paste into claude_desktop_config.json (Settings > Developer > Edit Config), under mcpServers"}
+    if client not in where:
+        raise ValueError(f"unknown client {client!r}")
+    return {"mcpServers": {NAME: {"command": command, "args": args}}}, [where[client], token_note]
+
+
 def client_entry(client: str, config: Path, url: str | None) -> tuple[dict[str, Any], list[str]]:
     """The JSON document for `client`, and the lines that say where it goes (and any command to run)."""
+    if url and url.startswith(UNIX_SCHEMES):
+        return _bridged(client, url)
     command, args = _stdio(config)
     bearer = f"Bearer ${{{TOKEN_ENV}}}"
     token_note = (f"create the token with `safe-mcp token create --name {client} --role agent` and set {TOKEN_ENV} "

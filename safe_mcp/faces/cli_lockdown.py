@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +18,18 @@ if TYPE_CHECKING:
     from safe_mcp.gate.runtime import Runtime
     from safe_mcp.trust.config import Config
 
-__all__ = ["COMMANDS", "add_parsers", "run_server", "secrets_check"]
+__all__ = ["COMMANDS", "UnixListener", "add_parsers", "run_server", "secrets_check"]
+
+
+@dataclass(frozen=True)
+class UnixListener:
+    """Serve on the Unix socket `path` (connectable by its owner and `group`, if any); `source` and `key` say where
+    it was asked for (the config or the command line), for errors."""
+
+    path: Path
+    group: str
+    source: str
+    key: str
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -124,9 +137,11 @@ def secrets_check(config: Config) -> int:
     return 1 if bad else 0
 
 
-def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopback: bool) -> None:
-    """Serve `runtime`: stdio, or HTTP/SSE with tokens (unless opted out on loopback) and Host/Origin checks.
-    With `[receipts.ship]`, receipts are shipped in the background while it serves, and once more at the end."""
+def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopback: bool,
+               uds: UnixListener | None = None) -> None:
+    """Serve `runtime`: stdio, or HTTP/SSE with tokens (unless opted out on loopback) and Host/Origin checks, on
+    host:port or on the Unix socket `uds`. With `[receipts.ship]`, receipts are shipped in the background while it
+    serves, and once more at the end."""
     shipper = None
     if runtime.config.receipts.ship is not None:
         from safe_mcp.gate.ship import Shipper
@@ -134,13 +149,14 @@ def run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopba
         shipper = Shipper(runtime.store, runtime.config)
         shipper.start()
     try:
-        _run_server(runtime, transport, host, port, loopback=loopback)
+        _run_server(runtime, transport, host, port, loopback=loopback, uds=uds)
     finally:
         if shipper is not None:
             shipper.stop()
 
 
-def _run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopback: bool) -> None:
+def _run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopback: bool,
+                uds: UnixListener | None) -> None:
     from safe_mcp.faces.server import build_server
     from safe_mcp.trust.secretstore import install_log_scrubber
 
@@ -164,21 +180,31 @@ def _run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopb
         oidc = OidcVerifier(settings.issuer, settings.audience, roles_claim=settings.roles_claim, roles=settings.roles)
     path = "/sse" if transport == "sse" else "/mcp"
     shown = f"[{host}]" if ":" in host else host
-    server = build_server(runtime, tokens=tokens, url=f"http://{shown}:{port}{path}", oidc=oidc)
     hosts, origins = list(settings.allowed_hosts), list(settings.allowed_origins)
-    if loopback:
-        hosts += ["127.0.0.1:*", "localhost:*", "[::1]:*"]
-        origins += ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+    from safe_mcp.faces.web import ApprovalPage, loopback_hosts
+
+    if uds is not None:
+        # Over the socket, Host is whatever the client writes: `localhost` (what `safe-mcp connect unix://` and
+        # `curl --unix-socket` send) plus [server] allowed_hosts. No browser reaches a socket, so no Origin is
+        # accepted unless allowed_origins names it. The TCP listener's lists are not widened by this.
+        from safe_mcp.faces.uds import UDS_HOST
+
+        own_url, hosts, page_hosts = f"http://{UDS_HOST}{path}", [UDS_HOST, *hosts], {UDS_HOST}
+    else:
+        own_url = f"http://{shown}:{port}{path}"
+        if loopback:
+            hosts += ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+            origins += ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+        page_hosts = loopback_hosts(host, port) if loopback else {f"{shown}:{port}"}
+    server = build_server(runtime, tokens=tokens, url=own_url, oidc=oidc)
     security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
     # The human approval page on the MCP listener itself. Its routes take no bearer token (an approver
     # is not an agent): they check Host, Origin and CSRF themselves, and approving needs a TOTP code.
-    from safe_mcp.faces.web import ApprovalPage, loopback_hosts
-
-    page_hosts = (loopback_hosts(host, port) if loopback else {f"{shown}:{port}"}) | {
-        h for h in settings.allowed_hosts if not h.endswith(":*")}
+    page_hosts |= {h for h in settings.allowed_hosts if not h.endswith(":*")}
     for route in ApprovalPage(runtime.gate, page_hosts).routes():
         server.custom_route(route.path, methods=sorted(route.methods or {"GET"}))(route.endpoint)
-    logging.getLogger("safe_mcp").info("serving %s on %s:%s (auth: %s)", transport, host, port, settings.auth)
+    where = f"unix:{uds.path}" if uds is not None else f"{host}:{port}"
+    logging.getLogger("safe_mcp").info("serving %s on %s (auth: %s)", transport, where, settings.auth)
     import anyio
     import uvicorn
 
@@ -192,9 +218,21 @@ def _run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopb
         app = server.streamable_http_app(max_request_body_size=cap, transport_security=security, host=host)
         guard_endpoint(app, path)  # malformed envelopes and JSON the SDK's parser rejects (see safe_mcp.faces.wire)
     # The SDK's run(), with its app behind BodyGuard: no body over the cap is read whole, token or not.
-    uvicorn_server = uvicorn.Server(uvicorn.Config(BodyGuard(app, cap), host=host, port=port,
-                                                   log_level=server.settings.log_level.lower()))
-    anyio.run(uvicorn_server.serve)
+    config = uvicorn.Config(BodyGuard(app, cap), host=host, port=port, log_level=server.settings.log_level.lower())
+    if uds is None:
+        anyio.run(uvicorn.Server(config).serve)
+        return
+    from safe_mcp.faces.uds import bind_unix, exit_on_signals, remove_unix
+
+    # Bound here, not by uvicorn (which would create it 0666 and chmod it after): see safe_mcp.faces.uds.
+    with exit_on_signals():
+        sock = bind_unix(uds.path, uds.group, uds.source, uds.key)
+        inode = os.lstat(uds.path).st_ino
+        try:
+            anyio.run(uvicorn.Server(config).serve, [sock])
+        finally:
+            sock.close()
+            remove_unix(uds.path, inode)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -4,7 +4,9 @@ For clients that only start stdio servers (Claude Desktop) while the gateway run
 user, on another host, as a service. The bridge holds one thing, the client's bearer token, read from an
 environment variable or a file only its owner can read (never from the command line, which `ps` shows to
 every user). It holds no target credential, no config and no state: whoever reads its memory or environment
-gets the token, which `safe-mcp token revoke` ends.
+gets the token, which `safe-mcp token revoke` ends. The gateway may also listen on a Unix socket (`serve --uds`,
+reached as `unix:///run/safe-mcp/mcp.sock`): the kernel then lets only the socket's owner and group connect,
+and the token is still required.
 
 It is a JSON-RPC relay, not a second MCP implementation: each line from the client is POSTed to the URL as is;
 the answer (JSON, or the events of an SSE stream) goes back to the client line by line. HTTP details it adds:
@@ -20,6 +22,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import stat
 import sys
 import threading
@@ -30,7 +33,7 @@ from typing import IO, Any
 
 from safe_mcp.errors import ConfigError
 
-__all__ = ["Bridge", "run_bridge", "token_from"]
+__all__ = ["Bridge", "run_bridge", "token_from", "unix_socket_of"]
 
 DEFAULT_TOKEN_ENV = "SAFE_MCP_TOKEN"  # noqa: S105 - the name of a variable
 GATEWAY_UNREACHABLE = -32000
@@ -76,12 +79,17 @@ class Bridge:
 
     def __init__(self, url: str, token: str | None, inp: IO[bytes], out: IO[bytes]) -> None:
         """Raises:
-            ConfigError: `url` is not an http:// or https:// URL with a host.
+            ConfigError: `url` is not an http:// or https:// URL with a host, nor a Unix socket URL
+                (`unix:///path/to/socket`, `http+unix://%2Fpath%2Fto%2Fsocket/mcp`).
         """
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise ConfigError("connect", "URL", f"not an http:// or https:// URL: {url!r}",
-                              "give the gateway's MCP endpoint, e.g. http://127.0.0.1:8765/mcp")
+        self._uds, self._path = unix_socket_of(url), parts.path or "/"
+        if self._uds is not None:
+            self._path = (parts.path or "/mcp") if parts.scheme == "http+unix" else "/mcp"
+        elif parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ConfigError("connect", "URL", f"not an http://, https:// or unix:// URL: {url!r}",
+                              "give the gateway's MCP endpoint, e.g. http://127.0.0.1:8765/mcp or "
+                              "unix:///run/safe-mcp/mcp.sock")
         self.url, self._parts, self._token = url, parts, token
         self._inp, self._out = inp, out
         self._write_lock = threading.Lock()
@@ -120,8 +128,11 @@ class Bridge:
 
     # HTTP side ----------------------------------------------------------------------------------
     def _connection(self) -> http.client.HTTPConnection:
-        cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
-        conn = cls(self._parts.hostname or "", self._parts.port, timeout=_CONNECT_TIMEOUT_S)
+        if self._uds is not None:
+            conn: http.client.HTTPConnection = _UnixConnection(self._uds, _CONNECT_TIMEOUT_S)
+        else:
+            cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
+            conn = cls(self._parts.hostname or "", self._parts.port, timeout=_CONNECT_TIMEOUT_S)
         conn.connect()
         if conn.sock is not None:
             conn.sock.settimeout(None)  # a tool call may wait (confirm wait_s); the gateway bounds it
@@ -158,10 +169,14 @@ class Bridge:
         except OSError as exc:
             text = (f"the safe-mcp gateway at {self.url} is not reachable ({exc.strerror or exc}); start it "
                     "(safe-mcp serve --transport http, as its own user) or check the URL, then retry")
+            if isinstance(exc, PermissionError) and self._uds is not None:
+                text = (f"the safe-mcp gateway's socket {self._uds} refuses this OS user (Permission denied): only "
+                        "the gateway's user and the members of its group ([server] uds_group / --uds-group) may "
+                        "connect; ask its operator to add this user to that group, then start the client again")
             self._report(is_request, request_id, text)
             return
         try:
-            conn.request("POST", self._parts.path or "/", body=line, headers=self._headers(message))
+            conn.request("POST", self._path, body=line, headers=self._headers(message))
             response = conn.getresponse()
             self._answer(response, message, is_request, request_id)
         except (OSError, http.client.HTTPException) as exc:
@@ -220,11 +235,52 @@ class Bridge:
             return
         try:
             conn = self._connection()
-            conn.request("DELETE", self._parts.path or "/", headers=self._headers(None))
+            conn.request("DELETE", self._path, headers=self._headers(None))
             conn.getresponse().read()
             conn.close()
         except (OSError, http.client.HTTPException):
             pass  # the gateway went away first: its session ends with it
+
+
+def unix_socket_of(url: str) -> str | None:
+    """The socket path of a Unix-socket URL: `unix:///run/safe-mcp/mcp.sock` (the endpoint is /mcp) or
+    `http+unix://%2Frun%2Fsafe-mcp%2Fmcp.sock/mcp`; None for any other scheme.
+
+    Raises:
+        ConfigError: a unix URL without an absolute socket path.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "unix":
+        path = urllib.parse.unquote(parts.path)
+        if parts.netloc or not path.startswith("/") or parts.query or parts.fragment:
+            raise ConfigError("connect", "URL", f"not a Unix socket URL: {url!r}",
+                              "give the socket's absolute path after unix://, e.g. unix:///run/safe-mcp/mcp.sock")
+        return path
+    if parts.scheme == "http+unix":
+        path = urllib.parse.unquote(parts.netloc)
+        if not path.startswith("/"):
+            raise ConfigError("connect", "URL", f"not a Unix socket URL: {url!r}",
+                              "percent-encode the socket's absolute path as the host: http+unix://%2Frun%2Fmcp.sock/mcp")
+        return path
+    return None
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket; the Host header is `localhost`, the one `serve --uds` accepts."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
 
 
 def _header_value(value: str) -> str:

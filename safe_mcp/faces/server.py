@@ -13,8 +13,9 @@ from mcp.server import MCPServer
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult, Resolve
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
-from mcp.types import CallToolResult, Icon, InputRequiredResult, ToolAnnotations
+from mcp.types import CallToolResult, Icon, InputRequiredResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
+from pydantic_core import to_json
 
 from safe_mcp import __version__
 from safe_mcp.adapter import Call
@@ -196,7 +197,7 @@ class StrictServer(MCPServer[Runtime]):
         if violation is not None:
             await self._refuse(context, name, arguments, violation)
         try:
-            return await super().call_tool(name, arguments, context)
+            return _compact(await super().call_tool(name, arguments, context))
         except UnexpectedToolError as exc:
             # Top level of a call: whatever escaped the gate and the adapters is still answered and receipted.
             cause = exc.__cause__ or exc
@@ -231,6 +232,16 @@ class StrictServer(MCPServer[Runtime]):
             note_refusal(exc, text)
             raise ToolError(f"Error executing tool {tool}: {text}") from None
         raise AssertionError("gate.refuse always raises")
+
+
+def _compact(result: CallToolResult | InputRequiredResult) -> CallToolResult | InputRequiredResult:
+    """`result` with its text copy of the structured content as compact JSON (the SDK indents it): the same
+    document for clients that read only text, in about two thirds of the bytes every call sends and parses."""
+    if (isinstance(result, CallToolResult) and not result.is_error and result.structured_content is not None
+            and len(result.content) == 1 and isinstance(result.content[0], TextContent)):
+        text = to_json(result.structured_content).decode()
+        return result.model_copy(update={"content": [TextContent(type="text", text=text)]})
+    return result
 
 
 def build_server(runtime: Runtime, *, tokens: TokenStore | None = None, url: str = "",

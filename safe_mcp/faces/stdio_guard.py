@@ -4,6 +4,8 @@ request at `[server] max_request_bytes` while it reads, never holding a longer l
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,6 +19,8 @@ from safe_mcp.faces.wire import PARSE_ERROR, ParseError, dump, envelope, error, 
 __all__ = ["guarded_stdio", "read_lines"]
 
 CHUNK = 64 * 1024
+SMALL_WRITE = 4096
+"""Answers up to this size go straight to a polled-writable pipe (PIPE_BUF: written whole, never blocking)."""
 
 
 @asynccontextmanager
@@ -33,9 +37,16 @@ async def guarded_stdio(max_bytes: int) -> AsyncIterator[tuple[Any, Any]]:
     lock = anyio.Lock()
     written = anyio.Event()
 
+    out_fd = _pollable_fd(stdout)
+
     async def emit(data: bytes) -> None:
         async with lock:
-            await anyio.to_thread.run_sync(_write, stdout, data, abandon_on_cancel=True)
+            if out_fd is not None and len(data) <= SMALL_WRITE:
+                # A pipe that polls writable takes a write this small whole (PIPE_BUF atomicity): no thread hop.
+                await anyio.wait_writable(out_fd)
+                _write_fd(out_fd, data)
+            else:
+                await anyio.to_thread.run_sync(_write, stdout, data, abandon_on_cancel=True)
 
     async def answer(obj: dict[str, Any]) -> None:
         await emit(json.dumps(obj).encode("utf-8") + b"\n")
@@ -91,8 +102,17 @@ async def read_lines(stream: BinaryIO, max_bytes: int, on_line: Callable[[bytes]
     arrives (never buffered) and reported once to `on_oversize` with its first bytes."""
     buf = bytearray()
     head: bytes | None = None  # set while discarding an oversize line
+    fd = _pollable_fd(stream)
     while True:
-        chunk = await anyio.to_thread.run_sync(_read1, stream, abandon_on_cancel=True)
+        if fd is not None:
+            # The event loop waits on the pipe itself: no worker thread per read (each costs a wake-up).
+            await anyio.wait_readable(fd)
+            try:
+                chunk = os.read(fd, CHUNK)
+            except BlockingIOError:
+                continue
+        else:
+            chunk = await anyio.to_thread.run_sync(_read1, stream, abandon_on_cancel=True)
         if not chunk:  # EOF: a last line without its newline still counts
             if head is not None:
                 await on_oversize(head)
@@ -118,6 +138,31 @@ async def read_lines(stream: BinaryIO, max_bytes: int, on_line: Callable[[bytes]
                 buf.clear()
                 await on_line(line)
             start = nl + 1
+
+
+def _pollable_fd(stream: BinaryIO) -> int | None:
+    """The descriptor under `stream` when the event loop can wait on it (a pipe or a socket, on POSIX); else None,
+    and the stream is served from worker threads. Reading the descriptor directly is sound because nothing reads
+    the claimed stream before the server does, so its buffer is empty."""
+    if sys.platform == "win32":
+        return None
+    try:
+        fd = stream.fileno()
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError):
+        return None
+    return fd if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else None
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:  # a non-blocking pipe that filled after polling writable: finish it waiting
+            import select
+
+            select.select([], [fd], [])
 
 
 def _read1(stream: BinaryIO) -> bytes:

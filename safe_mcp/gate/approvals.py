@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,7 +69,7 @@ APPROVAL_TABLES = _SCHEMA
 
 KEY_FILE = "approvers.key"
 _KEYRING_PREFIX = "approvers-key:"
-Channel = Literal["cli", "web", "elicitation"]
+Channel = Literal["cli", "web", "elicitation", "api"]
 
 
 class ApprovalStatus(BaseModel):
@@ -97,6 +98,12 @@ class DecisionResult(BaseModel):
 
 def _valid_name(name: str) -> bool:
     return 1 <= len(name) <= 64 and all(c.isalnum() or c in "-_.@" for c in name)
+
+
+def _provider_name(name: str) -> bool:
+    """An approver the team's provider proves ("oidc:SUB"): enrolled for TOTP on top, never decided by code alone."""
+    sub = name[len("oidc:"):]
+    return name.startswith("oidc:") and 1 <= len(sub) <= 200 and all("\x21" <= c <= "\x7e" for c in sub)
 
 
 class Approvers:
@@ -176,8 +183,9 @@ class Approvers:
         import pyotp
         from cryptography.fernet import Fernet
 
-        if not _valid_name(name):
-            raise Refused(f"invalid approver name {name!r}", "use letters, digits, - _ . @ (at most 64)")
+        if not (_valid_name(name) or _provider_name(name)):
+            raise Refused(f"invalid approver name {name!r}",
+                          "use letters, digits, - _ . @ (at most 64), or oidc:SUB for a provider subject")
         if self._store.query("SELECT 1 FROM approvers WHERE name = ?", (name,)):
             raise Refused(f"approver {name!r} is already enrolled", "choose another name")
         key, where = self._key(create=True)
@@ -257,10 +265,13 @@ class ApprovalDesk:
 
     def _notify(self, url: str, action: PendingAction) -> None:
         statement = {k: v for k, v in action.call.items() if k not in ("dry_run", "idempotency_key")}
+        how = ("sign in on the approval page (/approvals) with the team's provider to approve or deny"
+               if self.gate.config.approvals.oidc_client_id else
+               f"approve with `safe-mcp approve {action.id} --as NAME`")
         body = {
             "text": f"safe-mcp: {action.effect} {action.tool} on {action.target} waits for human approval "
                     f"(action {action.id}, expires {time.strftime('%H:%M:%SZ', time.gmtime(action.expires))}). "
-                    f"Review with `safe-mcp pending`; approve with `safe-mcp approve {action.id} --as NAME`.",
+                    f"Review with `safe-mcp pending`; {how}.",
             "action": {"action_id": action.id, "target": action.target, "tool": action.tool, "effect": action.effect,
                        "statement": statement, "preview": action.preview, "expires": action.expires,
                        "approvals_required": self.required(action)},
@@ -287,12 +298,53 @@ class ApprovalDesk:
                reason: str = "") -> DecisionResult:
         """Approve or deny a `human` action as `name`, proven by their current TOTP code.
 
+        Names of provider subjects ("oidc:SUB") are refused here: they decide signed in (`decide_signed_in`).
+
         Raises:
             Refused: unknown or not-pending action, wrong code, self-approval, changed call, already decided.
         """
+        def proven() -> str | None:
+            if _provider_name(name):
+                return f"{name} is a provider subject: sign in on the approval page to decide as them"
+            if not _valid_name(name) or not self.approvers.verify(name, code):
+                return f"wrong or reused code for approver {name!r}, or no such approver"
+            return None
+
+        return self._decide(action_id, name, "", channel, approve, reason, proven,
+                            "enter the current code from the authenticator app of an enrolled approver")
+
+    def decide_signed_in(self, action_id: str, subject: str, role: str | None, display: str, channel: Channel,
+                         approve: bool, reason: str = "", code: str = "") -> DecisionResult:
+        """Approve or deny as "oidc:`subject`", whom the team's provider proved (role from its claims).
+
+        Only roles approver and admin decide. With `[approvals] totp` on, `code` must also be the current TOTP
+        code of approver "oidc:SUB". Two decisions by one subject are one: the approvals are keyed by subject.
+
+        Raises:
+            Refused: as `decide`, and a role that may not approve or a missing/wrong code when TOTP is on.
+        """
+        name = f"oidc:{subject}"
+
+        def proven() -> str | None:
+            if not _provider_name(name):
+                return f"the provider's subject {subject!r} cannot name an approver"
+            if role not in ("approver", "admin"):
+                return f"{name} signed in with role {role or 'none'}; only approver or admin may decide"
+            if self.gate.config.approvals.totp_required() and not self.approvers.verify(name, code):
+                return f"wrong or reused code for approver {name}, or {name} is not enrolled for TOTP"
+            return None
+
+        remedy = ("ask an admin to grant you an approver group at the provider" if role not in ("approver", "admin")
+                  else f"enter the current code of your authenticator (enrol once: safe-mcp approver add {name})")
+        return self._decide(action_id, name, display, channel, approve, reason, proven, remedy)
+
+    def _decide(self, action_id: str, name: str, display: str, channel: Channel, approve: bool, reason: str,
+                proven: Callable[[], str | None], remedy: str) -> DecisionResult:
+        """The one decision path: `proven()` says why the approver is not proven (None: proven)."""
         self.expire_due()
         verb = "approve" if approve else "deny"
-        who = Caller(session="approvals", client=f"approver:{name} via {channel}")
+        shown = f"{name} ({display})" if display else name
+        who = Caller(session="approvals", client=f"approver:{shown} via {channel}")
         action = self.store.pending(action_id)
         if action is None:
             raise Refused(f"no pending action has id {action_id!r}", "list them with: safe-mcp pending")
@@ -306,9 +358,9 @@ class ApprovalDesk:
         if action.state != "pending":
             refuse(f"action {action_id} is {action.state}; an approval is single use",
                    "the agent must repeat the call to get a new action")
-        if not _valid_name(name) or not self.approvers.verify(name, code):
-            refuse(f"wrong or reused code for approver {name!r}, or no such approver",
-                   "enter the current code from the authenticator app of an enrolled approver")
+        why = proven()
+        if why is not None:
+            refuse(why, remedy)
         requester = self.requester(action_id)
         if approve and requester is not None and requester == name:
             refuse(f"{name} requested action {action_id} and cannot approve it", "another approver must approve it")
@@ -325,8 +377,8 @@ class ApprovalDesk:
         if not approve:
             self.store.transition_pending(action_id, "pending", "denied")
         status = self.status(action)
-        text = (f"denied by {name} via {channel}" + (f": {reason}" if reason else "") if not approve else
-                f"approved by {name} via {channel} ({len(status.approved_by)} of {status.required})")
+        text = (f"denied by {shown} via {channel}" + (f": {reason}" if reason else "") if not approve else
+                f"approved by {shown} via {channel} ({len(status.approved_by)} of {status.required})")
         receipt = self.gate.record(call, who, effect, verb, text, "denied" if not approve else "approved",
                                    tool=verb, action_id=action_id)
         if approve and status.approved:

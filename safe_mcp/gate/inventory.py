@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 from typing import Any
 
 from safe_mcp.effects import Effect
 from safe_mcp.gate.policy import Verdict, decide
 from safe_mcp.trust.config import Access, Config, Target
-from safe_mcp.trust.exposure import Principal, exposure
+from safe_mcp.trust.exposure import Principal, exposure, socket_reach
 from safe_mcp.trust.orgpolicy import reaches
 
 __all__ = ["inventory", "inventory_schema", "render_md", "render_text"]
 
 
-def inventory(config: Config, client: Principal | None = None) -> dict[str, Any]:
+def inventory(config: Config, client: Principal | None = None, uds: Path | None = None) -> dict[str, Any]:
     """A plain-data description of every target; no connection is made. With `client` (the OS user the
-    agent runs as), also what that user can reach of the secrets, config, policy and state (`exposure`)."""
+    agent runs as), also what that user can reach of the secrets, config, policy and state (`exposure`), and
+    whether it can connect to the gateway's Unix socket `uds` (default `[server] uds`)."""
     targets: list[dict[str, Any]] = []
     for t in config.targets.values():
         effects = {}
@@ -53,12 +55,15 @@ def inventory(config: Config, client: Principal | None = None) -> dict[str, Any]
         "targets": targets,
     }
     if client is not None:
-        findings = exposure(config, client)
+        uds = uds if uds is not None else config.uds_path
+        findings = exposure(config, client, uds)
         for entry in targets:
             entry["exposure"] = [f.doc() for f in findings if f.target == entry["name"]]
         doc["exposure"] = {"client_user": client.name, "gateway_user": _user(),
                            "exposed": sum(f.exposed for f in findings),
                            "findings": [f.doc() for f in findings if f.target is None]}
+        if uds is not None:
+            doc["exposure"]["socket"] = socket_reach(client, uds, config.server.uds_group).doc()
     return doc
 
 
@@ -106,6 +111,10 @@ def render_text(inv: dict[str, Any], width: int | None = None) -> str:
     if exp:
         lines.append(f"what the agent's OS user {exp['client_user']} can reach (the gateway runs as {exp['gateway_user']})")
         lines += _pairs(_exposure_pairs(exp["findings"]) or [("ok", "nothing")], width)
+        sock = exp.get("socket")
+        if sock:
+            said = f"{'can' if sock['can_connect'] else 'CANNOT'} connect to {sock['path']}: {sock['why']}"
+            lines += _pairs([("socket", said + (f". Fix: {sock['fix']}" if sock["fix"] else ""))], width)
         lines.append(f"  {exp['exposed']} exposed" if exp["exposed"] else "  nothing of the gateway's is within its reach")
         lines.append("")
     lines.append(f"confirmations expire after {inv['confirm']['ttl_s']}s and are accepted "
@@ -226,6 +235,14 @@ def inventory_schema() -> dict[str, Any]:
                                "and state; per-target findings are under each target's exposure",
                 "properties": {"client_user": {"type": "string"}, "gateway_user": {"type": "string"},
                                "exposed": {"type": "integer", "description": "findings exposed, targets included"},
-                               "findings": {"type": "array", "items": finding}}},
+                               "findings": {"type": "array", "items": finding},
+                               "socket": {
+                                   "type": "object", "additionalProperties": False,
+                                   "required": ["path", "can_connect", "why", "fix"],
+                                   "description": "the gateway's Unix socket (serve --uds, check --uds): whether the "
+                                                  "client's user can connect (expected of a client; tokens are still "
+                                                  "required)",
+                                   "properties": {"path": {"type": "string"}, "can_connect": {"type": "boolean"},
+                                                  "why": {"type": "string"}, "fix": {"type": "string"}}}}},
         },
     }

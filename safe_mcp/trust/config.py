@@ -120,6 +120,29 @@ class ApprovalSettings(_Strict):
                                    description="webhook (Slack incoming-webhook compatible) told of each new approval; "
                                                "http:// or https:// only")
     notify_retries: int = Field(3, ge=0, le=10, description="retries of a failed webhook post")
+    oidc_client_id: str | None = Field(None, min_length=1, max_length=200, description=(
+        "approvers sign in to the approval page with the team's OpenID provider, as this client "
+        "(authorization code + PKCE); the redirect URI to register is http://HOST:PORT/approvals/callback"))
+    oidc_client_secret: str | None = Field(None, description=(
+        "that client's secret, if it has one: keyring:NAME or env:VAR (public clients leave it out)"))
+    oidc_issuer: str = Field("", description='the provider\'s issuer URL; default: [server] issuer when auth = "oidc"')
+    oidc_scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"], description=(
+        'scopes asked at sign-in ("openid" is always sent); add the one that puts [server] roles_claim in the ID token'))
+    oidc_session_s: int = Field(900, ge=60, le=43200, description="how long an approver's sign-in on the page lasts")
+    totp: bool | None = Field(None, description=(
+        "ask for the approver's TOTP code too; default: only when no provider sign-in is configured. With "
+        "oidc_client_id, true means the page also asks for the code of approver oidc:SUB "
+        "(enrolled with `safe-mcp approver add oidc:SUB`)"))
+
+    def provider_issuer(self, server: ServerSettings) -> str:
+        """The issuer approvers sign in with ("" when provider sign-in is off)."""
+        if not self.oidc_client_id:
+            return ""
+        return self.oidc_issuer or (server.issuer if server.auth == "oidc" else "")
+
+    def totp_required(self) -> bool:
+        """Whether a decision needs a TOTP code: `totp`, else only when no provider sign-in is configured."""
+        return self.totp if self.totp is not None else not self.oidc_client_id
 
 
 class StateSettings(_Strict):
@@ -163,6 +186,10 @@ class ServerSettings(_Strict):
                                                                        'or "mcp.internal:*"; required beyond loopback')
     allowed_origins: list[str] = Field(default_factory=list, description='Origin headers accepted, e.g. '
                                                                          '"https://ide.internal"; required beyond loopback')
+    uds: str = Field("", description='serve --transport http on this Unix socket instead of host:port (relative to '
+                                     'the config\'s folder); mode 0600, or 0660 with uds_group; tokens still required')
+    uds_group: str = Field("", description="the group whose members may connect to the Unix socket (mode 0660); "
+                                           "empty: only the gateway's own user (mode 0600)")
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="a request larger than this is refused "
                                                                          "before it is parsed (stdio and HTTP)")
     issuer: str = Field("", description='auth = "oidc": the OpenID provider\'s issuer URL, exactly as its tokens '
@@ -251,6 +278,11 @@ class Config(BaseModel):
     telemetry: TelemetrySettings | None = None
     org_policy: dict[str, Any] = Field(default_factory=dict)
     """Set by `safe_mcp.trust.orgpolicy.apply_policy`: source, digest, forbid lists and provenance of the org policy."""
+
+    @property
+    def uds_path(self) -> Path | None:
+        """`[server] uds` resolved against the config's folder; None when not set."""
+        return Path(self.base_dir, self.server.uds) if self.server.uds else None
 
     @property
     def state_dir(self) -> Path:
@@ -359,6 +391,7 @@ def parse_config(raw: dict[str, Any], *, source: str, base_dir: str) -> Config:
             approvals_required=tc.approvals_required,
         )
     _check_state(source, root.state)
+    _check_approvals(source, root.approvals, root.server)
     return Config(
         source=source,
         base_dir=base_dir,
@@ -381,6 +414,31 @@ def _check_state(source: str, state: StateSettings) -> None:
     if state.password is not None and not SECRET_REF.match(state.password):
         raise ConfigError(source, "state.password", "secrets may not be written in the config",
                           'use a reference: password = "keyring:NAME" or "env:VAR"')
+
+
+def _check_approvals(source: str, approvals: ApprovalSettings, server: ServerSettings) -> None:
+    """Provider sign-in for approvers needs an issuer, a role map that names approvers, and a secret by reference."""
+    if approvals.oidc_client_id is None:
+        for key in ("oidc_client_secret", "oidc_issuer"):
+            if getattr(approvals, key):
+                raise ConfigError(source, f"approvals.{key}", "set without approvals.oidc_client_id",
+                                  "set oidc_client_id too, or remove this key")
+        if approvals.totp is False:
+            raise ConfigError(source, "approvals.totp", "false needs provider sign-in: without it the TOTP code is "
+                              "the only proof of who approves", "set approvals.oidc_client_id, or remove totp")
+        return
+    issuer = approvals.provider_issuer(server)
+    loopback = re.match(r"^http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/|$)", issuer)
+    if not (issuer.startswith("https://") or loopback):
+        raise ConfigError(source, "approvals.oidc_issuer", "provider sign-in needs the provider's issuer URL "
+                          "(https://..., plain http only on loopback)",
+                          'set approvals.oidc_issuer, or [server] issuer with auth = "oidc"')
+    if not (server.roles.get("approver") or server.roles.get("admin")):
+        raise ConfigError(source, "server.roles", "provider sign-in for approvers needs a role map naming who may "
+                          "approve", 'set [server] roles = { approver = ["GROUP"], ... } (and roles_claim)')
+    if approvals.oidc_client_secret is not None and not SECRET_REF.match(approvals.oidc_client_secret):
+        raise ConfigError(source, "approvals.oidc_client_secret", "secrets may not be written in the config",
+                          'use a reference: oidc_client_secret = "keyring:NAME" or "env:VAR"')
 
 
 def _check_secret_refs(source: str, name: str, body: dict[str, Any], adapter_cls: type[Adapter]) -> None:

@@ -2,7 +2,9 @@
 
 `safe-mcp check` runs as the gateway's user and reports, for another user (`--client-user`, default the user
 running check: the agent runs as you), whether that user could read the secrets behind each reference, or
-write the config, the org policy, the state or a target's own files. Each finding names its fix.
+write the config, the org policy, the state or a target's own files. Each finding names its fix. With a Unix
+socket (`serve --uds`), it also says whether that user can connect to it (expected of a client: tokens are
+still required) and whether it could replace it (an exposure).
 
 Access is computed from mode bits, owners and groups (the user's primary group and supplementary groups), the
 way the kernel decides for that uid: search permission on every directory above, then read or write on the
@@ -23,7 +25,7 @@ from typing import Any, Literal
 
 from safe_mcp.trust.config import Config
 
-__all__ = ["Finding", "Principal", "exposure", "may", "principal"]
+__all__ = ["Finding", "Principal", "SocketReach", "exposure", "may", "principal", "socket_reach"]
 
 Want = Literal["read", "write"]
 
@@ -114,6 +116,77 @@ def may(p: Principal, path: Path, want: Want) -> tuple[bool, str]:
     return False, f"{p.name} cannot {want} it (mode {stat.S_IMODE(st.st_mode):o}, owner {_owner(st)})"
 
 
+@dataclass(frozen=True)
+class SocketReach:
+    """Whether the client's user can connect to the gateway's Unix socket (`serve --uds`). Connecting is what a
+    client of the gateway must do, so it is not an exposure: every call still needs a token."""
+
+    path: str
+    can_connect: bool
+    why: str
+    fix: str = ""
+
+    def doc(self) -> dict[str, Any]:
+        return {"path": self.path, "can_connect": self.can_connect, "why": self.why, "fix": self.fix}
+
+
+def socket_reach(p: Principal, path: Path, group: str = "") -> SocketReach:
+    """Whether `p` can connect to the socket at `path`: search on every folder above it and write on the socket
+    (the kernel's rule for AF_UNIX). When no socket is there yet, what `serve --uds` will create is judged: mode
+    0600 owned by the gateway's user, or 0660 with `group`."""
+    full = Path(os.path.abspath(path))
+    note = "; that is how a client reaches the gateway, and every call still needs a token"
+    join = (f"add {p.name} to the socket's group (usermod -aG GROUP {p.name}; serve with --uds-group GROUP or "
+            "[server] uds_group), then start the client again")
+    root = p.uid == 0
+    parents = list(full.parents)
+    parents.reverse()
+    for directory in parents:
+        try:
+            st = directory.stat()
+        except OSError:
+            return SocketReach(str(full), False, f"{directory} does not exist or cannot be examined",
+                               f"create it for the gateway (mkdir -p {full.parent}) before serving")
+        if not root and not _bits(p, st) & 1:
+            return SocketReach(str(full), False, f"{p.name} cannot enter {directory} (mode "
+                                                 f"{stat.S_IMODE(st.st_mode):o}, owner {_owner(st)})",
+                               f"let the socket's group enter it: chgrp GROUP {directory}; chmod g+x {directory}")
+    try:
+        st = full.stat()
+    except FileNotFoundError:
+        ahead = f"no socket at {full} yet (is the gateway serving?); when `serve --uds` creates it"
+        if root:
+            return SocketReach(str(full), True, f"{ahead}, {p.name} is root, which connects to every socket{note}")
+        if p.uid == os.getuid():
+            return SocketReach(str(full), True, f"{ahead}, {p.name} owns it{note}")
+        gid = _group_id(group)
+        if gid is not None and gid in p.gids:
+            return SocketReach(str(full), True, f"{ahead} (mode 660, group {group}), {p.name} is in that group{note}")
+        shown = f"mode 660, group {group}" if group else "mode 600"
+        return SocketReach(str(full), False, f"{ahead} ({shown}), {p.name} could not connect to it", join)
+    except OSError as exc:
+        return SocketReach(str(full), False, f"cannot examine {full}: {exc.strerror}")
+    if not stat.S_ISSOCK(st.st_mode):
+        return SocketReach(str(full), False, f"{full} is not a socket", "point --uds at the socket serve creates")
+    if root:
+        return SocketReach(str(full), True, f"{p.name} is root, which connects to every socket (mode "
+                                            f"{stat.S_IMODE(st.st_mode):o}){note}")
+    if _bits(p, st) & 2:
+        return SocketReach(str(full), True, f"{p.name} can connect (mode {stat.S_IMODE(st.st_mode):o}, owner "
+                                            f"{_owner(st)}){note}")
+    return SocketReach(str(full), False, f"{p.name} cannot connect (mode {stat.S_IMODE(st.st_mode):o}, owner "
+                                         f"{_owner(st)}): neither its owner nor in its group", join)
+
+
+def _group_id(group: str) -> int | None:
+    if not group:
+        return None
+    try:
+        return grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        return None
+
+
 def _owner(st: os.stat_result) -> str:
     try:
         user = pwd.getpwuid(st.st_uid).pw_name
@@ -138,8 +211,10 @@ def _file(p: Principal, subject: str, path: Path, want: Want, fix: str, target: 
     return Finding(subject, want, ok, why, fix if ok else "", target, str(path))
 
 
-def exposure(config: Config, client: Principal) -> list[Finding]:
-    """Every finding for `client`, the user the agent runs as; the caller is the gateway's user."""
+def exposure(config: Config, client: Principal, uds: Path | None = None) -> list[Finding]:
+    """Every finding for `client`, the user the agent runs as; the caller is the gateway's user. `uds`: the
+    gateway's Unix socket (whoever can write its folder can put a socket of its own there, and read the tokens
+    and calls of every client)."""
     same = client.uid == os.getuid()
     gw = _gateway_user()
     out: list[Finding] = []
@@ -169,6 +244,11 @@ def exposure(config: Config, client: Principal) -> list[Finding]:
         out.append(_file(client, f"the gateway's code ({path})", path / "__init__.py" if path == code else path, "write",
                          f"the agent could edit the gate itself: install safe-mcp where it cannot write (a root-owned "
                          f"venv, chmod -R go-w {code.parent}), or {_FIX_OWN_USER}"))
+    if uds is not None:
+        folder = Path(os.path.abspath(uds)).parent
+        out.append(_file(client, "the folder of the gateway's Unix socket", folder, "write",
+                         f"the agent could replace the socket with its own and collect every client's token and calls: "
+                         f"{chmod} {folder} (g+x for the socket's group), or {_FIX_OWN_USER}"))
     if not config.state.url:
         state = config.state_dir
         fix = f"the agent can rewrite or delete its receipts and undo records: {chmod} {state}, or {_FIX_OWN_USER}"

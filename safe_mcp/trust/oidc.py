@@ -32,7 +32,7 @@ Role = Literal["agent", "approver", "admin"]
 if TYPE_CHECKING:
     from mcp.server.auth.provider import AccessToken
 
-__all__ = ["ALGORITHMS", "OidcVerifier", "role_of"]
+__all__ = ["ALGORITHMS", "IssuerKeys", "OidcVerifier", "role_of"]
 
 log = logging.getLogger("safe_mcp.oidc")
 
@@ -58,17 +58,16 @@ def role_of(claims: Mapping[str, Any], claim: str, roles: Mapping[Role, Sequence
     return next((r for r in _ROLE_ORDER if held & set(roles.get(r, ()))), None)
 
 
-class OidcVerifier:
-    """Verifies access tokens issued by `issuer` for `audience`; see the module docstring."""
+class IssuerKeys:
+    """The signing keys (and discovery document) of one issuer, fetched lazily and cached; see the module docstring.
 
-    def __init__(self, issuer: str, audience: str, *, roles_claim: str = "groups",
-                 roles: Mapping[Role, Sequence[str]] | None = None, leeway: float = 10.0, timeout: float = 5.0,
-                 cache_seconds: float = 3600.0, refetch_interval: float = 30.0) -> None:
-        if not issuer or not audience:
-            raise ConfigError("server", "issuer" if not issuer else "audience", "missing for auth = \"oidc\"",
-                              "set server.issuer and server.audience")
-        self.issuer, self.audience = issuer, audience
-        self.roles_claim, self.roles = roles_claim, dict(roles or {})
+    Shared by `OidcVerifier` (agents' access tokens) and `safe_mcp.trust.oidc_login` (approvers' ID tokens), so
+    both trust exactly the same keys under the same refetch rules.
+    """
+
+    def __init__(self, issuer: str, *, leeway: float = 10.0, timeout: float = 5.0, cache_seconds: float = 3600.0,
+                 refetch_interval: float = 30.0) -> None:
+        self.issuer = issuer
         self._leeway, self._timeout = leeway, timeout
         self._cache_seconds, self._refetch_interval = cache_seconds, refetch_interval
         self._keys: dict[str, tuple[Any, str | None]] = {}  # kid -> (jwt.PyJWK, the "alg" the JWK pins, if any)
@@ -76,11 +75,22 @@ class OidcVerifier:
         self._fetched = 0.0  # monotonic time of the last fetch attempt (successful or not)
         self._loaded = 0.0  # monotonic time of the last successful fetch
         self._jwks_uri: str | None = None
+        self._discovery: dict[str, Any] = {}  # the issuer's discovery document, once fetched
 
-    async def verify_token(self, token: str) -> AccessToken | None:
-        """The caller `token` proves, or None (401) for any token that is not valid here."""
+    async def discovery(self) -> dict[str, Any]:
+        """The issuer's discovery document (fetched with its keys); {} when it cannot be fetched now."""
+        async with self._lock:
+            now = time.monotonic()
+            if not self._discovery and (not self._fetched or now - self._fetched >= self._refetch_interval):
+                self._fetched = now
+                await self._fetch()
+            return dict(self._discovery)
+
+    async def decode(self, token: str, audience: str, require: Sequence[str]) -> dict[str, Any] | None:
+        """The claims of `token` when its signature verifies with one of the issuer's keys (an asymmetric
+        algorithm) and `iss`, `aud` (= `audience`), `exp`, `nbf` hold and every `require`d claim is present;
+        else None."""
         import jwt
-        from mcp.server.auth.provider import AccessToken
 
         if len(token) > 16384:
             return None
@@ -96,25 +106,12 @@ class OidcVerifier:
             return None
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, key.key, algorithms=[alg], audience=self.audience, issuer=self.issuer, leeway=self._leeway,
-                options={"require": ["exp", "iss", "aud", "sub"], "verify_signature": True})
+                token, key.key, algorithms=[alg], audience=audience, issuer=self.issuer, leeway=self._leeway,
+                options={"require": list(require), "verify_signature": True})
         except jwt.PyJWTError as exc:
             log.info("oidc token refused: %s", type(exc).__name__)
             return None
-        sub = claims.get("sub")
-        if not isinstance(sub, str) or not _SUBJECT.match(sub):
-            return None
-        role = role_of(claims, self.roles_claim, self.roles)
-        if role is None or role == "approver":
-            log.info("oidc token for %s refused: its %s grant no role that may call tools", sub, self.roles_claim)
-            return None
-        raw_scope = claims.get("scope", claims.get("scp", ""))
-        scopes = raw_scope.split() if isinstance(raw_scope, str) else [s for s in raw_scope if isinstance(s, str)] \
-            if isinstance(raw_scope, list) else []
-        exp = claims.get("exp")
-        return AccessToken(token="", client_id=f"oidc:{sub}", scopes=scopes, subject=sub,
-                           expires_at=int(exp) if isinstance(exp, (int, float)) else None, resource=self.audience,
-                           claims={"role": role, "iss": self.issuer})
+        return claims
 
     async def _key(self, kid: str | None, alg: str) -> Any:
         """The issuer's key for `kid` that fits `alg`, fetching the JWKS when stale or when `kid` is new."""
@@ -155,7 +152,7 @@ class OidcVerifier:
                     if self.issuer.startswith("https://") and not meta["jwks_uri"].startswith("https://"):
                         log.warning("oidc discovery of %s names a jwks_uri that is not https: refused", self.issuer)
                         return
-                    self._jwks_uri = meta["jwks_uri"]
+                    self._jwks_uri, self._discovery = meta["jwks_uri"], dict(meta)
                 r = await http.get(self._jwks_uri)
                 r.raise_for_status()
                 doc = r.json()
@@ -173,3 +170,40 @@ class OidcVerifier:
             except jwt.PyJWTError:
                 continue
         self._keys, self._loaded = keys, time.monotonic()
+
+
+class OidcVerifier(IssuerKeys):
+    """Verifies access tokens issued by `issuer` for `audience`; see the module docstring."""
+
+    def __init__(self, issuer: str, audience: str, *, roles_claim: str = "groups",
+                 roles: Mapping[Role, Sequence[str]] | None = None, leeway: float = 10.0, timeout: float = 5.0,
+                 cache_seconds: float = 3600.0, refetch_interval: float = 30.0) -> None:
+        if not issuer or not audience:
+            raise ConfigError("server", "issuer" if not issuer else "audience", "missing for auth = \"oidc\"",
+                              "set server.issuer and server.audience")
+        super().__init__(issuer, leeway=leeway, timeout=timeout, cache_seconds=cache_seconds,
+                         refetch_interval=refetch_interval)
+        self.audience = audience
+        self.roles_claim, self.roles = roles_claim, dict(roles or {})
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        """The caller `token` proves, or None (401) for any token that is not valid here."""
+        from mcp.server.auth.provider import AccessToken
+
+        claims = await self.decode(token, self.audience, ("exp", "iss", "aud", "sub"))
+        if claims is None:
+            return None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not _SUBJECT.match(sub):
+            return None
+        role = role_of(claims, self.roles_claim, self.roles)
+        if role is None or role == "approver":
+            log.info("oidc token for %s refused: its %s grant no role that may call tools", sub, self.roles_claim)
+            return None
+        raw_scope = claims.get("scope", claims.get("scp", ""))
+        scopes = raw_scope.split() if isinstance(raw_scope, str) else [s for s in raw_scope if isinstance(s, str)] \
+            if isinstance(raw_scope, list) else []
+        exp = claims.get("exp")
+        return AccessToken(token="", client_id=f"oidc:{sub}", scopes=scopes, subject=sub,
+                           expires_at=int(exp) if isinstance(exp, (int, float)) else None, resource=self.audience,
+                           claims={"role": role, "iss": self.issuer})

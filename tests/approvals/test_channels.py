@@ -140,11 +140,19 @@ class Hook(BaseHTTPRequestHandler):
         pass
 
 
-async def test_webhook_gets_the_pending_action_with_retries(tmp_path: Path) -> None:
+# With provider sign-in the page is the only way an oidc: approver decides, so the webhook points there.
+SIGN_IN = '\noidc_client_id = "safe-mcp-approvals"\noidc_issuer = "http://127.0.0.1:9"\n[server]\nroles = {approver = ["ops"]}'
+
+
+@pytest.mark.parametrize("sign_in", [False, True], ids=["codes", "provider sign-in"])
+async def test_webhook_gets_the_pending_action_with_retries(tmp_path: Path, sign_in: bool) -> None:
+    Hook.got.clear()
+    Hook.fail_first = True  # each case sees one failed delivery first, then the retry
     hook = HTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     try:
-        cfg = make(tmp_path, approvals_extra=f'notify_url = "http://127.0.0.1:{hook.server_port}/hook"')
+        cfg = make(tmp_path, approvals_extra=f'notify_url = "http://127.0.0.1:{hook.server_port}/hook"'
+                   + (SIGN_IN if sign_in else ""))
         async with connect(cfg, "memory") as c:
             action = (await call(c, "sql_execute", target="admin", sql=IRREVERSIBLE))["pending"]["action_id"]
             with anyio.fail_after(10):
@@ -152,6 +160,8 @@ async def test_webhook_gets_the_pending_action_with_retries(tmp_path: Path) -> N
                     await anyio.sleep(0.05)
             body = Hook.got[0]
             assert action in body["text"] and body["action"]["action_id"] == action
+            how = "sign in on the approval page" if sign_in else f"safe-mcp approve {action} --as NAME"
+            assert how in body["text"]
             assert "ALTER TABLE" in body["action"]["statement"]["sql"]
             assert "human" in await refused(c, "confirm", action_id=action)  # notifying approves nothing
     finally:

@@ -66,3 +66,48 @@ def provider() -> Iterator[Provider]:
             proc.wait()
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+class Browser:
+    """An approver's browser on the approval page: follows the sign-in redirects by hand and keeps cookies."""
+
+    def __init__(self, base: str) -> None:
+        import httpx2
+
+        self.base = base  # http://127.0.0.1:PORT
+        self.http = httpx2.Client(follow_redirects=False, timeout=20)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def start(self, claims: dict[str, Any], *, ttl: int | None = None, foreign: bool = False) -> str:
+        """Begin a sign-in as `claims` (the provider has no form); return the callback URL the provider sent."""
+        r = self.http.get(self.base + "/approvals/login")
+        assert r.status_code == 303, (r.status_code, r.text)
+        extra = {"claims": json.dumps(claims)}
+        if ttl is not None:
+            extra["ttl"] = str(ttl)
+        if foreign:
+            extra["foreign"] = "1"
+        r = self.http.get(r.headers["location"] + "&" + urllib.parse.urlencode(extra))
+        assert r.status_code in (302, 303), (r.status_code, r.text)
+        callback: str = r.headers["location"]
+        assert callback.startswith(self.base + "/approvals/callback?"), callback
+        return callback
+
+    def sign_in(self, claims: dict[str, Any], **kw: Any) -> Any:
+        """A whole sign-in; returns the callback's response."""
+        return self.http.get(self.start(claims, **kw))
+
+    def page(self) -> str:
+        r = self.http.get(self.base + "/approvals")
+        assert r.status_code == 200, r.text
+        return str(r.text)
+
+    def decide(self, action_id: str, decision: str, code: str = "", reason: str = "") -> Any:
+        import re
+
+        match = re.search(r'name="csrf" value="([^"]+)"', self.page())
+        csrf = match.group(1) if match else ""
+        return self.http.post(self.base + "/approvals", headers={"Origin": self.base}, data={
+            "action_id": action_id, "decision": decision, "code": code, "reason": reason, "csrf": csrf})

@@ -178,7 +178,9 @@ def snapshot(pg: Pg) -> dict[str, Any]:
             "sequence": q("SELECT last_value, is_called FROM items_id_seq"),
             "functions": q("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
                            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"),
-            "advisory": q("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"),
+            # Only this database: other tests' and other state stores' sessions on the cluster are not this test's trace.
+            "advisory": q("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                          "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
             "roles": q("SELECT rolname, rolsuper FROM pg_roles WHERE rolname NOT LIKE 'pg_%' "
                        "AND rolname NOT LIKE 'safe_mcp_%' ORDER BY 1"),
             "slots": q("SELECT count(*) FROM pg_replication_slots"),
@@ -187,7 +189,7 @@ def snapshot(pg: Pg) -> dict[str, Any]:
             "grants": q("SELECT count(*) FROM information_schema.role_table_grants WHERE grantee = 'PUBLIC' "
                         "AND table_schema = 'public'"),
             "busy_sessions": q("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'safe-mcp/%' "
-                               "AND state NOT IN ('idle')"),
+                               "AND datname = current_database() AND state NOT IN ('idle')"),
             "prepared": q("SELECT count(*) FROM pg_prepared_xacts"),
         }
 
