@@ -28,6 +28,9 @@ from safe_mcp_sqlite.engine import check_file, roll_back_hot_journal, state_erro
 from safe_mcp_sqlite.guard import Guard
 
 _SAMPLE = 5
+_LARGE_UNDO = 500
+"""An undo of this many rows drops the capture triggers first: copying what it puts back costs more than
+making the triggers again for the next write."""
 
 
 class SqliteSettings(AdapterSettings):
@@ -145,7 +148,10 @@ class SqliteAdapter(Adapter):
 
     def compensate(self, compensation: Mapping[str, Any], budget: Budget) -> Outcome:
         with self._lock:
-            self._drop_stale_capture(self._connect_rw())
+            if int(compensation.get("affected", 0) or 0) >= _LARGE_UNDO:
+                self._drop_capture(self._connect_rw())
+            else:
+                self._drop_stale_capture(self._connect_rw())
             conn = self._begin()
             try:
                 n, summary = write.compensate(conn, compensation)
@@ -252,6 +258,20 @@ class SqliteAdapter(Adapter):
             if self._capture is None or self._capture.version != version:
                 self._capture = None
                 purge(conn)
+        except sqlite3.Error as exc:
+            raise self._db_error(exc) from None
+
+    def _drop_capture(self, conn: sqlite3.Connection) -> None:
+        """Drop the capture triggers before a large undo: nothing reads what they would copy of the rows undo
+        puts back (undo's own journal entry has no compensation), and that copy costs as much as the undo.
+        The next write installs them again.
+
+        Raises:
+            TargetUnavailable: the schema could not be read (locked, damaged).
+        """
+        try:
+            self._capture = None
+            purge(conn)
         except sqlite3.Error as exc:
             raise self._db_error(exc) from None
 

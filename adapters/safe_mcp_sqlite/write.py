@@ -21,7 +21,7 @@ from safe_mcp_sqlite import journal
 from safe_mcp_sqlite.capture import Capture, encode, fingerprint, load, q, sample
 from safe_mcp_sqlite.classify import INTERNAL_PREFIX
 from safe_mcp_sqlite.guard import Guard, check_untouched, internal_objects, user_code
-from safe_mcp_sqlite.restore import restore
+from safe_mcp_sqlite.restore import restore, restore_journal
 
 SAMPLE = 5
 
@@ -155,7 +155,7 @@ def compensate(conn: sqlite3.Connection, comp: Mapping[str, Any]) -> tuple[int, 
         if journal.lookup(conn, str(comp.get("intent_id"))) is None:
             raise AdapterError("the before-images of this write are no longer in the target's journal "
                                f"({journal.JOURNAL}); undo is not possible")
-        n = restore(conn, load(conn, comp["captures"]))
+        n = restore_journal(conn, comp["captures"])
         return n, f"{n} rows restored"
     if op == "rows":  # kept inline by earlier versions
         n = restore(conn, comp["changes"])
