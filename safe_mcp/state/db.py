@@ -27,7 +27,8 @@ __all__ = ["Cursor", "PostgresDb", "SqliteDb", "StateDb"]
 class Cursor(Protocol):
     """What a statement returns: enough of the DB-API cursor for the state store."""
 
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
 
@@ -94,7 +95,7 @@ class SqliteDb(StateDb):
         from safe_mcp.sqlitetx import immediate
 
         with immediate(self._db, self._lock, lambda exc: StateError(f"state store write failed: {exc}")) as db:
-            yield db  # type: ignore[misc]
+            yield db
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:

@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,10 +20,13 @@ from typing import Any, cast
 from pydantic import BaseModel, ConfigDict
 
 from safe_mcp.errors import StateError
-from safe_mcp.state.db import SqliteDb, StateDb, Tx
+from safe_mcp.state.db import Cursor, SqliteDb, StateDb, Tx
 from safe_mcp.state.receipts import GENESIS, Receipt, canonical_json, new_id, receipt_hash, receipt_text_hash
 
-__all__ = ["Intent", "PendingAction", "StateStore", "VerifyReport"]
+__all__ = ["Count", "Intent", "PendingAction", "StateStore", "Usage", "UsageQuery", "VerifyReport"]
+
+Count = tuple[str, str, str, int] | tuple[str, str, str, int, int]
+"""A budget counter to bump with a receipt: (scope, target, kind, rows), or with a count n as the fifth item."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS receipts (
@@ -256,7 +259,7 @@ class StateStore:
             return
         try:
             with self.transaction() as db:
-                self._chain(db, batch)
+                self._chain(db, batch, self._lock_head(db).fetchone())
         except StateError:
             with self._later_lock:
                 self._later[:0] = batch
@@ -280,8 +283,9 @@ class StateStore:
     def append(self, *, compensation: tuple[str, str, dict[str, Any]] | None = None,
                intent: Intent | None = None, settles: str | None = None,
                settle_key: tuple[str, str, dict[str, Any] | None] | None = None,
-               counts: list[tuple[str, str, str, int]] | None = None, **fields: Any) -> Receipt:
-        """Append one receipt to the chain and return it.
+               counts: list[Count] | None = None,
+               admit: tuple[UsageQuery, Callable[[Usage], None]] | None = None, **fields: Any) -> Receipt:
+        """Append one receipt to the chain and return it: one transaction, one conversation with the store.
 
         `compensation` (id, tool, data) is stored in the same transaction, so a receipt
         that names a compensation always has it. `intent` opens an intent record with this (intent)
@@ -289,33 +293,58 @@ class StateStore:
         the same transaction, so an intent is open exactly while its outcome is unrecorded.
         `settle_key` (target, key, result) records this receipt as the result of an idempotency key,
         or releases the key when result is None, in the same transaction too: a key is never left
-        `running` by a call whose outcome was recorded. `counts` (scope, target, kind, rows) are budget
-        counters to bump with it.
+        `running` by a call whose outcome was recorded. `counts` (scope, target, kind, rows[, n]) are
+        budget counters to bump with it. `admit` (query, judge): the usage is read after the chain head
+        is locked, so every instance sharing the store judges in turn and sees the counts of the one
+        before; when `judge` raises, nothing is written and its exception goes to the caller.
 
         Raises:
             StateError: the ledger could not be written; the caller must not go on.
         """
         fields.setdefault("time", _now_iso())
         fields.setdefault("id", new_id("rcpt"))
-        self.flush()
-        with self.transaction() as db:
-            receipt = self._append_in(db, fields, compensation)
-            if intent is not None:
-                db.execute("INSERT INTO intents VALUES (?, ?, ?, ?, ?, ?, ?, 'open')",
-                           (receipt.id, time.time(), intent.owner, receipt.target, receipt.tool,
-                            intent.idempotency_key, canonical_json(intent.model_dump(mode="json"))))
-            if settles is not None:
-                db.execute("DELETE FROM intents WHERE id = ?", (settles,))
-            if settle_key is not None:
-                _settle_key(db, *settle_key, receipt.id)
-            for scope, target, kind, rows in counts or ():
-                bump(db, scope, target, kind, rows)
-            return receipt
+        # Read receipts still queued go into the same transaction, ahead of this one (chain order = order finished).
+        with self._later_lock:
+            batch, self._later = self._later, []
+        try:
+            with self.transaction() as db:
+                head = self._lock_head(db)
+                if admit is not None:
+                    query, judge = admit
+                    judge(self._read_usage(db, query).result())
+                linked = self._chain(db, [*batch, fields], head.fetchone())
+                receipt = self._append_in(db, linked[-1], compensation)
+                if intent is not None:
+                    db.execute("INSERT INTO intents VALUES (?, ?, ?, ?, ?, ?, ?, 'open')",
+                               (receipt.id, time.time(), intent.owner, receipt.target, receipt.tool,
+                                intent.idempotency_key, canonical_json(intent.model_dump(mode="json"))))
+                if settles is not None:
+                    db.execute("DELETE FROM intents WHERE id = ?", (settles,))
+                if settle_key is not None:
+                    _settle_key(db, *settle_key, receipt.id)
+                for scope, target, kind, rows, *n in counts or ():
+                    bump(db, scope, target, kind, rows, n=n[0] if n else 1)
+                return receipt
+        except BaseException:
+            with self._later_lock:
+                self._later[:0] = batch
+            raise
+
+    def admit(self, query: UsageQuery) -> Usage:
+        """The breaker and budget counters `query` asks for, in one read."""
+        if not query.windows and query.breaker is None:
+            return _UsageRead([], query).result()
+        return _UsageRead(self.db.query(*_usage_sql(query)), query).result()
+
+    def _read_usage(self, db: Tx, query: UsageQuery) -> _UsageRead:
+        if not query.windows and query.breaker is None:
+            return _UsageRead([], query)
+        return _UsageRead(db.execute(*_usage_sql(query)), query)
 
     def _append_in(
-        self, db: Tx, fields: dict[str, Any], compensation: tuple[str, str, dict[str, Any]] | None
+        self, db: Tx, linked: tuple[dict[str, Any], str], compensation: tuple[str, str, dict[str, Any]] | None
     ) -> Receipt:
-        [(body, digest)] = self._chain(db, [fields])
+        body, digest = linked
         receipt = Receipt.model_validate({**body, "hash": digest})
         if compensation is not None:
             cid, tool, data = compensation
@@ -325,15 +354,20 @@ class StateStore:
             )
         return receipt
 
-    def _chain(self, db: Tx, batch: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
-        """Link `batch` onto the ledger inside `db`'s transaction; return each stored body with its hash.
+    def _lock_head(self, db: Tx) -> Cursor:
+        """Read the chain head, locked until the transaction ends (its row is only read when needed, so
+        that on PostgreSQL the statements after it go out in the same round trip)."""
+        # FOR UPDATE makes instances sharing a PostgreSQL state take turns; SQLite's write lock does it there.
+        lock = " FOR UPDATE" if self.db.dialect == "postgres" else ""
+        return db.execute("SELECT seq, hash FROM ledger_head WHERE one = 1" + lock)
+
+    def _chain(self, db: Tx, batch: list[dict[str, Any]], row: Any) -> list[tuple[dict[str, Any], str]]:
+        """Link `batch` onto the ledger whose locked head is `row`, inside `db`'s transaction; return each
+        stored body with its hash.
 
         Each body is serialised once: the hash covers exactly the text that is stored, which is what
         `verify` re-hashes.
         """
-        # FOR UPDATE makes instances sharing a PostgreSQL state take turns; SQLite's write lock does it there.
-        lock = " FOR UPDATE" if self.db.dialect == "postgres" else ""
-        row = db.execute("SELECT seq, hash FROM ledger_head WHERE one = 1" + lock).fetchone()
         seq, prev = (int(row[0]), str(row[1])) if row else (0, GENESIS)
         linked, rows = [], []
         for fields in batch:
@@ -418,17 +452,8 @@ class StateStore:
         """(count, rows, start of the oldest counted bucket) of `kind` for a scope and target since `since`
         (None: ever). Counted in buckets, so the cost does not grow with the number of events; the
         window may reach back one bucket further than `since` (a budget errs on the strict side)."""
-        now = now if now is not None else time.time()
-        if since is None:
-            width, first = 0, 0
-        else:
-            width = _BUCKETS[0] if now - since <= 600 else _BUCKETS[1]
-            first = int(since // width)
-        rows = self.query("SELECT coalesce(sum(n), 0), coalesce(sum(rows), 0), min(bucket) FROM counters "
-                          "WHERE scope = ? AND target = ? AND kind = ? AND width = ? AND bucket >= ?",
-                          (session, target, kind, width, first))
-        count, total, oldest = rows[0]
-        return int(count), int(total), (float(oldest) * width if oldest is not None and width else None)
+        usage = self.admit(UsageQuery(windows=((session, target, kind, since),), now=now))
+        return usage.windows[0]
 
     def trip_breaker(self, session: str, target: str, reason: str, receipt_id: str | None) -> bool:
         """Trip the breaker for a session and target; False when it was already tripped."""
@@ -438,8 +463,7 @@ class StateStore:
             return cur.rowcount == 1
 
     def breaker(self, session: str, target: str) -> tuple[float, str] | None:
-        rows = self.query("SELECT tripped_at, reason FROM breakers WHERE session = ? AND target = ?", (session, target))
-        return (float(rows[0][0]), str(rows[0][1])) if rows else None
+        return self.admit(UsageQuery(breaker=(session, target))).breaker
 
     def breakers(self) -> list[tuple[str, str, float, str]]:
         return [(str(a), str(b), float(c), str(d))
@@ -582,13 +606,80 @@ _BUCKETS = (10, 600)
 """Bucket widths in seconds: windows up to 10 minutes count 10 s buckets, longer ones 10 min buckets."""
 
 
-def bump(db: Tx, scope: str, target: str, kind: str, rows: int = 0, ts: float | None = None) -> None:
-    """Count one event in every bucket width, and in the ever-total (width 0), inside `db`'s transaction."""
+def bump(db: Tx, scope: str, target: str, kind: str, rows: int = 0, ts: float | None = None, *, n: int = 1) -> None:
+    """Count `n` events (1; 0 to add rows only; -1 to take back one counted ahead) with `rows` rows in every
+    bucket width, and in the ever-total (width 0), inside `db`'s transaction."""
     ts = ts if ts is not None else time.time()
     for width, bucket in ((_BUCKETS[0], int(ts // _BUCKETS[0])), (_BUCKETS[1], int(ts // _BUCKETS[1])), (0, 0)):
-        db.execute("INSERT INTO counters VALUES (?, ?, ?, ?, ?, 1, ?) ON CONFLICT (scope, target, kind, width, bucket) "
-                   "DO UPDATE SET n = counters.n + 1, rows = counters.rows + excluded.rows",
-                   (scope, target, kind, width, bucket, rows))
+        db.execute("INSERT INTO counters VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scope, target, kind, width, bucket) "
+                   "DO UPDATE SET n = counters.n + excluded.n, rows = counters.rows + excluded.rows",
+                   (scope, target, kind, width, bucket, n, rows))
+
+
+def _window_buckets(since: float | None, now: float) -> tuple[int, int]:
+    """(bucket width, first bucket) that cover `since`..`now` (width 0: ever)."""
+    if since is None:
+        return 0, 0
+    width = _BUCKETS[0] if now - since <= 600 else _BUCKETS[1]
+    return width, int(since // width)
+
+
+def _usage_sql(query: UsageQuery) -> tuple[str, tuple[Any, ...]]:
+    """One SELECT for every window and the breaker of `query`: a row per window (its index, count, rows,
+    oldest bucket) and a row -1 (tripped at, reason) when the breaker is tripped."""
+    parts: list[str] = []
+    params: list[Any] = []
+    now = query.now if query.now is not None else time.time()
+    for i, (scope, target, kind, since) in enumerate(query.windows):
+        width, first = _window_buckets(since, now)
+        parts.append(f"SELECT {i}, coalesce(sum(n), 0), coalesce(sum(rows), 0), min(bucket), CAST(NULL AS TEXT) "
+                     "FROM counters WHERE scope = ? AND target = ? AND kind = ? AND width = ? AND bucket >= ?")
+        params += [scope, target, kind, width, first]
+    if query.breaker is not None:
+        parts.append("SELECT -1, tripped_at, 0, 0, reason FROM breakers WHERE session = ? AND target = ?")
+        params += list(query.breaker)
+    return " UNION ALL ".join(parts), tuple(params)
+
+
+class UsageQuery(BaseModel):
+    """What admitting a write reads: windows (scope, target, kind, since; None: ever) and a breaker
+    (scope, target), as of `now` (None: the time of reading)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    windows: tuple[tuple[str, str, str, float | None], ...] = ()
+    breaker: tuple[str, str] | None = None
+    now: float | None = None
+
+
+class Usage(BaseModel):
+    """The answer to a `UsageQuery`: per window (count, rows, start of the oldest counted bucket), and the
+    breaker's (tripped at, reason) when tripped."""
+
+    model_config = ConfigDict(frozen=True)
+
+    windows: tuple[tuple[int, int, float | None], ...]
+    breaker: tuple[float, str] | None = None
+
+
+class _UsageRead:
+    """The rows of a usage SELECT, made into a `Usage` when read (on PostgreSQL: after the round trip)."""
+
+    def __init__(self, rows: Cursor | list[Any], query: UsageQuery) -> None:
+        self._rows, self._query = rows, query
+
+    def result(self) -> Usage:
+        rows = self._rows if isinstance(self._rows, list) else self._rows.fetchall()
+        now = self._query.now if self._query.now is not None else time.time()
+        windows: list[tuple[int, int, float | None]] = [(0, 0, None)] * len(self._query.windows)
+        breaker = None
+        for index, a, b, c, reason in rows:
+            if int(index) < 0:
+                breaker = (float(a), str(reason))
+                continue
+            width = _window_buckets(self._query.windows[int(index)][3], now)[0]
+            windows[int(index)] = (int(a), int(b), float(c) * width if c is not None and width else None)
+        return Usage(windows=tuple(windows), breaker=breaker)
 
 
 def _settle_key(db: Tx, target: str, key: str, result: dict[str, Any] | None, receipt_id: str) -> None:
