@@ -169,6 +169,9 @@ class Intent(BaseModel):
     undoes: str | None = None
     """For an undo: the receipt being undone."""
     compensation_id: str | None = None
+    counted: bool = False
+    """The write was counted against its budgets with the intent (so that instances sharing the store
+    see it while it runs): its outcome adds only the rows, or takes the count back when it did not run."""
 
 
 class VerifyReport(BaseModel):
