@@ -208,11 +208,19 @@ class PostgresDb(StateDb):
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
+        # BEGIN and COMMIT are sent as statements of the pipeline: psycopg's own transaction blocks
+        # sync the pipeline on the way in and out, which is three round trips more.
         with self._lock:
             try:
-                # The pipeline outside the transaction, so that COMMIT goes out with the last statements.
-                with self._db.pipeline() as pipeline, self._db.transaction():
-                    yield _PgTx(self._db, pipeline)
+                try:
+                    with self._db.pipeline() as pipeline:
+                        self._db.execute("BEGIN")
+                        yield _PgTx(self._db, pipeline)
+                        self._db.execute("COMMIT")
+                finally:
+                    # A failure (a statement, or the body) leaves the transaction open or aborted: end it.
+                    if self._db.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE:
+                        self._db.execute("ROLLBACK")
             except self._psycopg.Error as exc:
                 raise StateError(f"state store write failed: {exc}") from None
 
