@@ -545,15 +545,17 @@ class StateStore:
         with the owner's instance id in place of the receipt id; "unknown" with the intent id."""
         with self.transaction() as db:
             # Insert first: of two instances claiming at once, exactly one inserts (the other waits, then sees it).
-            cur = db.execute("INSERT INTO idempotency (target, key, digest, state, receipt_id, result, owner) "
-                             "VALUES (?, ?, ?, 'running', NULL, NULL, ?) ON CONFLICT (target, key) DO NOTHING",
-                             (target, key, digest, owner))
-            if cur.rowcount == 1:
-                return "claimed", None, None
-            row = db.execute(
+            # Both results are read after COMMIT, so that on PostgreSQL the claim is one round trip.
+            inserted = db.execute("INSERT INTO idempotency (target, key, digest, state, receipt_id, result, owner) "
+                                  "VALUES (?, ?, ?, 'running', NULL, NULL, ?) ON CONFLICT (target, key) DO NOTHING",
+                                  (target, key, digest, owner))
+            found = db.execute(
                 "SELECT digest, state, receipt_id, result, owner FROM idempotency WHERE target = ? AND key = ?",
                 (target, key),
-            ).fetchone()
+            )
+        if inserted.rowcount == 1:
+            return "claimed", None, None
+        row = found.fetchone()
         stored_digest, state, rid, result, claimed_by = row
         if stored_digest != digest:
             return "mismatch", rid, None
