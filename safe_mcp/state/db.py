@@ -3,8 +3,9 @@ that several safe-mcp instances share.
 
 Both speak the same SQL, written once with `?` placeholders in the common subset of the two
 dialects (`ON CONFLICT` upserts, no `INSERT OR ...`); `ddl()` adapts column types. A transaction
-on SQLite is `BEGIN IMMEDIATE` (writers queue); on PostgreSQL it is an ordinary transaction, and the
-state store serialises what must be linear (the receipt chain) with a row lock on its head.
+on SQLite is `BEGIN IMMEDIATE` (writers queue); on PostgreSQL it is an ordinary transaction, sent
+pipelined (a round trip only where a result is read, and at COMMIT), and the state store serialises
+what must be linear (the receipt chain) with a row lock on its head.
 """
 
 from __future__ import annotations
