@@ -186,7 +186,10 @@ class PostgresDb(StateDb):
             raise StateError(f"the state url is not a valid PostgreSQL URL: {exc}") from None
         self.where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
         self.schema = schema
-        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s))}
+        # No server-side prepared statements: a pipeline aborted by a failed statement drops the PREPAREs
+        # queued in it, which psycopg would still believe made ("prepared statement does not exist").
+        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s)),
+                                  "prepare_threshold": None}
         if password:
             kwargs["password"] = password
         try:

@@ -221,6 +221,11 @@ class StateStore:
         self._wake = threading.Event()
         self._closing = False
         self._flusher: threading.Thread | None = None
+        # PostgreSQL: the chain head as this store last committed it. An append without an admission
+        # builds on it without reading the head first (one round trip, not two); the head row's
+        # update checks it is still so, and when another instance moved it the append is done again
+        # the locked way. Receipts are never built on a head that is not the chain's.
+        self._head: tuple[int, str] | None = None
 
     def close(self) -> None:
         self._closing = True
@@ -262,11 +267,13 @@ class StateStore:
             return
         try:
             with self.transaction() as db:
-                self._chain(db, batch, self._lock_head(db).fetchone())
+                linked = self._chain(db, batch, self._lock_head(db).fetchone())
         except StateError:
+            self._head = None
             with self._later_lock:
                 self._later[:0] = batch
             raise
+        self._head = (int(linked[-1][0]["seq"]), linked[-1][1])
 
     def transaction(self) -> AbstractContextManager[Tx]:
         """A write transaction on the state store, for modules that keep tables of their own here
@@ -310,12 +317,32 @@ class StateStore:
         with self._later_lock:
             batch, self._later = self._later, []
         try:
+            cached = self._head if admit is None and self.db.dialect == "postgres" else None
+            if cached is not None:
+                try:
+                    return self._append_tx([*batch, fields], compensation, intent, settles, settle_key, counts,
+                                           None, cached)
+                except StateError:
+                    self._head = None  # another instance appended since (or the append failed): again, locked
+            return self._append_tx([*batch, fields], compensation, intent, settles, settle_key, counts, admit, None)
+        except BaseException:
+            with self._later_lock:
+                self._later[:0] = batch
+            raise
+
+    def _append_tx(self, batch: list[dict[str, Any]], compensation: tuple[str, str, dict[str, Any]] | None,
+                   intent: Intent | None, settles: str | None,
+                   settle_key: tuple[str, str, dict[str, Any] | None] | None, counts: list[Count] | None,
+                   admit: tuple[UsageQuery, Callable[[Usage], None]] | None,
+                   cached: tuple[int, str] | None) -> Receipt:
+        try:
             with self.transaction() as db:
-                head = self._lock_head(db)
+                head = self._lock_head(db) if cached is None else None
                 if admit is not None:
                     query, judge = admit
                     judge(self._read_usage(db, query).result())
-                linked = self._chain(db, [*batch, fields], head.fetchone())
+                linked = self._chain(db, batch, head.fetchone() if head is not None else cached,
+                                     expect=cached)
                 receipt = self._append_in(db, linked[-1], compensation)
                 if intent is not None:
                     db.execute("INSERT INTO intents VALUES (?, ?, ?, ?, ?, ?, ?, 'open')",
@@ -327,11 +354,11 @@ class StateStore:
                     _settle_key(db, *settle_key, receipt.id)
                 for scope, target, kind, rows, *n in counts or ():
                     bump(db, scope, target, kind, rows, n=n[0] if n else 1)
-                return receipt
         except BaseException:
-            with self._later_lock:
-                self._later[:0] = batch
+            self._head = None
             raise
+        self._head = (int(receipt.seq), str(receipt.hash))
+        return receipt
 
     def admit(self, query: UsageQuery) -> Usage:
         """The breaker and budget counters `query` asks for, in one read."""
@@ -364,9 +391,11 @@ class StateStore:
         lock = " FOR UPDATE" if self.db.dialect == "postgres" else ""
         return db.execute("SELECT seq, hash FROM ledger_head WHERE one = 1" + lock)
 
-    def _chain(self, db: Tx, batch: list[dict[str, Any]], row: Any) -> list[tuple[dict[str, Any], str]]:
+    def _chain(self, db: Tx, batch: list[dict[str, Any]], row: Any,
+               expect: tuple[int, str] | None = None) -> list[tuple[dict[str, Any], str]]:
         """Link `batch` onto the ledger whose locked head is `row`, inside `db`'s transaction; return each
-        stored body with its hash.
+        stored body with its hash. With `expect` (PostgreSQL), `row` is the head as last seen and not
+        locked: the transaction fails unless the head is still exactly that when it takes the row lock.
 
         Each body is serialised once: the hash covers exactly the text that is stored, which is what
         `verify` re-hashes.
@@ -380,9 +409,16 @@ class StateStore:
             prev = receipt_text_hash(text)
             linked.append((body, prev))
             rows.append((seq, body["id"], text, prev))
+        if expect is not None:
+            # The head row first (the same lock order as the locked path); a division by zero when it
+            # had moved on aborts the whole transaction before any receipt is kept.
+            db.execute("UPDATE ledger_head SET seq = ?, hash = ? WHERE one = 1 AND seq = ? AND hash = ?",
+                       (seq, prev, *expect))
+            db.execute("SELECT 1 / count(*) FROM ledger_head WHERE one = 1 AND seq = ? AND hash = ?", (seq, prev))
         db.executemany("INSERT INTO receipts (seq, id, body, hash) VALUES (?, ?, ?, ?)", rows)
-        db.execute("INSERT INTO ledger_head (one, seq, hash) VALUES (1, ?, ?) "
-                   "ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash", (seq, prev))
+        if expect is None:
+            db.execute("INSERT INTO ledger_head (one, seq, hash) VALUES (1, ?, ?) "
+                       "ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash", (seq, prev))
         return linked
 
     def receipt(self, receipt_id: str) -> Receipt | None:
