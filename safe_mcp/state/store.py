@@ -267,7 +267,7 @@ class StateStore:
             return
         try:
             with self.transaction() as db:
-                linked = self._chain(db, batch, self._lock_head(db).fetchone())
+                linked = self._chain(db, batch, self._lock_head(db)())
         except StateError:
             self._head = None
             with self._later_lock:
@@ -341,7 +341,7 @@ class StateStore:
                 if admit is not None:
                     query, judge = admit
                     judge(self._read_usage(db, query).result())
-                linked = self._chain(db, batch, head.fetchone() if head is not None else cached,
+                linked = self._chain(db, batch, head() if head is not None else cached,
                                      expect=cached)
                 receipt = self._append_in(db, linked[-1], compensation)
                 if intent is not None:
@@ -384,12 +384,17 @@ class StateStore:
             )
         return receipt
 
-    def _lock_head(self, db: Tx) -> Cursor:
-        """Read the chain head, locked until the transaction ends (its row is only read when needed, so
-        that on PostgreSQL the statements after it go out in the same round trip)."""
-        # FOR UPDATE makes instances sharing a PostgreSQL state take turns; SQLite's write lock does it there.
-        lock = " FOR UPDATE" if self.db.dialect == "postgres" else ""
-        return db.execute("SELECT seq, hash FROM ledger_head WHERE one = 1" + lock)
+    def _lock_head(self, db: Tx) -> Callable[[], Any]:
+        """Read the chain head, locked until the transaction ends; returns how to get its row. On PostgreSQL
+        the row is only waited for when asked, so that the statements after it go out in the same round
+        trip; on SQLite it is read out at once (a statement left unfinished would hold a read snapshot
+        open on the connection, and a later write there would find the database locked)."""
+        if self.db.dialect == "postgres":
+            # FOR UPDATE makes instances sharing a PostgreSQL state take turns; SQLite's write lock does it there.
+            cur = db.execute("SELECT seq, hash FROM ledger_head WHERE one = 1 FOR UPDATE")
+            return lambda: next(iter(cur.fetchall()), None)
+        row = next(iter(db.execute("SELECT seq, hash FROM ledger_head WHERE one = 1").fetchall()), None)
+        return lambda: row
 
     def _chain(self, db: Tx, batch: list[dict[str, Any]], row: Any,
                expect: tuple[int, str] | None = None) -> list[tuple[dict[str, Any], str]]:
@@ -589,9 +594,10 @@ class StateStore:
                 "SELECT digest, state, receipt_id, result, owner FROM idempotency WHERE target = ? AND key = ?",
                 (target, key),
             )
+        rows = found.fetchall()
         if inserted.rowcount == 1:
             return "claimed", None, None
-        row = found.fetchone()
+        row = rows[0]
         stored_digest, state, rid, result, claimed_by = row
         if stored_digest != digest:
             return "mismatch", rid, None
