@@ -27,7 +27,7 @@ from safe_mcp.gate.policy import Decision, Verdict, decide
 from safe_mcp.hooks import HookFailed
 from safe_mcp.state.instance import instance_id, is_dead, is_running_here
 from safe_mcp.state.receipts import Receipt, new_id
-from safe_mcp.state.store import Intent, PendingAction, StateStore
+from safe_mcp.state.store import Count, Intent, PendingAction, StateStore, Usage, UsageQuery
 from safe_mcp.trust.config import Config, ConfirmMode, Target
 from safe_mcp.trust.orgpolicy import org_forbid
 from safe_mcp.trust.secrets import Scrubber
@@ -131,16 +131,22 @@ class Gate:
         if decision.verdict is Verdict.REFUSE:
             self._refuse(call, caller, effect, decision.reason, decision.remedy)
 
+        # A write that runs now is admitted in its intent's transaction (`_execute`); one that is only
+        # previewed (dry run, or waiting for confirmation) is looked at here, in one read.
+        previewed = bool(call.args.get("dry_run")) or decision.verdict is Verdict.CONFIRM
         key = call.args.get("idempotency_key")
-        if key and effect is not Effect.READ:
+        if key and effect is not Effect.READ and previewed:
             earlier = self._idempotent_replay(call, caller, effect, key)
             if earlier is not None:
                 return earlier
 
         budget = self._budget(target, effect)
-        if effect is not Effect.READ:
-            self._check_breaker(call, caller, effect)
-            self._check_session_writes(call, caller, target, effect)
+        if effect is not Effect.READ and previewed:
+            query, judge = self._admission(call, caller, target, effect, budgets=False, session_writes=True)
+            try:
+                judge(self.store.admit(query))
+            except _NotAdmitted as no:
+                self._refuse(call, caller, effect, no.reason, no.remedy)
 
         if call.args.get("dry_run"):
             preview = self._preview(adapter, call, caller, classification, budget)
@@ -328,13 +334,17 @@ class Gate:
         intent: Receipt | None = None
         try:
             if effect is not Effect.READ:
-                self._check_breaker(call, caller, effect)
                 self._check_shipped(call, caller, effect)
-                self._check_budgets(call, caller, target, effect)
-                intent = self._intent(call, caller, effect, action_id=action_id, key=key)
+                # The breaker and the budgets are judged under the chain lock, in the intent's transaction.
+                # The session's write count only for a call not previewed: a confirmed one was counted then.
+                intent = self._intent(call, caller, effect, action_id=action_id, key=key,
+                                      admit=self._admission(call, caller, target, effect, budgets=True,
+                                                            session_writes=action_id is None))
                 budget = budget.model_copy(update={"intent_id": intent.id, "expect": expect})
             settles = intent.id if intent else None
             released = (call.target, key, None) if key else None
+            # What did not run takes back the count its intent made.
+            uncount = self._write_counts(call, caller, effect, 0, n=-1) if intent else None
             hooked = HookRun()
             try:
                 with _gate_scope():
@@ -343,20 +353,22 @@ class Gate:
                     outcome = adapter.execute(call, classification, budget)
             except HookFailed as exc:
                 self._fail(call, caller, effect, exc, started, action_id=action_id, settles=settles,
-                           settle_key=released, remedy=exc.remedy or "the statement was not run; fix the hook or set "
-                                                                 "required = false")
+                           settle_key=released, counts=uncount,
+                           remedy=exc.remedy or "the statement was not run; fix the hook or set required = false")
             except Escalated as esc:
-                return self._escalate(adapter, target, call, caller, classification, esc, started, action_id, settles)
+                return self._escalate(adapter, target, call, caller, classification, esc, started, action_id, settles,
+                                      uncount)
             except TooManyRows as exc:
                 self._fail(call, caller, effect, exc, started, action_id=action_id, outcome="rolled_back",
                            remedy=f"narrow the statement, or a human can raise rows_affected (now {exc.limit})",
-                           settles=settles, settle_key=released)
+                           settles=settles, settle_key=released, counts=uncount)
             except TargetUnavailable as exc:
                 self._fail(call, caller, effect, exc, started, action_id=action_id,
                            remedy=exc.remedy or "check the target, then retry; nothing was committed",
-                           settles=settles, settle_key=released)
+                           settles=settles, settle_key=released, counts=uncount)
             except AdapterError as exc:
-                self._fail(call, caller, effect, exc, started, action_id=action_id, settles=settles, settle_key=released)
+                self._fail(call, caller, effect, exc, started, action_id=action_id, settles=settles, settle_key=released,
+                           counts=uncount)
         except Refused:
             if key and intent is None:
                 self.store.settle_idempotency(call.target, key, None, None)
@@ -386,17 +398,18 @@ class Gate:
             logging.getLogger("safe_mcp").error("%s on %s: %s", call.tool, call.target, reason)
         outcome, reason = hooked.attach(outcome), hooked.note(reason)
         _receipt, result = self._record_executed(call, caller, effect, outcome, reason, intent.id, action_id,
-                                                key, duration_ms=_ms(started))
+                                                key, counted=True, duration_ms=_ms(started))
         self._count_write(call, caller, target, effect, outcome.affected)
         if breach:
             self._trouble(call, caller, "failure")
         return result
 
     def _record_executed(self, call: Call, caller: Caller, effect: Effect, outcome: Outcome, reason: str,
-                         intent_id: str, action_id: str | None, key: str | None,
+                         intent_id: str, action_id: str | None, key: str | None, *, counted: bool,
                          **extra: Any) -> tuple[Receipt, GateResult]:
-        """The `executed` receipt, its compensation, the idempotency result and the end of the intent:
-        one transaction, so none of them exists without the others."""
+        """The `executed` receipt, its compensation, the idempotency result, its budget counts and the end of
+        the intent: one transaction, so none of them exists without the others. `counted`: the intent
+        counted the write already, so only its rows are added."""
         comp_id = new_id("comp") if outcome.compensation is not None else None
         receipt_id = new_id("rcpt")
         result = GateResult(
@@ -406,12 +419,7 @@ class Gate:
             undo=(f"undo(receipt_id={receipt_id!r})" if comp_id else None),
             message=self._done_message(outcome, effect, comp_id is not None),
         )
-        # The budgets count this write in the same transaction: per session (writes_per_session) and,
-        # over time windows, per principal and target.
-        counts = [(caller.session, "*", "write", outcome.affected),
-                  (caller.principal, call.target, "write", outcome.affected)]
-        if effect.rank >= Effect.DESTRUCTIVE.rank:
-            counts.append((caller.principal, call.target, "destructive", outcome.affected))
+        counts = self._write_counts(call, caller, effect, outcome.affected, n=0 if counted else 1)
         receipt = self._append(
             call, caller, effect, "allow", reason, "executed", affected=outcome.affected, id=receipt_id,
             compensation_id=comp_id, action_id=action_id,
@@ -424,13 +432,13 @@ class Gate:
 
     def _escalate(
         self, adapter: Adapter, target: Target, call: Call, caller: Caller, classification: Classification,
-        esc: Escalated, started: float, action_id: str | None, settles: str | None,
+        esc: Escalated, started: float, action_id: str | None, settles: str | None, uncount: list[Count] | None,
     ) -> GateResult:
         """The engine measured more than the classifier said (or, at confirm, more or other rows than the
         preview showed): nothing was committed; decide again on what it measured."""
         key = call.args.get("idempotency_key")
         self._append(call, caller, esc.effect, "escalate", esc.reason, "rolled_back", action_id=action_id,
-                     duration_ms=_ms(started), settles=settles,
+                     duration_ms=_ms(started), settles=settles, counts=uncount,
                      settle_key=(call.target, key, None) if key else None)
         decision = decide(esc.effect, target, self.config.confirm, esc.reason)
         if decision.verdict is Verdict.REFUSE:
@@ -613,11 +621,12 @@ class Gate:
         if executed:
             receipt, _ = self._record_executed(call, caller, effect, outcome or Outcome(),
                                                f"reconciled after a crash: {how}", intent.id, intent.action_id, key,
-                                               refers_to=intent.id)
+                                               counted=intent.counted, refers_to=intent.id)
         else:
             receipt = self._append(call, caller, effect, "allow", f"reconciled after a crash: {how}", "not_executed",
                                    action_id=intent.action_id, refers_to=intent.id, settles=intent.id,
-                                   settle_key=(intent.target, key, None) if key else None)
+                                   settle_key=(intent.target, key, None) if key else None,
+                                   counts=self._write_counts(call, caller, effect, 0, n=-1) if intent.counted else None)
         if intent.action_id:
             self.store.transition_pending(intent.action_id, "executing", "done" if executed else "failed")
         return receipt
@@ -726,30 +735,52 @@ class Gate:
         return Budget(rows_returned=target.limits.rows_returned, rows_affected=target.limits.rows_affected,
                       bytes_returned=target.limits.bytes_returned, allowed_effect=effect)
 
-    def _check_session_writes(self, call: Call, caller: Caller, target: Target, effect: Effect) -> None:
-        limit = target.limits.writes_per_session
-        if self.store.count_session_writes(caller.session) >= limit:
-            self._refuse(call, caller, effect, f"this session has used its {limit} writes (writes_per_session)",
-                         "start a new session, or a human can raise limits.writes_per_session")
-
     # ---------------------------------------------------------------- budgets and breaker
 
-    def _check_budgets(self, call: Call, caller: Caller, target: Target, effect: Effect) -> None:
+    def _admission(self, call: Call, caller: Caller, target: Target, effect: Effect, *, budgets: bool,
+                   session_writes: bool) -> tuple[UsageQuery, Callable[[Usage], None]]:
+        """What admitting a write reads (the caller's breaker on this target, its budget windows, the
+        session's write count) and the judge of that usage, which raises `_NotAdmitted` with the reason."""
         lim, now = target.limits, self._clock()
         checks = [("writes_per_minute", lim.writes_per_minute, "write", 60, False),
                   ("writes_per_hour", lim.writes_per_hour, "write", 3600, False),
-                  ("rows_affected_per_hour", lim.rows_affected_per_hour, "write", 3600, True)]
-        if effect.rank >= Effect.DESTRUCTIVE.rank:
+                  ("rows_affected_per_hour", lim.rows_affected_per_hour, "write", 3600, True)] if budgets else []
+        if budgets and effect.rank >= Effect.DESTRUCTIVE.rank:
             checks.append(("destructive_per_hour", lim.destructive_per_hour, "destructive", 3600, False))
-        for name, limit, kind, window_s, by_rows in checks:
-            count, rows, oldest = self.store.window(caller.principal, target.name, kind, now - window_s, now)
-            used = rows if by_rows else count
-            if used >= limit:
-                resets = (oldest or now) + window_s
-                self._refuse(call, caller, effect,
-                             f"budget {name} ({limit}) is used up for {caller.principal!r} on {target.name!r}; "
-                             f"it resets in {max(resets - now, 0):.0f}s (at {_iso(resets)})",
-                             f"wait, or a human can raise limits.{name}")
+        windows: list[tuple[str, str, str, float | None]] = [
+            (caller.principal, target.name, kind, now - window_s) for _n, _l, kind, window_s, _r in checks]
+        if session_writes:
+            windows.append((caller.session, "*", "write", None))
+        query = UsageQuery(windows=tuple(windows), breaker=(caller.principal, call.target), now=now)
+
+        def judge(usage: Usage) -> None:
+            if usage.breaker is not None:
+                tripped_at, why = usage.breaker
+                raise _NotAdmitted(
+                    f"the circuit breaker for {caller.principal!r} on {call.target!r} tripped at {_iso(tripped_at)} "
+                    f"({why}); writes stay refused in every session of this caller, also after a restart; reads still work",
+                    f"stop and tell the user; a human resets it with `safe-mcp breaker reset --session "
+                    f"{caller.principal} --target {call.target}`")
+            if session_writes and usage.windows[-1][0] >= lim.writes_per_session:
+                raise _NotAdmitted(f"this session has used its {lim.writes_per_session} writes (writes_per_session)",
+                                   "start a new session, or a human can raise limits.writes_per_session")
+            for (name, limit, _kind, window_s, by_rows), (count, rows, oldest) in zip(checks, usage.windows, strict=False):
+                if (rows if by_rows else count) >= limit:
+                    resets = (oldest or now) + window_s
+                    raise _NotAdmitted(f"budget {name} ({limit}) is used up for {caller.principal!r} on {target.name!r}; "
+                                       f"it resets in {max(resets - now, 0):.0f}s (at {_iso(resets)})",
+                                       f"wait, or a human can raise limits.{name}")
+
+        return query, judge
+
+    @staticmethod
+    def _write_counts(call: Call, caller: Caller, effect: Effect, rows: int, *, n: int = 1) -> list[Count]:
+        """The budget counters a write bumps: per session (writes_per_session) and, over time windows, per
+        principal and target (destructive ones also as destructive)."""
+        counts: list[Count] = [(caller.session, "*", "write", rows, n), (caller.principal, call.target, "write", rows, n)]
+        if effect.rank >= Effect.DESTRUCTIVE.rank:
+            counts.append((caller.principal, call.target, "destructive", rows, n))
+        return counts
 
     def _check_shipped(self, call: Call, caller: Caller, effect: Effect) -> None:
         """With `fail_writes_when_unshipped_s`, writes stop while receipts are stuck on this box."""
@@ -761,16 +792,6 @@ class Gate:
         if reason is not None:
             self._refuse(call, caller, effect, reason, "stop and tell the user; writes resume once receipts are "
                          "shipped (`safe-mcp check` shows why they are not)")
-
-    def _check_breaker(self, call: Call, caller: Caller, effect: Effect) -> None:
-        tripped = self.store.breaker(caller.principal, call.target)
-        if tripped is not None:
-            self._refuse(call, caller, effect,
-                         f"the circuit breaker for {caller.principal!r} on {call.target!r} tripped at {_iso(tripped[0])} "
-                         f"({tripped[1]}); writes stay refused in every session of this caller, also after a restart; "
-                         "reads still work",
-                         f"stop and tell the user; a human resets it with `safe-mcp breaker reset --session "
-                         f"{caller.principal} --target {call.target}`")
 
     def _count_write(self, call: Call, caller: Caller, target: Target, effect: Effect, affected: int) -> None:
         """A write that used most of rows_affected is trouble for the breaker (its budgets were counted
@@ -788,8 +809,10 @@ class Gate:
             # Trouble is counted per principal, so a new session does not start from a clean slate.
             self.store.record_event(caller.principal, call.target, kind)
             now = self._clock()
-            count, _rows, _oldest = self.store.window(caller.principal, call.target, kind, now - rules.window_s, now)
-            if count < threshold or self.store.breaker(caller.principal, call.target) is not None:
+            usage = self.store.admit(UsageQuery(windows=((caller.principal, call.target, kind, now - rules.window_s),),
+                                                breaker=(caller.principal, call.target), now=now))
+            count = usage.windows[0][0]
+            if count < threshold or usage.breaker is not None:
                 return
             reason = f"{count} {kind.replace('_', '-')}s within {rules.window_s}s"
             receipt = self._append(call.model_copy(update={"args": {}}), caller, Effect.WRITE, "refuse", reason,
@@ -818,14 +841,26 @@ class Gate:
         return action_digest(call, "")
 
     def _intent(self, call: Call, caller: Caller, effect: Effect, *, action_id: str | None = None,
-                key: str | None = None, undoes: str | None = None, compensation_id: str | None = None) -> Receipt:
+                key: str | None = None, undoes: str | None = None, compensation_id: str | None = None,
+                admit: tuple[UsageQuery, Callable[[Usage], None]] | None = None) -> Receipt:
+        """The intent receipt, durable before anything runs. With `admit`, the write is judged in the same
+        transaction, under the chain lock, and counted against its budgets there, so two instances
+        sharing the store cannot both take the last write of a budget.
+
+        Raises:
+            Refused: not admitted, or the intent could not be written (then nothing runs).
+        """
         record = Intent(owner=instance_id(), target=call.target, tool=call.tool,
                         args=_utf8_safe(self.scrub(self._recorded_args(call))), effect=effect.value, session=caller.session,
                         client=caller.client, run_id=caller.run_id, action_id=action_id, idempotency_key=key,
-                        undoes=undoes, compensation_id=compensation_id)
+                        undoes=undoes, compensation_id=compensation_id, counted=admit is not None)
         try:
             return self._append(call, caller, effect, "allow", "about to execute", "intent", intent=record,
-                                action_id=action_id, refers_to=undoes)
+                                action_id=action_id, refers_to=undoes, admit=admit,
+                                counts=self._write_counts(call, caller, effect, 0) if admit is not None else None)
+        except _NotAdmitted as no:
+            self._refuse(call, caller, effect, no.reason, no.remedy)
+            raise AssertionError("unreachable") from None
         except StateError as exc:
             raise Refused(f"the intent receipt could not be written ({exc}); nothing was run",
                           "check the state directory is writable, then retry") from None
@@ -953,6 +988,14 @@ def _utf8_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_utf8_safe(v) for v in value]
     return value
+
+
+class _NotAdmitted(Exception):
+    """A write the breaker or a budget does not admit (raised by an admission judge, refused by the gate)."""
+
+    def __init__(self, reason: str, remedy: str) -> None:
+        super().__init__(reason)
+        self.reason, self.remedy = reason, remedy
 
 
 def _ms(started: float) -> float:

@@ -3,8 +3,9 @@ that several safe-mcp instances share.
 
 Both speak the same SQL, written once with `?` placeholders in the common subset of the two
 dialects (`ON CONFLICT` upserts, no `INSERT OR ...`); `ddl()` adapts column types. A transaction
-on SQLite is `BEGIN IMMEDIATE` (writers queue); on PostgreSQL it is an ordinary transaction, and the
-state store serialises what must be linear (the receipt chain) with a row lock on its head.
+on SQLite is `BEGIN IMMEDIATE` (writers queue); on PostgreSQL it is an ordinary transaction, sent
+pipelined (a round trip only where a result is read, and at COMMIT), and the state store serialises
+what must be linear (the receipt chain) with a row lock on its head.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ __all__ = ["Cursor", "PostgresDb", "SqliteDb", "StateDb"]
 class Cursor(Protocol):
     """What a statement returns: enough of the DB-API cursor for the state store."""
 
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
 
@@ -94,7 +96,7 @@ class SqliteDb(StateDb):
         from safe_mcp.sqlitetx import immediate
 
         with immediate(self._db, self._lock, lambda exc: StateError(f"state store write failed: {exc}")) as db:
-            yield db  # type: ignore[misc]
+            yield db
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -112,17 +114,45 @@ _TYPES = [(re.compile(r"\bREAL\b"), "DOUBLE PRECISION"), (re.compile(r"\bBLOB\b"
           (re.compile(r"\bINTEGER\b"), "BIGINT")]
 
 
-class _PgTx:
-    def __init__(self, cur: Any) -> None:
+class _PgResult:
+    """One statement's result in a pipelined transaction: reading it (rows or rowcount) waits for the
+    server; a statement nobody reads costs no round trip of its own."""
+
+    def __init__(self, cur: Any, pipeline: Any) -> None:
         self._cur = cur
+        self._pipeline = pipeline
+
+    @property
+    def rowcount(self) -> int:
+        if self._cur.pgresult is None:
+            self._pipeline.sync()
+        return int(self._cur.rowcount)
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return list(self._cur.fetchall())
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
+
+
+class _PgTx:
+    def __init__(self, conn: Any, pipeline: Any) -> None:
+        self._conn = conn
+        self._pipeline = pipeline
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        self._cur.execute(_pg_sql(sql), tuple(params))
-        return self._cur  # type: ignore[no-any-return]
+        # A cursor per statement: several may be in flight at once, each keeping its own result.
+        cur = self._conn.cursor()
+        cur.execute(_pg_sql(sql), tuple(params))
+        return _PgResult(cur, self._pipeline)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
-        self._cur.executemany(_pg_sql(sql), [tuple(r) for r in rows])
-        return self._cur
+        cur = self._conn.cursor()
+        cur.executemany(_pg_sql(sql), [tuple(r) for r in rows])
+        return _PgResult(cur, self._pipeline)
 
 
 def _pg_sql(sql: str) -> str:
@@ -131,7 +161,12 @@ def _pg_sql(sql: str) -> str:
 
 
 class PostgresDb(StateDb):
-    """The state on a PostgreSQL server, in its own schema, shared by every instance pointed at it."""
+    """The state on a PostgreSQL server, in its own schema, shared by every instance pointed at it.
+
+    A transaction is pipelined: BEGIN, the statements and COMMIT go out together, and the server is
+    waited for only where a result is read (the chain head, a claim's rowcount) and at COMMIT. A read
+    outside a transaction is one statement in autocommit: one round trip.
+    """
 
     dialect = "postgres"
 
@@ -151,15 +186,16 @@ class PostgresDb(StateDb):
             raise StateError(f"the state url is not a valid PostgreSQL URL: {exc}") from None
         self.where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
         self.schema = schema
-        kwargs: dict[str, Any] = {"autocommit": False, "connect_timeout": max(1, int(connect_timeout_s))}
+        # No server-side prepared statements: a pipeline aborted by a failed statement drops the PREPAREs
+        # queued in it, which psycopg would still believe made ("prepared statement does not exist").
+        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s)),
+                                  "prepare_threshold": None}
         if password:
             kwargs["password"] = password
         try:
-            self._db = psycopg.connect(url, **kwargs)
-            with self._db.transaction():
-                self._db.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            self._db = self._connect(url, kwargs)
+            self._db.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             self._db.execute(f'SET search_path TO "{schema}"')
-            self._db.commit()
         except psycopg.OperationalError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StateError(f"cannot reach the PostgreSQL state store at {self.where}: {first}") from None
@@ -168,20 +204,34 @@ class PostgresDb(StateDb):
         self._lock = threading.RLock()
         self._psycopg = psycopg
 
+    def _connect(self, url: str, kwargs: dict[str, Any]) -> Any:
+        """The psycopg connection, in autocommit (a subclass may count what goes over it)."""
+        import psycopg
+
+        return psycopg.connect(url, **kwargs)
+
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
+        # BEGIN and COMMIT are sent as statements of the pipeline: psycopg's own transaction blocks
+        # sync the pipeline on the way in and out, which is three round trips more.
         with self._lock:
             try:
-                with self._db.transaction(), self._db.cursor() as cur:
-                    yield _PgTx(cur)
+                try:
+                    with self._db.pipeline() as pipeline:
+                        self._db.execute("BEGIN")
+                        yield _PgTx(self._db, pipeline)
+                        self._db.execute("COMMIT")
+                finally:
+                    # A failure (a statement, or the body) leaves the transaction open or aborted: end it.
+                    if self._db.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE:
+                        self._db.execute("ROLLBACK")
             except self._psycopg.Error as exc:
                 raise StateError(f"state store write failed: {exc}") from None
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
-                with self._db.transaction():
-                    return self._db.execute(_pg_sql(sql), tuple(params)).fetchall()
+                return self._db.execute(_pg_sql(sql), tuple(params)).fetchall()  # type: ignore[no-any-return]
             except self._psycopg.Error as exc:
                 raise StateError(f"state store read failed: {exc}") from None
 

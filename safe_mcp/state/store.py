@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,10 +20,13 @@ from typing import Any, cast
 from pydantic import BaseModel, ConfigDict
 
 from safe_mcp.errors import StateError
-from safe_mcp.state.db import SqliteDb, StateDb, Tx
+from safe_mcp.state.db import Cursor, SqliteDb, StateDb, Tx
 from safe_mcp.state.receipts import GENESIS, Receipt, canonical_json, new_id, receipt_hash, receipt_text_hash
 
-__all__ = ["Intent", "PendingAction", "StateStore", "VerifyReport"]
+__all__ = ["Count", "Intent", "PendingAction", "StateStore", "Usage", "UsageQuery", "VerifyReport"]
+
+Count = tuple[str, str, str, int] | tuple[str, str, str, int, int]
+"""A budget counter to bump with a receipt: (scope, target, kind, rows), or with a count n as the fifth item."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS receipts (
@@ -166,6 +169,9 @@ class Intent(BaseModel):
     undoes: str | None = None
     """For an undo: the receipt being undone."""
     compensation_id: str | None = None
+    counted: bool = False
+    """The write was counted against its budgets with the intent (so that instances sharing the store
+    see it while it runs): its outcome adds only the rows, or takes the count back when it did not run."""
 
 
 class VerifyReport(BaseModel):
@@ -215,6 +221,11 @@ class StateStore:
         self._wake = threading.Event()
         self._closing = False
         self._flusher: threading.Thread | None = None
+        # PostgreSQL: the chain head as this store last committed it. An append without an admission
+        # builds on it without reading the head first (one round trip, not two); the head row's
+        # update checks it is still so, and when another instance moved it the append is done again
+        # the locked way. Receipts are never built on a head that is not the chain's.
+        self._head: tuple[int, str] | None = None
 
     def close(self) -> None:
         self._closing = True
@@ -256,11 +267,13 @@ class StateStore:
             return
         try:
             with self.transaction() as db:
-                self._chain(db, batch)
+                linked = self._chain(db, batch, self._lock_head(db)())
         except StateError:
+            self._head = None
             with self._later_lock:
                 self._later[:0] = batch
             raise
+        self._head = (int(linked[-1][0]["seq"]), linked[-1][1])
 
     def transaction(self) -> AbstractContextManager[Tx]:
         """A write transaction on the state store, for modules that keep tables of their own here
@@ -280,8 +293,9 @@ class StateStore:
     def append(self, *, compensation: tuple[str, str, dict[str, Any]] | None = None,
                intent: Intent | None = None, settles: str | None = None,
                settle_key: tuple[str, str, dict[str, Any] | None] | None = None,
-               counts: list[tuple[str, str, str, int]] | None = None, **fields: Any) -> Receipt:
-        """Append one receipt to the chain and return it.
+               counts: list[Count] | None = None,
+               admit: tuple[UsageQuery, Callable[[Usage], None]] | None = None, **fields: Any) -> Receipt:
+        """Append one receipt to the chain and return it: one transaction, one conversation with the store.
 
         `compensation` (id, tool, data) is stored in the same transaction, so a receipt
         that names a compensation always has it. `intent` opens an intent record with this (intent)
@@ -289,33 +303,78 @@ class StateStore:
         the same transaction, so an intent is open exactly while its outcome is unrecorded.
         `settle_key` (target, key, result) records this receipt as the result of an idempotency key,
         or releases the key when result is None, in the same transaction too: a key is never left
-        `running` by a call whose outcome was recorded. `counts` (scope, target, kind, rows) are budget
-        counters to bump with it.
+        `running` by a call whose outcome was recorded. `counts` (scope, target, kind, rows[, n]) are
+        budget counters to bump with it. `admit` (query, judge): the usage is read after the chain head
+        is locked, so every instance sharing the store judges in turn and sees the counts of the one
+        before; when `judge` raises, nothing is written and its exception goes to the caller.
 
         Raises:
             StateError: the ledger could not be written; the caller must not go on.
         """
         fields.setdefault("time", _now_iso())
         fields.setdefault("id", new_id("rcpt"))
-        self.flush()
-        with self.transaction() as db:
-            receipt = self._append_in(db, fields, compensation)
-            if intent is not None:
-                db.execute("INSERT INTO intents VALUES (?, ?, ?, ?, ?, ?, ?, 'open')",
-                           (receipt.id, time.time(), intent.owner, receipt.target, receipt.tool,
-                            intent.idempotency_key, canonical_json(intent.model_dump(mode="json"))))
-            if settles is not None:
-                db.execute("DELETE FROM intents WHERE id = ?", (settles,))
-            if settle_key is not None:
-                _settle_key(db, *settle_key, receipt.id)
-            for scope, target, kind, rows in counts or ():
-                bump(db, scope, target, kind, rows)
-            return receipt
+        # Read receipts still queued go into the same transaction, ahead of this one (chain order = order finished).
+        with self._later_lock:
+            batch, self._later = self._later, []
+        try:
+            cached = self._head if admit is None and self.db.dialect == "postgres" else None
+            if cached is not None:
+                try:
+                    return self._append_tx([*batch, fields], compensation, intent, settles, settle_key, counts,
+                                           None, cached)
+                except StateError:
+                    self._head = None  # another instance appended since (or the append failed): again, locked
+            return self._append_tx([*batch, fields], compensation, intent, settles, settle_key, counts, admit, None)
+        except BaseException:
+            with self._later_lock:
+                self._later[:0] = batch
+            raise
+
+    def _append_tx(self, batch: list[dict[str, Any]], compensation: tuple[str, str, dict[str, Any]] | None,
+                   intent: Intent | None, settles: str | None,
+                   settle_key: tuple[str, str, dict[str, Any] | None] | None, counts: list[Count] | None,
+                   admit: tuple[UsageQuery, Callable[[Usage], None]] | None,
+                   cached: tuple[int, str] | None) -> Receipt:
+        try:
+            with self.transaction() as db:
+                head = self._lock_head(db) if cached is None else None
+                if admit is not None:
+                    query, judge = admit
+                    judge(self._read_usage(db, query).result())
+                linked = self._chain(db, batch, head() if head is not None else cached,
+                                     expect=cached)
+                receipt = self._append_in(db, linked[-1], compensation)
+                if intent is not None:
+                    db.execute("INSERT INTO intents VALUES (?, ?, ?, ?, ?, ?, ?, 'open')",
+                               (receipt.id, time.time(), intent.owner, receipt.target, receipt.tool,
+                                intent.idempotency_key, canonical_json(intent.model_dump(mode="json"))))
+                if settles is not None:
+                    db.execute("DELETE FROM intents WHERE id = ?", (settles,))
+                if settle_key is not None:
+                    _settle_key(db, *settle_key, receipt.id)
+                for scope, target, kind, rows, *n in counts or ():
+                    bump(db, scope, target, kind, rows, n=n[0] if n else 1)
+        except BaseException:
+            self._head = None
+            raise
+        self._head = (int(receipt.seq), str(receipt.hash))
+        return receipt
+
+    def admit(self, query: UsageQuery) -> Usage:
+        """The breaker and budget counters `query` asks for, in one read."""
+        if not query.windows and query.breaker is None:
+            return _UsageRead([], query).result()
+        return _UsageRead(self.db.query(*_usage_sql(query)), query).result()
+
+    def _read_usage(self, db: Tx, query: UsageQuery) -> _UsageRead:
+        if not query.windows and query.breaker is None:
+            return _UsageRead([], query)
+        return _UsageRead(db.execute(*_usage_sql(query)), query)
 
     def _append_in(
-        self, db: Tx, fields: dict[str, Any], compensation: tuple[str, str, dict[str, Any]] | None
+        self, db: Tx, linked: tuple[dict[str, Any], str], compensation: tuple[str, str, dict[str, Any]] | None
     ) -> Receipt:
-        [(body, digest)] = self._chain(db, [fields])
+        body, digest = linked
         receipt = Receipt.model_validate({**body, "hash": digest})
         if compensation is not None:
             cid, tool, data = compensation
@@ -325,15 +384,27 @@ class StateStore:
             )
         return receipt
 
-    def _chain(self, db: Tx, batch: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
-        """Link `batch` onto the ledger inside `db`'s transaction; return each stored body with its hash.
+    def _lock_head(self, db: Tx) -> Callable[[], Any]:
+        """Read the chain head, locked until the transaction ends; returns how to get its row. On PostgreSQL
+        the row is only waited for when asked, so that the statements after it go out in the same round
+        trip; on SQLite it is read out at once (a statement left unfinished would hold a read snapshot
+        open on the connection, and a later write there would find the database locked)."""
+        if self.db.dialect == "postgres":
+            # FOR UPDATE makes instances sharing a PostgreSQL state take turns; SQLite's write lock does it there.
+            cur = db.execute("SELECT seq, hash FROM ledger_head WHERE one = 1 FOR UPDATE")
+            return lambda: next(iter(cur.fetchall()), None)
+        row = next(iter(db.execute("SELECT seq, hash FROM ledger_head WHERE one = 1").fetchall()), None)
+        return lambda: row
+
+    def _chain(self, db: Tx, batch: list[dict[str, Any]], row: Any,
+               expect: tuple[int, str] | None = None) -> list[tuple[dict[str, Any], str]]:
+        """Link `batch` onto the ledger whose locked head is `row`, inside `db`'s transaction; return each
+        stored body with its hash. With `expect` (PostgreSQL), `row` is the head as last seen and not
+        locked: the transaction fails unless the head is still exactly that when it takes the row lock.
 
         Each body is serialised once: the hash covers exactly the text that is stored, which is what
         `verify` re-hashes.
         """
-        # FOR UPDATE makes instances sharing a PostgreSQL state take turns; SQLite's write lock does it there.
-        lock = " FOR UPDATE" if self.db.dialect == "postgres" else ""
-        row = db.execute("SELECT seq, hash FROM ledger_head WHERE one = 1" + lock).fetchone()
         seq, prev = (int(row[0]), str(row[1])) if row else (0, GENESIS)
         linked, rows = [], []
         for fields in batch:
@@ -343,9 +414,16 @@ class StateStore:
             prev = receipt_text_hash(text)
             linked.append((body, prev))
             rows.append((seq, body["id"], text, prev))
+        if expect is not None:
+            # The head row first (the same lock order as the locked path); a division by zero when it
+            # had moved on aborts the whole transaction before any receipt is kept.
+            db.execute("UPDATE ledger_head SET seq = ?, hash = ? WHERE one = 1 AND seq = ? AND hash = ?",
+                       (seq, prev, *expect))
+            db.execute("SELECT 1 / count(*) FROM ledger_head WHERE one = 1 AND seq = ? AND hash = ?", (seq, prev))
         db.executemany("INSERT INTO receipts (seq, id, body, hash) VALUES (?, ?, ?, ?)", rows)
-        db.execute("INSERT INTO ledger_head (one, seq, hash) VALUES (1, ?, ?) "
-                   "ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash", (seq, prev))
+        if expect is None:
+            db.execute("INSERT INTO ledger_head (one, seq, hash) VALUES (1, ?, ?) "
+                       "ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash", (seq, prev))
         return linked
 
     def receipt(self, receipt_id: str) -> Receipt | None:
@@ -418,17 +496,8 @@ class StateStore:
         """(count, rows, start of the oldest counted bucket) of `kind` for a scope and target since `since`
         (None: ever). Counted in buckets, so the cost does not grow with the number of events; the
         window may reach back one bucket further than `since` (a budget errs on the strict side)."""
-        now = now if now is not None else time.time()
-        if since is None:
-            width, first = 0, 0
-        else:
-            width = _BUCKETS[0] if now - since <= 600 else _BUCKETS[1]
-            first = int(since // width)
-        rows = self.query("SELECT coalesce(sum(n), 0), coalesce(sum(rows), 0), min(bucket) FROM counters "
-                          "WHERE scope = ? AND target = ? AND kind = ? AND width = ? AND bucket >= ?",
-                          (session, target, kind, width, first))
-        count, total, oldest = rows[0]
-        return int(count), int(total), (float(oldest) * width if oldest is not None and width else None)
+        usage = self.admit(UsageQuery(windows=((session, target, kind, since),), now=now))
+        return usage.windows[0]
 
     def trip_breaker(self, session: str, target: str, reason: str, receipt_id: str | None) -> bool:
         """Trip the breaker for a session and target; False when it was already tripped."""
@@ -438,8 +507,7 @@ class StateStore:
             return cur.rowcount == 1
 
     def breaker(self, session: str, target: str) -> tuple[float, str] | None:
-        rows = self.query("SELECT tripped_at, reason FROM breakers WHERE session = ? AND target = ?", (session, target))
-        return (float(rows[0][0]), str(rows[0][1])) if rows else None
+        return self.admit(UsageQuery(breaker=(session, target))).breaker
 
     def breakers(self) -> list[tuple[str, str, float, str]]:
         return [(str(a), str(b), float(c), str(d))
@@ -518,15 +586,18 @@ class StateStore:
         with the owner's instance id in place of the receipt id; "unknown" with the intent id."""
         with self.transaction() as db:
             # Insert first: of two instances claiming at once, exactly one inserts (the other waits, then sees it).
-            cur = db.execute("INSERT INTO idempotency (target, key, digest, state, receipt_id, result, owner) "
-                             "VALUES (?, ?, ?, 'running', NULL, NULL, ?) ON CONFLICT (target, key) DO NOTHING",
-                             (target, key, digest, owner))
-            if cur.rowcount == 1:
-                return "claimed", None, None
-            row = db.execute(
+            # Both results are read after COMMIT, so that on PostgreSQL the claim is one round trip.
+            inserted = db.execute("INSERT INTO idempotency (target, key, digest, state, receipt_id, result, owner) "
+                                  "VALUES (?, ?, ?, 'running', NULL, NULL, ?) ON CONFLICT (target, key) DO NOTHING",
+                                  (target, key, digest, owner))
+            found = db.execute(
                 "SELECT digest, state, receipt_id, result, owner FROM idempotency WHERE target = ? AND key = ?",
                 (target, key),
-            ).fetchone()
+            )
+        rows = found.fetchall()
+        if inserted.rowcount == 1:
+            return "claimed", None, None
+        row = rows[0]
         stored_digest, state, rid, result, claimed_by = row
         if stored_digest != digest:
             return "mismatch", rid, None
@@ -582,13 +653,80 @@ _BUCKETS = (10, 600)
 """Bucket widths in seconds: windows up to 10 minutes count 10 s buckets, longer ones 10 min buckets."""
 
 
-def bump(db: Tx, scope: str, target: str, kind: str, rows: int = 0, ts: float | None = None) -> None:
-    """Count one event in every bucket width, and in the ever-total (width 0), inside `db`'s transaction."""
+def bump(db: Tx, scope: str, target: str, kind: str, rows: int = 0, ts: float | None = None, *, n: int = 1) -> None:
+    """Count `n` events (1; 0 to add rows only; -1 to take back one counted ahead) with `rows` rows in every
+    bucket width, and in the ever-total (width 0), inside `db`'s transaction."""
     ts = ts if ts is not None else time.time()
     for width, bucket in ((_BUCKETS[0], int(ts // _BUCKETS[0])), (_BUCKETS[1], int(ts // _BUCKETS[1])), (0, 0)):
-        db.execute("INSERT INTO counters VALUES (?, ?, ?, ?, ?, 1, ?) ON CONFLICT (scope, target, kind, width, bucket) "
-                   "DO UPDATE SET n = counters.n + 1, rows = counters.rows + excluded.rows",
-                   (scope, target, kind, width, bucket, rows))
+        db.execute("INSERT INTO counters VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scope, target, kind, width, bucket) "
+                   "DO UPDATE SET n = counters.n + excluded.n, rows = counters.rows + excluded.rows",
+                   (scope, target, kind, width, bucket, n, rows))
+
+
+def _window_buckets(since: float | None, now: float) -> tuple[int, int]:
+    """(bucket width, first bucket) that cover `since`..`now` (width 0: ever)."""
+    if since is None:
+        return 0, 0
+    width = _BUCKETS[0] if now - since <= 600 else _BUCKETS[1]
+    return width, int(since // width)
+
+
+def _usage_sql(query: UsageQuery) -> tuple[str, tuple[Any, ...]]:
+    """One SELECT for every window and the breaker of `query`: a row per window (its index, count, rows,
+    oldest bucket) and a row -1 (tripped at, reason) when the breaker is tripped."""
+    parts: list[str] = []
+    params: list[Any] = []
+    now = query.now if query.now is not None else time.time()
+    for i, (scope, target, kind, since) in enumerate(query.windows):
+        width, first = _window_buckets(since, now)
+        parts.append(f"SELECT {i}, coalesce(sum(n), 0), coalesce(sum(rows), 0), min(bucket), CAST(NULL AS TEXT) "
+                     "FROM counters WHERE scope = ? AND target = ? AND kind = ? AND width = ? AND bucket >= ?")
+        params += [scope, target, kind, width, first]
+    if query.breaker is not None:
+        parts.append("SELECT -1, tripped_at, 0, 0, reason FROM breakers WHERE session = ? AND target = ?")
+        params += list(query.breaker)
+    return " UNION ALL ".join(parts), tuple(params)
+
+
+class UsageQuery(BaseModel):
+    """What admitting a write reads: windows (scope, target, kind, since; None: ever) and a breaker
+    (scope, target), as of `now` (None: the time of reading)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    windows: tuple[tuple[str, str, str, float | None], ...] = ()
+    breaker: tuple[str, str] | None = None
+    now: float | None = None
+
+
+class Usage(BaseModel):
+    """The answer to a `UsageQuery`: per window (count, rows, start of the oldest counted bucket), and the
+    breaker's (tripped at, reason) when tripped."""
+
+    model_config = ConfigDict(frozen=True)
+
+    windows: tuple[tuple[int, int, float | None], ...]
+    breaker: tuple[float, str] | None = None
+
+
+class _UsageRead:
+    """The rows of a usage SELECT, made into a `Usage` when read (on PostgreSQL: after the round trip)."""
+
+    def __init__(self, rows: Cursor | list[Any], query: UsageQuery) -> None:
+        self._rows, self._query = rows, query
+
+    def result(self) -> Usage:
+        rows = self._rows if isinstance(self._rows, list) else self._rows.fetchall()
+        now = self._query.now if self._query.now is not None else time.time()
+        windows: list[tuple[int, int, float | None]] = [(0, 0, None)] * len(self._query.windows)
+        breaker = None
+        for index, a, b, c, reason in rows:
+            if int(index) < 0:
+                breaker = (float(a), str(reason))
+                continue
+            width = _window_buckets(self._query.windows[int(index)][3], now)[0]
+            windows[int(index)] = (int(a), int(b), float(c) * width if c is not None and width else None)
+        return Usage(windows=tuple(windows), breaker=breaker)
 
 
 def _settle_key(db: Tx, target: str, key: str, result: dict[str, Any] | None, receipt_id: str) -> None:
