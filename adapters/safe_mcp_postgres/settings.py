@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 from safe_mcp.adapter import AdapterSettings, AdapterSpec
 from safe_mcp.hooks import HookSpec, HooksSetting, check_hooks
 
-__all__ = ["PostgresSettings", "PostgresSpec", "dsn_keys"]
+__all__ = ["PostgresSettings", "PostgresSpec", "plain_dsn", "where"]
 
 
 class PostgresSettings(AdapterSettings):
@@ -40,7 +40,7 @@ class PostgresSettings(AdapterSettings):
     @field_validator("dsn")
     @classmethod
     def _no_password(cls, value: str) -> str:
-        keys = dsn_keys(value)
+        keys: set[str] | None = None if (plain := plain_dsn(value)) is None else set(plain)
         if keys is None:  # not one of the plain forms: libpq itself judges it
             from psycopg import ProgrammingError
             from psycopg.conninfo import conninfo_to_dict
@@ -63,29 +63,42 @@ _KNOWN = frozenset({
     "ssl_min_protocol_version", "sslcert", "sslcompression", "sslcrl", "sslkey", "sslmode", "sslrootcert",
     "target_session_attrs", "tcp_user_timeout", "user",
 })
-_PAIR = r"([a-z_]+)[ \t\n\r\f\v]*=[ \t\n\r\f\v]*([^\s'\\=]+)"
-_PAIRS = re.compile(rf"[ \t\n\r\f\v]*(?:{_PAIR}(?:[ \t\n\r\f\v]+{_PAIR})*)?[ \t\n\r\f\v]*", re.ASCII)
+_SPACE = "[ \t\n\r\f\v]"
+_PAIR = rf"([a-z_]+){_SPACE}*={_SPACE}*([^\s'\\=]+)"
+_PAIRS = re.compile(rf"{_SPACE}*(?:{_PAIR}(?:{_SPACE}+{_PAIR})*)?{_SPACE}*", re.ASCII)
 _ONE_PAIR = re.compile(_PAIR, re.ASCII)
-_WORD = r"[A-Za-z0-9._-]"
+_WORD = "[A-Za-z0-9._-]"
 _URI = re.compile(
-    rf"postgres(?:ql)?://(?:{_WORD}+@)?(?:{_WORD}+)?(?::[0-9]+)?(?:/{_WORD}*)?"
+    rf"postgres(?:ql)?://(?:(?P<user>{_WORD}+)@)?(?P<host>{_WORD}+)?(?::(?P<port>[0-9]+))?(?:/(?P<dbname>{_WORD}*))?"
     rf"(?:\?(?P<query>[a-z_]+={_WORD}*(?:&[a-z_]+={_WORD}*)*)?)?", re.ASCII)
 
 
-def dsn_keys(dsn: str) -> set[str] | None:
-    """The connection keywords a plain `dsn` sets beyond user/host/port/dbname, or None when it is not plain
-    (then only libpq can say). Plain: `key=value` pairs of known keywords with unquoted values, or a URI with
-    no password, one host and a query of known keywords. On these libpq agrees (tests compare the two)."""
+def plain_dsn(dsn: str) -> dict[str, str] | None:
+    """What libpq makes of a plain `dsn` (as psycopg's `conninfo_to_dict`), or None when it is not plain and
+    only libpq can say. Plain: `key=value` pairs of known keywords with unquoted values, or a URI with one
+    host, no password in it, no percent-encoding and a query of known keywords (tests compare with libpq)."""
     if dsn.startswith(("postgresql://", "postgres://")):
         m = _URI.fullmatch(dsn)
         if m is None:
             return None
-        keys = {pair.split("=", 1)[0] for pair in m["query"].split("&")} if m["query"] else set()
+        out = {k: v for k in ("user", "dbname", "host", "port") if (v := m[k])}
+        if m["query"]:
+            out.update(pair.split("=", 1) for pair in m["query"].split("&"))  # type: ignore[misc]
     else:
         if _PAIRS.fullmatch(dsn) is None:
             return None
-        keys = {m[1] for m in _ONE_PAIR.finditer(dsn)}
-    return keys if keys <= _KNOWN else None
+        out = {m[1]: m[2] for m in _ONE_PAIR.finditer(dsn)}
+    return out if set(out) <= _KNOWN else None
+
+
+def where(dsn: str) -> str:
+    """user@host:port/db of a DSN, for messages (never the password)."""
+    d = plain_dsn(dsn)
+    if d is None:
+        from safe_mcp_postgres.engine import where as libpq_where
+
+        return libpq_where(dsn)
+    return f"{d.get('user', '?')}@{d.get('host', 'localhost')}:{d.get('port', 5432)}/{d.get('dbname', '?')}"
 
 
 class PostgresSpec(AdapterSpec):
@@ -98,8 +111,6 @@ class PostgresSpec(AdapterSpec):
     @classmethod
     def describe(cls, settings: AdapterSettings) -> dict[str, str]:
         assert isinstance(settings, PostgresSettings)
-        from safe_mcp_postgres.engine import where
-
         return {"reaches": f"postgresql {where(settings.dsn)}",
                 "compensation": "before-images of inserted/updated/deleted rows of plain tables with a key and no "
                                 "triggers, rules, cascades, children or partitions, journaled with each write in "
