@@ -8,7 +8,6 @@ import random
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
-
 from safe_mcp_postgres.settings import _KNOWN, plain_dsn, where
 
 
@@ -21,7 +20,7 @@ def libpq(dsn: str) -> dict[str, str] | None:
 
 def test_every_keyword_the_fast_path_knows_is_one_the_installed_libpq_knows() -> None:
     libpq_keys = {o.keyword.decode() for o in psycopg.pq.Conninfo.get_defaults()}
-    assert _KNOWN <= libpq_keys, sorted(_KNOWN - libpq_keys)
+    assert libpq_keys >= _KNOWN, sorted(_KNOWN - libpq_keys)
 
 
 PIECES_URI = ["postgresql://", "postgres://", "postgresql:/", "postgresq://"]
