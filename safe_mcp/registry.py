@@ -18,12 +18,21 @@ SPEC_GROUP = "safe_mcp.adapter_specs"
 
 
 def available_kinds() -> list[str]:
-    return sorted({ep.name for ep in entry_points(group=GROUP)})
+    return sorted(_group(GROUP))
+
+
+@cache
+def _group(group: str) -> dict[str, EntryPoint]:
+    """The group's entry points by name, the first of each name (as before). Read once: each read scans every
+    installed distribution's metadata (~7 ms at start-up)."""
+    out: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=group):
+        out.setdefault(ep.name, ep)
+    return out
 
 
 def _entry(group: str, kind: str) -> EntryPoint | None:
-    eps = [ep for ep in entry_points(group=group) if ep.name == kind]
-    return eps[0] if eps else None
+    return _group(group).get(kind)
 
 
 def _not_installed(kind: str, source: str, key: str) -> ConfigError:
