@@ -4,6 +4,12 @@ A third-party adapter subclasses `Adapter`, declares its `kind`, its settings
 model and the tools it serves, and registers itself under the entry-point group
 `safe_mcp.adapters`. The core never imports a driver; it only calls these methods,
 and only from the gate.
+
+Optionally the declarative part (kind, settings model, tools, secret keys, `describe`)
+lives in a light `AdapterSpec` subclass of its own, registered under the same name in
+`safe_mcp.adapter_specs`, with the `Adapter` subclassing it: then a config is validated,
+and `tools/list` answered, without importing the adapter's driver; the adapter itself is
+imported when its target is first used.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from safe_mcp.effects import Effect
 __all__ = [
     "Adapter",
     "AdapterSettings",
+    "AdapterSpec",
     "Budget",
     "Call",
     "Classification",
@@ -136,18 +143,20 @@ class AdapterSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class Adapter(ABC):
-    """A connection to one target. One instance per configured target.
-
-    Every method may raise `AdapterError` (a message safe for the agent) and
-    nothing else on purpose; driver errors are translated here, not in the core.
-    """
+class AdapterSpec:
+    """What is known of an adapter without importing its driver: everything the config, `check`,
+    `targets` and `tools/list` need. Import only pydantic and safe_mcp's root modules beside it."""
 
     kind: ClassVar[str]
     settings_model: ClassVar[type[AdapterSettings]]
     tools: ClassVar[frozenset[str]]
     secret_keys: ClassVar[frozenset[str]] = frozenset()
     """Settings keys that hold secret references (`keyring:NAME`, `env:VAR`)."""
+    background: ClassVar[bool] = False
+    """True when the adapter has work of its own to do while `serve` runs (see `Adapter.run_background`)."""
+    requires: ClassVar[tuple[str, ...]] = ()
+    """Top-level modules the adapter needs that its spec does not import (its driver). The config load
+    finds them, without importing them, so that a missing extra still fails at start."""
 
     @classmethod
     def secret_refs(cls, settings: AdapterSettings) -> dict[str, str]:
@@ -156,6 +165,30 @@ class Adapter(ABC):
         them all at start, so a missing secret fails then and every value is scrubbed everywhere."""
         refs = {key: getattr(settings, key, None) for key in sorted(cls.secret_keys)}
         return {key: ref for key, ref in refs.items() if isinstance(ref, str) and ref}
+
+    @classmethod
+    def describe(cls, settings: AdapterSettings) -> dict[str, str]:
+        """What a target with `settings` reaches and what can be undone (no I/O; for `targets` and `check`).
+
+        Keys `reaches` and `compensation` are shown everywhere; any other keys (allow-lists, hold
+        times, ...) are listed by `safe-mcp check` as they are.
+        """
+        return {}
+
+    @classmethod
+    def sandbox_copy(cls, settings: AdapterSettings, base_dir: str, sandbox_dir: str) -> AdapterSettings | None:
+        """Settings that point at a disposable copy of the target inside `sandbox_dir`, so that
+        `safe-mcp gameday` can play its scenarios for real; None (the default) when the target cannot
+        be copied, and then it gets dry runs and decisions only. No other caller."""
+        return None
+
+
+class Adapter(AdapterSpec, ABC):
+    """A connection to one target. One instance per configured target.
+
+    Every method may raise `AdapterError` (a message safe for the agent) and
+    nothing else on purpose; driver errors are translated here, not in the core.
+    """
 
     def __init__(
         self, name: str, settings: AdapterSettings, secrets: Mapping[str, str], *, base_dir: str, state_dir: str
@@ -218,22 +251,6 @@ class Adapter(ABC):
         """
         return Reconciled(state="unknown", detail=f"check {self.kind} target {self.name!r} by hand for the effect of {call.tool}")
 
-    @classmethod
-    def describe(cls, settings: AdapterSettings) -> dict[str, str]:
-        """What a target with `settings` reaches and what can be undone (no I/O; for `targets` and `check`).
-
-        Keys `reaches` and `compensation` are shown everywhere; any other keys (allow-lists, hold
-        times, ...) are listed by `safe-mcp check` as they are.
-        """
-        return {}
-
-    @classmethod
-    def sandbox_copy(cls, settings: AdapterSettings, base_dir: str, sandbox_dir: str) -> AdapterSettings | None:
-        """Settings that point at a disposable copy of the target inside `sandbox_dir`, so that
-        `safe-mcp gameday` can play its scenarios for real; None (the default) when the target cannot
-        be copied, and then it gets dry runs and decisions only. No other caller."""
-        return None
-
     def audit(self) -> dict[str, Any]:
         """Connect and report what the target's credentials could do beyond the configured access.
 
@@ -246,12 +263,9 @@ class Adapter(ABC):
     ledger: Ledger | None = None
     """Set by the gate before any call; None when the adapter runs outside a gate (then record nothing)."""
 
-    background: ClassVar[bool] = False
-    """True when the adapter has work of its own to do while `serve` runs (see `run_background`)."""
-
-    def run_background(self, stop: threading.Event) -> None:  # noqa: B027 - optional hook
+    def run_background(self, stop: threading.Event) -> None:
         """Do background work (e.g. deliver held mail) until `stop` is set. Runs in its own thread
         when `background` is True; started by `serve` for every such target at start-up."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections."""

@@ -20,7 +20,7 @@ from safe_mcp_aws.classify import classify_operation
 from safe_mcp_aws.request import identifiers, parse, refused_out_of_scope, validate
 from safe_mcp_aws.results import trim
 from safe_mcp_aws.scope import out_of_scope, s3_keys_named
-from safe_mcp_aws.settings import AwsSettings
+from safe_mcp_aws.settings import AwsSettings, AwsSpec
 from safe_mcp_aws.undo_table import CREATES
 
 __all__ = ["AwsAdapter"]
@@ -33,11 +33,7 @@ _S3_OBJECT_OPS = _S3_OVERWRITES | {"DeleteObject", "DeleteObjects"}
 _DDB_ITEM_OPS = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})
 
 
-class AwsAdapter(Adapter):
-    kind = "aws"
-    settings_model = AwsSettings
-    tools = frozenset({"aws_call"})
-    secret_keys = frozenset({"access_key_id", "secret_access_key", "session_token"})
+class AwsAdapter(AwsSpec, Adapter):
 
     def __init__(self, name: str, settings: AdapterSettings, secrets: Mapping[str, str], *,
                  base_dir: str, state_dir: str) -> None:
@@ -463,33 +459,6 @@ class AwsAdapter(Adapter):
             f"AWS cannot say whether {service}.{operation} of intent {intent_id} ran: check account {self.s.account}, "
             f"region {self.s.region}" + (f", {where}" if where else "") + " by hand (e.g. with the matching "
             "Describe/Get/Head call), then settle it with safe-mcp reconcile"))
-
-    @classmethod
-    def describe(cls, settings: AdapterSettings) -> dict[str, str]:
-        assert isinstance(settings, AwsSettings)
-        s = settings
-        where = f"AWS account {s.account}, region {s.region}"
-        if s.profile:
-            where += f", profile {s.profile}"
-        if s.endpoint_url:
-            where += f", endpoint {s.endpoint_url}"
-        return {
-            "reaches": where,
-            "compensation": (f"S3 deletes and overwrites (put, copy, multipart) keep the object (its version, or a "
-                             f"copy under {s.quarantine_prefix}); DynamoDB item writes keep before-images; EC2 "
-                             "stop/start, tags and revoked security-group rules are set back; received SQS messages "
-                             "become visible again; new buckets, queues, topics, tables, security groups, log "
-                             "groups and multipart uploads are deleted while still empty. Every other change is "
-                             "irreversible (a human approves it)"),
-            "services": ", ".join(s.services) if s.services is not None else "any service boto3 knows",
-            "buckets": ", ".join(s.buckets) if s.buckets is not None else "any",
-            "resources": ", ".join(s.resources) if s.resources is not None else "any",
-            "forbidden": ("credentials handed over (members botocore marks sensitive are redacted everywhere else), "
-                          "deleting or changing backups and snapshots and their protection (versioning, object "
-                          "lock, expiring lifecycle or TTL rules, object versions, deletion/termination protection, "
-                          "backup retention, point-in-time recovery), bucket policy changes, any other account "
-                          "named in a change, IAM, KMS key deletion, CloudTrail, Organizations"),
-        }
 
     def audit(self) -> dict[str, Any]:
         """Who the credentials are; whether they can write is not measurable without writing."""

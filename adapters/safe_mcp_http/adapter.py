@@ -20,8 +20,8 @@ from safe_mcp.trust.secrets import resolve_ref
 from safe_mcp_http import undo
 from safe_mcp_http.client import Response, Sender, Unanswered
 from safe_mcp_http.openapi import load_document
-from safe_mcp_http.operations import Op, effect_of, table
-from safe_mcp_http.settings import HttpSettings, RequestSpec
+from safe_mcp_http.operations import Op, table
+from safe_mcp_http.settings import HttpSettings, HttpSpec, RequestSpec
 from safe_mcp_http.templates import TemplateError, dotted, placeholders, render_path
 
 __all__ = ["HttpAdapter"]
@@ -30,22 +30,7 @@ _ARGS = frozenset({"operation", "params", "body", "idempotency_key", "dry_run"})
 _KEY = re.compile(r"[\x20-\x7e]{1,200}")
 
 
-class HttpAdapter(Adapter):
-    kind = "http"
-    settings_model = HttpSettings
-    tools = frozenset({"http_call"})
-    # `headers` is a table of references, which the core resolves only for top-level keys today:
-    # the adapter resolves them itself (`_resolve_headers`) and scrubs every value it returns.
-    # `secret_refs` names them for a core that asks (then they are resolved at start and scrubbed everywhere).
-    secret_keys = frozenset()
-
-    @classmethod
-    def secret_refs(cls, settings: AdapterSettings) -> dict[str, str]:
-        """Every secret reference of `settings` by dotted key ("headers.Authorization"), the key under which
-        the resolved value is looked up in `secrets`."""
-        assert isinstance(settings, HttpSettings)
-        return {f"headers.{name}": ref for name, ref in sorted(settings.headers.items())}
-
+class HttpAdapter(HttpSpec, Adapter):
     def __init__(self, name: str, settings: AdapterSettings, secrets: Mapping[str, str], *,
                  base_dir: str, state_dir: str) -> None:
         super().__init__(name, settings, secrets, base_dir=base_dir, state_dir=state_dir)
@@ -257,27 +242,6 @@ class HttpAdapter(Adapter):
 
     def close(self) -> None:
         self.sender.close()
-
-    @classmethod
-    def describe(cls, settings: AdapterSettings) -> dict[str, str]:
-        assert isinstance(settings, HttpSettings)
-        ops = []
-        for op in settings.operations:
-            if op.method and op.path:
-                effect, _ = effect_of(op.method, op.effect, op.compensate is not None)
-                ops.append(f"{op.name} ({op.method} {op.path}): {effect.value}")
-            else:
-                ops.append(f"{op.name} (from the OpenAPI document): declared {op.effect or 'by method'}")
-        imported = (f"; with the operations of {settings.openapi} (reads run, the others are irreversible unless an "
-                    "entry above declares their undo)") if settings.openapi else ""
-        undo = [f"{op.name}: {op.compensate.method} {op.compensate.path}" for op in settings.operations if op.compensate]
-        return {
-            "reaches": f"{settings.base_url}; operations: {'; '.join(ops) or 'none declared'}{imported}",
-            "compensation": ("undo sends " + "; ".join(undo)) if undo else "none: every change is irreversible",
-            "hosts": ", ".join(settings.allowed_hosts) if settings.allowed_hosts else "base_url's host only",
-            "headers": (", ".join(sorted(settings.headers)) + " (secret references; values never shown)")
-            if settings.headers else "none",
-        }
 
     # -------------------------------------------------------------- secrets
 

@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from safe_mcp.adapter import AdapterSettings
+from safe_mcp.adapter import AdapterSettings, AdapterSpec
 from safe_mcp_http.templates import placeholders
 
-__all__ = ["HttpSettings", "Operation", "RequestSpec"]
+__all__ = ["HttpSettings", "HttpSpec", "Operation", "RequestSpec"]
 
 # The same reference syntax as every other secret key (safe_mcp.trust.config.SECRET_REF).
 SECRET_REF = re.compile(r"^(keyring|env):[A-Za-z0-9_.\-/]+$")
@@ -179,3 +179,43 @@ class HttpSettings(AdapterSettings):
 
         result: dict[str, Any] = inline(schema)
         return result
+
+
+class HttpSpec(AdapterSpec):
+    kind = "http"
+    settings_model = HttpSettings
+    tools = frozenset({"http_call"})
+    # `headers` is a table of references, which the core resolves only for top-level keys today:
+    # the adapter resolves them itself (`_resolve_headers`) and scrubs every value it returns.
+    # `secret_refs` names them for a core that asks (then they are resolved at start and scrubbed everywhere).
+    secret_keys = frozenset()
+
+    @classmethod
+    def secret_refs(cls, settings: AdapterSettings) -> dict[str, str]:
+        """Every secret reference of `settings` by dotted key ("headers.Authorization"), the key under which
+        the resolved value is looked up in `secrets`."""
+        assert isinstance(settings, HttpSettings)
+        return {f"headers.{name}": ref for name, ref in sorted(settings.headers.items())}
+
+    @classmethod
+    def describe(cls, settings: AdapterSettings) -> dict[str, str]:
+        assert isinstance(settings, HttpSettings)
+        from safe_mcp_http.operations import effect_of
+
+        ops = []
+        for op in settings.operations:
+            if op.method and op.path:
+                effect, _ = effect_of(op.method, op.effect, op.compensate is not None)
+                ops.append(f"{op.name} ({op.method} {op.path}): {effect.value}")
+            else:
+                ops.append(f"{op.name} (from the OpenAPI document): declared {op.effect or 'by method'}")
+        imported = (f"; with the operations of {settings.openapi} (reads run, the others are irreversible unless an "
+                    "entry above declares their undo)") if settings.openapi else ""
+        undo = [f"{op.name}: {op.compensate.method} {op.compensate.path}" for op in settings.operations if op.compensate]
+        return {
+            "reaches": f"{settings.base_url}; operations: {'; '.join(ops) or 'none declared'}{imported}",
+            "compensation": ("undo sends " + "; ".join(undo)) if undo else "none: every change is irreversible",
+            "hosts": ", ".join(settings.allowed_hosts) if settings.allowed_hosts else "base_url's host only",
+            "headers": (", ".join(sorted(settings.headers)) + " (secret references; values never shown)")
+            if settings.headers else "none",
+        }

@@ -16,65 +16,23 @@ from collections.abc import Mapping
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
-from pydantic import Field, field_validator
 
 from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview, Reconciled
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Drifted, Escalated, TooManyRows
-from safe_mcp.hooks import HookSpec, HooksSetting, check_hooks
 from safe_mcp_postgres import journal, tables
 from safe_mcp_postgres.capture import capture_sql, journaled_sql, max_param, measured, restore_rows, table_info
 from safe_mcp_postgres.classify import classify_sql
 from safe_mcp_postgres.engine import PLAIN_OIDS, Engine, qi, run_one, translate
 from safe_mcp_postgres.reads import bounded_fetch
+from safe_mcp_postgres.settings import PostgresSettings, PostgresSpec
 from safe_mcp_postgres.values import json_rows, jsonable
 
 _SAMPLE = 5
 _RETURNING = 100  # rows of a write's own RETURNING shown to the agent
 
 
-class PostgresSettings(AdapterSettings):
-    dsn: str = Field(description="postgresql://user@host:port/db (no password: use `password`)")
-    password: str | None = Field(None, description='a secret reference: "keyring:NAME" or "env:VAR"')
-    statement_timeout_ms: int = Field(30_000, gt=0, description="a statement running longer is cancelled")
-    lock_timeout_ms: int = Field(5_000, gt=0, description="waiting longer for a lock cancels the statement")
-    idle_in_transaction_timeout_ms: int = Field(60_000, gt=0, description="an idle open transaction is ended")
-    connect_timeout_s: int = Field(3, gt=0, description="give up connecting (and report the database as down) after "
-                                   "this many seconds; also used by `safe-mcp check`")
-    pool_min_size: int = Field(1, ge=0, description="connections kept open once the pool is in use")
-    pool_max_size: int = Field(4, ge=1, description="connections at most")
-    trash_schema: str = Field("_safe_mcp_trash", min_length=1, max_length=63,
-                              description="where DROP TABLE and TRUNCATE keep the old data for undo")
-    journal_keep_days: int = Field(30, ge=1, description="journal entries (with the before-images undo needs) "
-                                                          "are pruned after this many days")
-    allow_writable_role: bool = Field(False, description="let serve listen on HTTP/SSE for a read-only target "
-                                                          "whose role could write (not recommended)")
-    hooks: HooksSetting = ()
-
-    @field_validator("hooks")
-    @classmethod
-    def _hooks_installed(cls, value: tuple[HookSpec, ...]) -> tuple[HookSpec, ...]:
-        return check_hooks("postgres", value)
-
-    @field_validator("dsn")
-    @classmethod
-    def _no_password(cls, value: str) -> str:
-        try:
-            parts = conninfo_to_dict(value)
-        except psycopg.ProgrammingError:
-            raise ValueError("not a valid PostgreSQL connection string") from None
-        if "password" in parts:
-            raise ValueError('the dsn contains a password: remove it and set password = "keyring:NAME" or "env:VAR"')
-        return value
-
-
-class PostgresAdapter(Adapter):
-    kind = "postgres"
-    settings_model = PostgresSettings
-    tools = frozenset({"sql_query", "sql_execute", "sql_schema"})
-    secret_keys = frozenset({"password"})
-
+class PostgresAdapter(PostgresSpec, Adapter):
     def __init__(self, name: str, settings: AdapterSettings, secrets: Mapping[str, str], *,
                  base_dir: str, state_dir: str) -> None:
         super().__init__(name, settings, secrets, base_dir=base_dir, state_dir=state_dir)
@@ -171,18 +129,6 @@ class PostgresAdapter(Adapter):
         summary = "undo" if kind == "undo" else f"{call.tool} committed (found in the journal)"
         return Reconciled(state="executed", outcome=Outcome(affected=affected, compensation=comp, summary=summary),
                           detail=f"journaled in {journal.TABLE}")
-
-    @classmethod
-    def describe(cls, settings: AdapterSettings) -> dict[str, str]:
-        assert isinstance(settings, PostgresSettings)
-        from safe_mcp_postgres.engine import where
-
-        return {"reaches": f"postgresql {where(settings.dsn)}",
-                "compensation": "before-images of inserted/updated/deleted rows of plain tables with a key and no "
-                                "triggers, rules, cascades, children or partitions, journaled with each write in "
-                                f"schema _safe_mcp (kept {settings.journal_keep_days} days); DROP TABLE and TRUNCATE "
-                                f"keep the old data in schema {settings.trash_schema}",
-                "statement_timeout_ms": str(settings.statement_timeout_ms)}
 
     def audit(self) -> dict[str, Any]:
         """What the role could do beyond read-only access (superuser, write privileges, server files)."""

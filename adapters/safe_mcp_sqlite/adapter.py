@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from contextlib import closing
 from pathlib import Path
 from typing import Any, ClassVar
-
-from pydantic import Field, field_validator
 
 from safe_mcp.adapter import Adapter, AdapterSettings, Budget, Call, Classification, Outcome, Preview, Reconciled
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Drifted, Escalated, TargetUnavailable, TooManyRows
-from safe_mcp.hooks import HookSpec, HooksSetting, check_hooks
 from safe_mcp.state.receipts import new_id
 from safe_mcp_sqlite import journal, read, write
 from safe_mcp_sqlite.capture import Capture, purge
@@ -26,6 +21,7 @@ from safe_mcp_sqlite.classify import (
 )
 from safe_mcp_sqlite.engine import check_file, roll_back_hot_journal, state_error
 from safe_mcp_sqlite.guard import Guard
+from safe_mcp_sqlite.settings import SqliteSettings, SqliteSpec
 
 _SAMPLE = 5
 _LARGE_UNDO = 500
@@ -33,22 +29,7 @@ _LARGE_UNDO = 500
 making the triggers again for the next write."""
 
 
-class SqliteSettings(AdapterSettings):
-    path: str = Field(description="the database file, relative to the config file's folder")
-    foreign_keys: bool = Field(True, description="enforce foreign keys (and their cascades) on writes")
-    statement_timeout_s: float = Field(30, gt=0, description="a statement running longer is interrupted")
-    hooks: HooksSetting = ()
-
-    @field_validator("hooks")
-    @classmethod
-    def _hooks_installed(cls, value: tuple[HookSpec, ...]) -> tuple[HookSpec, ...]:
-        return check_hooks("sqlite", value)
-
-
-class SqliteAdapter(Adapter):
-    kind = "sqlite"
-    settings_model = SqliteSettings
-    tools = frozenset({"sql_query", "sql_execute", "sql_schema"})
+class SqliteAdapter(SqliteSpec, Adapter):
     journals: ClassVar[bool] = True
 
     def __init__(self, name: str, settings: AdapterSettings, secrets: Mapping[str, str], *,
@@ -189,28 +170,6 @@ class SqliteAdapter(Adapter):
         affected, summary, comp = found
         return Reconciled(state="executed", outcome=Outcome(affected=affected, compensation=comp, summary=summary),
                           detail=f"journaled in {self.path} with the write")
-
-    @classmethod
-    def sandbox_copy(cls, settings: AdapterSettings, base_dir: str, sandbox_dir: str) -> AdapterSettings | None:
-        assert isinstance(settings, SqliteSettings)
-        src = Path(base_dir, settings.path).resolve()
-        if not src.exists():
-            return None
-        # Targets naming the same file share one copy, as they share the file.
-        dst = Path(sandbox_dir, hashlib.sha256(str(src).encode()).hexdigest()[:16], src.name)
-        if not dst.exists():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            # The backup API copies a consistent database, including what is still in the WAL.
-            with closing(sqlite3.connect(f"{src.as_uri()}?mode=ro", uri=True)) as a, closing(sqlite3.connect(dst)) as b:
-                a.backup(b)
-        return settings.model_copy(update={"path": str(dst)})
-
-    @classmethod
-    def describe(cls, settings: AdapterSettings) -> dict[str, str]:
-        assert isinstance(settings, SqliteSettings)
-        return {"reaches": f"sqlite file {settings.path}",
-                "compensation": "before-images of changed rows, journaled in the file with each write; dropped "
-                                "tables kept aside (soft drop); dropped triggers, views and indexes recreated"}
 
     # -------------------------------------------------------------- reads
 

@@ -627,7 +627,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     who = Caller(session=rt.session, client="safe-mcp-cli")
     try:
         if args.action == "list":
-            mail = [n for n, t in rt.config.targets.items() if "email_outbox" in t.adapter_cls.tools]
+            mail = [n for n, t in rt.config.targets.items() if "email_outbox" in t.spec.tools]
             from safe_mcp.faces.cli_table import table, terminal_width
 
             for name in mail:

@@ -124,7 +124,7 @@ def secrets_check(config: Config) -> int:
     bad = 0
     seen = 0
     for name, target in config.targets.items():
-        for key, ref in target.adapter_cls.secret_refs(target.settings).items():
+        for key, ref in target.spec.secret_refs(target.settings).items():
             seen += 1
             try:
                 resolve_ref(ref, source=config.source, key=f"targets.{name}.{key}")

@@ -51,7 +51,7 @@ def _sandboxed(config: Config, sandbox: Path) -> tuple[Config, set[str]]:
     copy there; returns it with the names of the copied targets."""
     targets, copied = dict(config.targets), set()
     for t in config.targets.values():
-        settings = t.adapter_cls.sandbox_copy(t.settings, config.base_dir, str(sandbox))
+        settings = t.spec.sandbox_copy(t.settings, config.base_dir, str(sandbox))
         if settings is not None:
             targets[t.name] = t.model_copy(update={"settings": settings})
             copied.add(t.name)
@@ -99,7 +99,7 @@ def run_gameday(config: Config) -> list[Row]:
         gate = rt.gate
         try:
             for t in config.targets.values():
-                tools = t.adapter_cls.tools
+                tools = t.spec.tools
                 caller = Caller(session=f"gameday-{t.name}", client="safe-mcp gameday")
                 if "sql_execute" in tools:
                     rows.extend(_sql_scenarios(gate, caller, t.name, t.name in copied))

@@ -29,8 +29,8 @@ def inventory(config: Config, client: Principal | None = None, uds: Path | None 
                 else f"needs {d.confirm_by.value} confirmation" if d.verdict is Verdict.CONFIRM and d.confirm_by
                 else "refused"
             )
-        described = t.adapter_cls.describe(t.settings)
-        refs = t.adapter_cls.secret_refs(t.settings)
+        described = t.spec.describe(t.settings)
+        refs = t.spec.secret_refs(t.settings)
         targets.append({
             "name": t.name, "kind": t.kind, "access": t.access.value,
             "reaches": described.get("reaches", ""),
@@ -38,7 +38,7 @@ def inventory(config: Config, client: Principal | None = None, uds: Path | None 
             "credential_refs": refs,
             "reaches_detail": reaches(t.settings),
             "forbidden": _forbidden(config, t),
-            "tools": sorted(t.adapter_cls.tools),
+            "tools": sorted(t.spec.tools),
             "effects": effects,
             "limits": t.limits.model_dump(),
             "compensation": described.get("compensation", "") if t.access is Access.READ_WRITE else "n/a (read-only)",
@@ -77,9 +77,9 @@ def _user() -> str:
 def _forbidden(config: Config, t: Target) -> list[str]:
     out = [f"built-in: what the {t.kind} adapter classifies as forbidden (never runs, whatever the config)"]
     forbid = config.org_policy.get("forbid") or {}
-    if {"sql_query", "sql_execute"} & t.adapter_cls.tools:
+    if {"sql_query", "sql_execute"} & t.spec.tools:
         out += [f"org policy: SQL function {f}" for f in forbid.get("sql", [])]
-    if "aws_call" in t.adapter_cls.tools:
+    if "aws_call" in t.spec.tools:
         out += [f"org policy: {op}" for op in forbid.get("aws", [])]
     if t.access is Access.READ_ONLY:
         out.append("every write (read-only target)")

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from safe_mcp.adapter import Adapter, Budget, Call, Classification, Outcome, Preview, Reconciled
 from safe_mcp.effects import Effect
-from safe_mcp.errors import AdapterError, Escalated, Refused, StateError, TargetUnavailable, TooManyRows
+from safe_mcp.errors import AdapterError, ConfigError, Escalated, Refused, StateError, TargetUnavailable, TooManyRows
 from safe_mcp.gate.calls import Caller, action_digest
 from safe_mcp.gate.hooks_run import HookRun, run_hooks, undo_with_hooks
 from safe_mcp.gate.policy import Decision, Verdict, decide
@@ -115,7 +115,7 @@ class Gate:
         """
         started = time.perf_counter()
         target = self._target(call, caller)
-        adapter = self._adapter(target)
+        adapter = self._adapter_or_refuse(target, call, caller)
         if call.tool not in adapter.tools:
             served = ", ".join(sorted(adapter.tools))
             self._refuse(call, caller, Effect.FORBIDDEN,
@@ -174,7 +174,7 @@ class Gate:
             Refused: the call would be refused before anything ran.
         """
         target = self._target(call, caller)
-        adapter = self._adapter(target)
+        adapter = self._adapter_or_refuse(target, call, caller)
         classification = self._classify(adapter, call, caller)
         decision = decide(classification.effect, target, self.config.confirm, classification.reason)
         if decision.verdict is Verdict.REFUSE:
@@ -231,7 +231,7 @@ class Gate:
             caller = caller.model_copy(update={"run_id": action.run_id})
         try:
             target = self._target(call, caller)
-            adapter = self._adapter(target)
+            adapter = self._adapter_or_refuse(target, call, caller)
             classification = self._classify(adapter, call, caller)
             allowed = Effect(action.effect)
             if classification.effect.rank > allowed.rank:
@@ -282,7 +282,7 @@ class Gate:
                          f"receipt {receipt_id} was already undone" + (f" (receipt {undone_by})" if undone_by else ""),
                          "nothing to do: undo runs once", refers_to=receipt_id)
         target = self._target(call, caller)
-        adapter = self._adapter(target)
+        adapter = self._adapter_or_refuse(target, call, caller)
         decision = decide(Effect.WRITE, target, self.config.confirm.model_copy(update={"write": ConfirmMode.NONE}),
                           "undo restores recorded state")
         if decision.verdict is Verdict.REFUSE:
@@ -679,15 +679,32 @@ class Gate:
         return target
 
     def _adapter(self, target: Target) -> Adapter:
+        """The target's adapter, imported and built on first use (one per target, whichever thread asks first).
+
+        Raises:
+            TargetUnavailable: the adapter cannot be imported (a broken install).
+        """
         with self._adapters_lock:
             adapter = self._adapters.get(target.name)
             if adapter is None:
-                adapter = target.adapter_cls(
+                try:
+                    cls = target.adapter_cls
+                except ConfigError as exc:
+                    raise TargetUnavailable(f"target {target.name!r} cannot be used: {exc.problem}", exc.fix) from None
+                adapter = cls(
                     target.name, target.settings, self._secrets.get(target.name, {}),
                     base_dir=self.config.base_dir, state_dir=str(self.config.state_dir))
                 adapter.ledger = functools.partial(self._record_for_adapter, target.name)
                 self._adapters[target.name] = adapter
             return adapter
+
+    def _adapter_or_refuse(self, target: Target, call: Call, caller: Caller) -> Adapter:
+        """`_adapter`, refused with a receipt when the adapter cannot be imported (it is imported on first use)."""
+        try:
+            target.adapter_cls  # noqa: B018 - imports it (cached) or says why not
+        except ConfigError as exc:
+            self._refuse(call, caller, Effect.FORBIDDEN, f"target {target.name!r} cannot be used: {exc.problem}", exc.fix)
+        return self._adapter(target)
 
     def _record_for_adapter(self, target_name: str, *, tool: str, effect: Effect, outcome: str, reason: str,
                             args: dict[str, Any], affected: int | None = None, refers_to: str | None = None,
@@ -930,7 +947,7 @@ class Gate:
         """Start the background work of every target whose adapter has some (e.g. a mail outbox)."""
         threads = []
         for target in self.config.targets.values():
-            if target.adapter_cls.background:
+            if target.spec.background:
                 adapter = self._adapter(target)
 
                 def work(a: Adapter = adapter) -> None:

@@ -60,7 +60,7 @@ class Runtime:
         self.session = session or new_id("sess")
         secrets: dict[str, dict[str, str]] = {}
         for name, target in config.targets.items():
-            for key, ref in target.adapter_cls.secret_refs(target.settings).items():
+            for key, ref in target.spec.secret_refs(target.settings).items():
                 secrets.setdefault(name, {})[key] = resolve_ref(ref, source=config.source, key=f"targets.{name}.{key}")
         self.scrub = Scrubber(v for d in secrets.values() for v in d.values())
         self.store = open_state(config)
@@ -75,18 +75,18 @@ class Runtime:
                             intent.id, intent.tool, intent.target, became)
 
     def serves(self, tool: str) -> bool:
-        return any(tool in t.adapter_cls.tools for t in self.config.targets.values())
+        return any(tool in t.spec.tools for t in self.config.targets.values())
 
     def targets_view(self) -> dict[str, Any]:
         rules = self.config.confirm
         out = []
         for t in self.config.targets.values():
-            described = t.adapter_cls.describe(t.settings)
+            described = t.spec.describe(t.settings)
             confirm = {e.value: rules.for_effect(e).value for e in Effect if e is not Effect.READ}
             if t.access.value == "read-only":
                 confirm = {e: ("deny (read-only target)" if e != "forbidden" else "deny") for e in confirm}
             out.append({
-                "name": t.name, "kind": t.kind, "access": t.access.value, "tools": sorted(t.adapter_cls.tools),
+                "name": t.name, "kind": t.kind, "access": t.access.value, "tools": sorted(t.spec.tools),
                 "limits": t.limits.model_dump(), "confirm": confirm,
                 "reaches": described.get("reaches", ""), "compensation": described.get("compensation", ""),
             })

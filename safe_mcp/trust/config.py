@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from safe_mcp.adapter import Adapter, AdapterSettings
+from safe_mcp.adapter import Adapter, AdapterSettings, AdapterSpec
 from safe_mcp.effects import Effect
 from safe_mcp.errors import ConfigError
 
@@ -257,9 +257,21 @@ class Target(BaseModel):
     access: Access
     limits: Limits
     settings: AdapterSettings
-    adapter_cls: type[Adapter] = Field(exclude=True)
+    spec: type[AdapterSpec] = Field(exclude=True)
+    """What is known of the adapter without importing it: settings model, tools, secret keys, `describe`."""
     trust_client_elicitation: bool = False
     approvals_required: int | None = None
+
+    @property
+    def adapter_cls(self) -> type[Adapter]:
+        """The adapter class, imported on first use (its driver costs start-up time).
+
+        Raises:
+            ConfigError: it cannot be imported, or does not match its spec.
+        """
+        from safe_mcp.registry import load_adapter
+
+        return load_adapter(self.kind)
 
 
 class Config(BaseModel):
@@ -352,7 +364,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def parse_config(raw: dict[str, Any], *, source: str, base_dir: str) -> Config:
     """Validate an already-parsed TOML document. See `load_config`."""
-    from safe_mcp.registry import load_adapter
+    from safe_mcp.registry import load_spec
 
     try:
         root = _Root.model_validate(raw)
@@ -371,13 +383,13 @@ def parse_config(raw: dict[str, Any], *, source: str, base_dir: str) -> Config:
             tc = _TargetCommon.model_validate(common)
         except ValidationError as exc:
             raise _config_error(source, exc, prefix=("targets", name)) from None
-        adapter_cls = load_adapter(tc.kind, source=source, key=f"targets.{name}.kind")
-        _check_secret_refs(source, name, rest, adapter_cls)
+        spec = load_spec(tc.kind, source=source, key=f"targets.{name}.kind")
+        _check_secret_refs(source, name, rest, spec)
         try:
             # Strict like the core keys ("500" is not 500); through JSON so TOML lists still fill tuple fields.
-            settings = adapter_cls.settings_model.model_validate_json(json.dumps(rest, default=str), strict=True)
+            settings = spec.settings_model.model_validate_json(json.dumps(rest, default=str), strict=True)
         except ValidationError as exc:
-            raise _config_error(source, exc, prefix=("targets", name), model=adapter_cls.settings_model) from None
+            raise _config_error(source, exc, prefix=("targets", name), model=spec.settings_model) from None
         merged = root.limits.model_dump()
         merged.update({k: v for k, v in tc.limits.model_dump().items() if v is not None})
         targets[name] = Target(
@@ -386,7 +398,7 @@ def parse_config(raw: dict[str, Any], *, source: str, base_dir: str) -> Config:
             access=tc.access,
             limits=Limits(**merged),
             settings=settings,
-            adapter_cls=adapter_cls,
+            spec=spec,
             trust_client_elicitation=tc.trust_client_elicitation,
             approvals_required=tc.approvals_required,
         )
@@ -441,10 +453,10 @@ def _check_approvals(source: str, approvals: ApprovalSettings, server: ServerSet
                           'use a reference: oidc_client_secret = "keyring:NAME" or "env:VAR"')
 
 
-def _check_secret_refs(source: str, name: str, body: dict[str, Any], adapter_cls: type[Adapter]) -> None:
+def _check_secret_refs(source: str, name: str, body: dict[str, Any], spec: type[AdapterSpec]) -> None:
     for key, value in body.items():
         where = f"targets.{name}.{key}"
-        if key in adapter_cls.secret_keys:
+        if key in spec.secret_keys:
             if not isinstance(value, str) or not SECRET_REF.match(value):
                 raise ConfigError(
                     source,

@@ -220,7 +220,7 @@ def exposure(config: Config, client: Principal, uds: Path | None = None) -> list
     out: list[Finding] = []
     chmod = f"chown {gw} and chmod go-rwx"
     for name, target in config.targets.items():
-        for key, ref in target.adapter_cls.secret_refs(target.settings).items():
+        for key, ref in target.spec.secret_refs(target.settings).items():
             out.append(_secret(client, same, f"secret targets.{name}.{key} = {ref}", ref, name))
         path = getattr(target.settings, "path", None)
         if target.kind == "sqlite" and isinstance(path, str) and path != ":memory:":

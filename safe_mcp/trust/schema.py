@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from safe_mcp.registry import available_kinds, load_adapter
+from safe_mcp.registry import available_kinds, load_spec
 from safe_mcp.trust.config import (
     Access,
     ApprovalSettings,
@@ -36,7 +36,7 @@ def config_schema() -> dict[str, Any]:
     }
     variants = []
     for kind in available_kinds():
-        settings = load_adapter(kind).settings_model.model_json_schema()
+        settings = load_spec(kind).settings_model.model_json_schema()
         props = {"kind": {"const": kind}, **common, **settings.get("properties", {})}
         variants.append({
             "type": "object", "title": f"{kind} target", "properties": props,
