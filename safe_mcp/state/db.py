@@ -98,6 +98,20 @@ class SqliteDb(StateDb):
         with immediate(self._db, self._lock, lambda exc: StateError(f"state store write failed: {exc}")) as db:
             yield db
 
+    def _forget_prepared(self) -> None:
+        """After a failed pipeline: forget every server-side prepared statement.
+
+        A pipeline aborted by a failed statement skips what was queued after it, the Parse of a statement
+        due to be prepared included, yet psycopg counts that statement as prepared; its next use would fail
+        with "prepared statement does not exist". Prepared statements save ~0.9 ms a write, so they stay on
+        and are dropped on the (rare) failure: psycopg then sends DEALLOCATE ALL before the next statement.
+        """
+        prepared = getattr(self._db, "_prepared", None)
+        if prepared is not None and callable(getattr(prepared, "clear", None)):
+            prepared.clear()
+        else:  # a psycopg without that cache: stop preparing rather than risk a broken statement
+            self._db.prepare_threshold = None
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
@@ -186,10 +200,7 @@ class PostgresDb(StateDb):
             raise StateError(f"the state url is not a valid PostgreSQL URL: {exc}") from None
         self.where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
         self.schema = schema
-        # No server-side prepared statements: a pipeline aborted by a failed statement drops the PREPAREs
-        # queued in it, which psycopg would still believe made ("prepared statement does not exist").
-        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s)),
-                                  "prepare_threshold": None}
+        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s))}
         if password:
             kwargs["password"] = password
         try:
@@ -215,18 +226,36 @@ class PostgresDb(StateDb):
         # BEGIN and COMMIT are sent as statements of the pipeline: psycopg's own transaction blocks
         # sync the pipeline on the way in and out, which is three round trips more.
         with self._lock:
+            committed = False
             try:
                 try:
                     with self._db.pipeline() as pipeline:
                         self._db.execute("BEGIN")
                         yield _PgTx(self._db, pipeline)
                         self._db.execute("COMMIT")
+                    committed = True
                 finally:
                     # A failure (a statement, or the body) leaves the transaction open or aborted: end it.
                     if self._db.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE:
                         self._db.execute("ROLLBACK")
+                    if not committed:
+                        self._forget_prepared()
             except self._psycopg.Error as exc:
                 raise StateError(f"state store write failed: {exc}") from None
+
+    def _forget_prepared(self) -> None:
+        """After a failed pipeline: forget every server-side prepared statement.
+
+        A pipeline aborted by a failed statement skips what was queued after it, the Parse of a statement
+        due to be prepared included, yet psycopg counts that statement as prepared; its next use would fail
+        with "prepared statement does not exist". Prepared statements save ~0.9 ms a write, so they stay on
+        and are dropped on the (rare) failure: psycopg then sends DEALLOCATE ALL before the next statement.
+        """
+        prepared = getattr(self._db, "_prepared", None)
+        if prepared is not None and callable(getattr(prepared, "clear", None)):
+            prepared.clear()
+        else:  # a psycopg without that cache: stop preparing rather than risk a broken statement
+            self._db.prepare_threshold = None
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:

@@ -218,3 +218,24 @@ def test_two_stores_appending_at_once_keep_one_verifiable_chain(tmp_path: Path, 
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_failed_transaction_leaves_no_prepared_statement_half_made(state_url: str) -> None:
+    """Statements queued after a failure in a pipeline are skipped, their Parse too: a statement due to be
+    prepared there must not be taken for prepared afterwards ("prepared statement does not exist")."""
+    from safe_mcp.errors import StateError
+    from safe_mcp.state.db import PostgresDb
+
+    db = PostgresDb(state_url, schema="prepared_probe")
+    try:
+        with db.transaction() as tx:
+            tx.execute("CREATE TABLE IF NOT EXISTS t (n integer)")
+        for round_ in range(8):  # past psycopg's prepare threshold (5) for every statement below
+            with pytest.raises(StateError), db.transaction() as tx:
+                tx.execute("SELECT 1 / ?", (0,))  # fails: everything queued after it is skipped
+                tx.execute("INSERT INTO t VALUES (?)", (round_,))
+            with db.transaction() as tx:
+                tx.execute("INSERT INTO t VALUES (?)", (100 + round_,))
+        assert db.query("SELECT n FROM t ORDER BY n") == [(100 + i,) for i in range(8)]
+    finally:
+        db.close()
