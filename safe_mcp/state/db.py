@@ -98,20 +98,6 @@ class SqliteDb(StateDb):
         with immediate(self._db, self._lock, lambda exc: StateError(f"state store write failed: {exc}")) as db:
             yield db
 
-    def _forget_prepared(self) -> None:
-        """After a failed pipeline: forget every server-side prepared statement.
-
-        A pipeline aborted by a failed statement skips what was queued after it, the Parse of a statement
-        due to be prepared included, yet psycopg counts that statement as prepared; its next use would fail
-        with "prepared statement does not exist". Prepared statements save ~0.9 ms a write, so they stay on
-        and are dropped on the (rare) failure: psycopg then sends DEALLOCATE ALL before the next statement.
-        """
-        prepared = getattr(self._db, "_prepared", None)
-        if prepared is not None and callable(getattr(prepared, "clear", None)):
-            prepared.clear()
-        else:  # a psycopg without that cache: stop preparing rather than risk a broken statement
-            self._db.prepare_threshold = None
-
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
