@@ -352,8 +352,8 @@ class StateStore:
                     db.execute("DELETE FROM intents WHERE id = ?", (settles,))
                 if settle_key is not None:
                     _settle_key(db, *settle_key, receipt.id)
-                for scope, target, kind, rows, *n in counts or ():
-                    bump(db, scope, target, kind, rows, n=n[0] if n else 1)
+                if counts:
+                    bump_all(db, [(scope, target, kind, rows, n[0] if n else 1) for scope, target, kind, rows, *n in counts])
         except BaseException:
             self._head = None
             raise
@@ -656,11 +656,26 @@ _BUCKETS = (10, 600)
 def bump(db: Tx, scope: str, target: str, kind: str, rows: int = 0, ts: float | None = None, *, n: int = 1) -> None:
     """Count `n` events (1; 0 to add rows only; -1 to take back one counted ahead) with `rows` rows in every
     bucket width, and in the ever-total (width 0), inside `db`'s transaction."""
+    bump_all(db, [(scope, target, kind, rows, n)], ts)
+
+
+def bump_all(db: Tx, counts: list[tuple[str, str, str, int, int]], ts: float | None = None) -> None:
+    """`bump` for several (scope, target, kind, rows, n) at once: one statement, however many counters.
+
+    Repeats of one (scope, target, kind) are added up first: one upsert may not touch a row twice on PostgreSQL."""
     ts = ts if ts is not None else time.time()
-    for width, bucket in ((_BUCKETS[0], int(ts // _BUCKETS[0])), (_BUCKETS[1], int(ts // _BUCKETS[1])), (0, 0)):
-        db.execute("INSERT INTO counters VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scope, target, kind, width, bucket) "
-                   "DO UPDATE SET n = counters.n + excluded.n, rows = counters.rows + excluded.rows",
-                   (scope, target, kind, width, bucket, n, rows))
+    buckets = ((_BUCKETS[0], int(ts // _BUCKETS[0])), (_BUCKETS[1], int(ts // _BUCKETS[1])), (0, 0))
+    merged: dict[tuple[str, str, str], list[int]] = {}
+    for scope, target, kind, rows, n in counts:
+        got = merged.setdefault((scope, target, kind), [0, 0])
+        got[0] += n
+        got[1] += rows
+    values = [(scope, target, kind, width, bucket, n, rows)
+              for (scope, target, kind), (n, rows) in merged.items() for width, bucket in buckets]
+    db.execute("INSERT INTO counters VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(values))
+               + " ON CONFLICT (scope, target, kind, width, bucket) "
+               "DO UPDATE SET n = counters.n + excluded.n, rows = counters.rows + excluded.rows",
+               [v for row in values for v in row])
 
 
 def _window_buckets(since: float | None, now: float) -> tuple[int, int]:
