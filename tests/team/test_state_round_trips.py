@@ -99,8 +99,14 @@ def test_a_write_on_sqlite_state_costs_two_conversations(tmp_path: Path) -> None
     try:
         gate.run(write(), me)
         c0 = db.conversations
+        statements: list[str] = []
+        db._db.set_trace_callback(statements.append)  # the real sqlite3 connection under the store
         assert gate.run(write(), me).status == "ok"
+        db._db.set_trace_callback(None)
         assert db.conversations - c0 <= 2
+        # Each budget counter is one row of a single upsert, not a statement per scope and bucket (was 26).
+        assert len(statements) <= 16, statements
+        assert sum(s.startswith("INSERT INTO counters") for s in statements) == 2
         assert store.verify().ok
     finally:
         store.close()
