@@ -159,11 +159,12 @@ class Capture:
         """What the write since `marks` left in the journal tables: the compensation's pointers, with counts."""
         out = []
         for info, store, mark in zip(self.infos, self.stores, marks, strict=True):
-            counts = dict(self.conn.execute(f"SELECT op, count(*) FROM main.{store} WHERE seq > ? GROUP BY op",
-                                            (mark,)).fetchall())
-            if not counts:
+            grouped = self.conn.execute(f"SELECT op, count(*), max(seq) FROM main.{store} WHERE seq > ? GROUP BY op",
+                                        (mark,)).fetchall()
+            if not grouped:
                 continue
-            upto = self.conn.execute(f"SELECT max(seq) FROM main.{store}").fetchone()[0]
+            counts = {op: n for op, n, _ in grouped}
+            upto = max(last for _, _, last in grouped)
             out.append({"table": info.name, "key": info.key, "columns": info.columns, "store": store,
                         "after": mark, "upto": upto, "deleted": counts.get("D", 0), "updated": counts.get("U", 0),
                         "inserted": counts.get("I", 0)})

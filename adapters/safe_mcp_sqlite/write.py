@@ -65,8 +65,6 @@ def run_agent(conn: sqlite3.Connection, guard: Guard, sql: str, params: Any, *, 
 def dml(conn: sqlite3.Connection, guard: Guard, cap: Capture, sql: str, params: Any,
         cls: Classification) -> Measured:
     verbs = cls.detail.get("verbs", [])
-    counts_before = {t: conn.execute(f"SELECT count(*) FROM main.{q(t)}").fetchone()[0]
-                     for t in cap.tables if "DELETE" in verbs or "UPDATE" in verbs}
     marks = cap.marks()
     run_agent(conn, guard, sql, params, ddl=cls.detail.get("op") == "create")
     captured = cap.captured(marks)
@@ -74,7 +72,13 @@ def dml(conn: sqlite3.Connection, guard: Guard, cap: Capture, sql: str, params: 
     affected = sum(c["deleted"] + c["updated"] + c["inserted"] for c in captured)
     effect, notes = cls.effect, []
     for c in captured:
-        before = counts_before.get(c["table"], 0)
+        if (("DELETE" not in verbs and "UPDATE" not in verbs) or c["table"] not in cap.tables
+                or c["deleted"] + c["updated"] < 2):
+            continue  # a table the statement names; changing every row of a table of one row is no escalation
+        # The rows the table had before, counted after the write in its transaction: the journal holds
+        # every row event of the write, so before = now + deleted - inserted (no count on small writes).
+        now = conn.execute(f"SELECT count(*) FROM main.{q(c['table'])}").fetchone()[0]
+        before = now + c["deleted"] - c["inserted"]
         if before > 1 and c["deleted"] + c["updated"] >= before and effect.rank < Effect.DESTRUCTIVE.rank:
             effect = Effect.DESTRUCTIVE
             notes.append(f"it changes every row of {c['table']} ({before} rows)")

@@ -131,13 +131,25 @@ async def test_undo_refuses_to_overwrite_newer_changes(tmp_path: Path) -> None:
     assert rows(tmp_path, "SELECT status FROM orders WHERE id = 1") == [("b",)]
 
 
-async def test_a_where_that_matches_every_row_is_destructive(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sql", ["UPDATE orders SET status = 'x' WHERE id > 0", "DELETE FROM orders WHERE id > 0",
+                                 "UPDATE orders SET status = 'x' WHERE id IN (SELECT id FROM orders)",
+                                 "DELETE FROM orders WHERE status IS NOT NULL OR status IS NULL"])
+async def test_a_where_that_matches_every_row_is_destructive(tmp_path: Path, sql: str) -> None:
     cfg = make(tmp_path)
+    before = rows(tmp_path, "SELECT * FROM orders ORDER BY id")
     async with connect(cfg, "memory") as c:
-        r = await call(c, "sql_execute", target="admin", sql="UPDATE orders SET status = 'x' WHERE id > 0")
+        r = await call(c, "sql_execute", target="admin", sql=sql)
         assert r["status"] == "pending" and r["effect"] == "destructive" and r["affected"] == 12
         assert "every row of orders" in r["message"] or "every row" in json.dumps(r["preview"])
-    assert rows(tmp_path, "SELECT count(*) FROM orders WHERE status = 'x'") == [(0,)]
+    assert rows(tmp_path, "SELECT * FROM orders ORDER BY id") == before
+
+
+async def test_a_where_that_leaves_one_row_is_a_plain_write(tmp_path: Path) -> None:
+    cfg = make(tmp_path)
+    async with connect(cfg, "memory") as c:
+        r = await call(c, "sql_execute", target="admin", sql="UPDATE orders SET status = 'x' WHERE id > 1")
+        assert r["status"] == "ok" and r["effect"] == "write" and r["affected"] == 11
+    assert rows(tmp_path, "SELECT count(*) FROM orders WHERE status = 'x'") == [(11,)]
 
 
 async def test_dry_run_changes_nothing_and_reports_the_count(tmp_path: Path) -> None:
