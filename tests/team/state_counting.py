@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg.waiting import Wait
 
-from safe_mcp.state.db import PostgresDb, SqliteDb, Tx
+from safe_mcp.state.db import PostgresDb, SqliteDb, StateDb, Tx
 
 
 class _CountingConnection(psycopg.Connection[Any]):
@@ -33,9 +33,23 @@ class _CountingConnection(psycopg.Connection[Any]):
             return done.value
 
 
-class CountingPostgresDb(PostgresDb):
+class _Conversations(StateDb):
+    """Counts conversations: each transaction and each read outside one."""
+
     conversations = 0
 
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        self.conversations += 1
+        with super().transaction() as tx:
+            yield tx
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self.conversations += 1
+        return super().query(sql, params)
+
+
+class CountingPostgresDb(_Conversations, PostgresDb):
     def _connect(self, url: str, kwargs: dict[str, Any]) -> Any:
         return _CountingConnection.connect(url, **kwargs)
 
@@ -43,26 +57,6 @@ class CountingPostgresDb(PostgresDb):
     def round_trips(self) -> int:
         return int(self._db.waits)
 
-    @contextmanager
-    def transaction(self) -> Iterator[Tx]:
-        self.conversations += 1
-        with super().transaction() as tx:
-            yield tx
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        self.conversations += 1
-        return super().query(sql, params)
-
-
-class CountingSqliteDb(SqliteDb):
-    conversations = 0
-
-    @contextmanager
-    def transaction(self) -> Iterator[Tx]:
-        self.conversations += 1
-        with super().transaction() as tx:
-            yield tx
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        self.conversations += 1
-        return super().query(sql, params)
+class CountingSqliteDb(_Conversations, SqliteDb):
+    pass

@@ -13,26 +13,20 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from support import create_token, free_port, fresh_database, http_client, serve_cmd, serving, write_config
+from support import create_token, free_port, http_client, serve_cmd, serving, write_config
 
 from safe_mcp.faces.demo import create_shop
 
 pytestmark = pytest.mark.anyio
 
 ENV = {"PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
-
-
-@pytest.fixture
-def state_url() -> Iterator[str]:
-    with fresh_database("safe_mcp_team") as url:
-        yield url
 
 
 def team_config(tmp_path: Path, state_url: str, extra: str = "") -> Path:

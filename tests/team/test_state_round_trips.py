@@ -7,13 +7,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from state_counting import CountingPostgresDb, CountingSqliteDb
-from support import fresh_database, write_config
+from support import write_config
 
 from safe_mcp.adapter import Call
 from safe_mcp.errors import Refused
@@ -26,12 +25,6 @@ from safe_mcp.trust.config import load_config
 from safe_mcp.trust.secrets import Scrubber
 
 INCREMENT = "UPDATE orders SET quantity = quantity + 1 WHERE id = 1"
-
-
-@pytest.fixture
-def state_url() -> Iterator[str]:
-    with fresh_database("safe_mcp_rt") as url:
-        yield url
 
 
 def shop_config(tmp_path: Path, state: str, limits: str = "") -> Path:
