@@ -222,18 +222,27 @@ def _run_server(runtime: Runtime, transport: str, host: str, port: int, *, loopb
     if uds is None:
         anyio.run(uvicorn.Server(config).serve)
         return
-    from safe_mcp.faces.uds import bind_unix, exit_on_signals, remove_unix
+    from safe_mcp.faces.uds import bind_unix, remove_unix, stopping_on_signals
 
-    # Bound here, not by uvicorn (which would create it 0666 and chmod it after): see safe_mcp.faces.uds.
-    with exit_on_signals():
-        sock = bind_unix(uds.path, uds.group, uds.source, uds.key)
-        inode = os.lstat(uds.path).st_ino
-        try:
-            anyio.run(uvicorn.Server(config).serve, [sock])
-        finally:
-            sock.close()
-            remove_unix(uds.path, inode)
+    server_ = uvicorn.Server(config)
 
+    async def serve_unix() -> list[int]:
+        # Bound here, not by uvicorn (which would create it 0666 and chmod it after): see safe_mcp.faces.uds.
+        # Bound, and the signals taken, only once the event loop runs; before that a signal simply ends the
+        # process, and no socket exists yet to clean up.
+        with stopping_on_signals(server_) as received:
+            sock = bind_unix(uds.path, uds.group, uds.source, uds.key)
+            inode = os.lstat(uds.path).st_ino
+            try:
+                await server_.serve([sock])
+            finally:
+                sock.close()
+                remove_unix(uds.path, inode)
+        return received
+
+    received = anyio.run(serve_unix)
+    if received:
+        raise SystemExit(128 + received[0])
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "policy": cmd_policy, "token": cmd_token, "inventory-schema": cmd_inventory_schema,

@@ -18,10 +18,11 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from safe_mcp.errors import ConfigError
 
-__all__ = ["UDS_HOST", "bind_unix", "exit_on_signals", "remove_unix"]
+__all__ = ["UDS_HOST", "bind_unix", "remove_unix", "stopping_on_signals"]
 
 UDS_HOST = "localhost"
 """The Host header accepted over the socket (what `safe-mcp connect unix://...` and `curl --unix-socket` send)."""
@@ -69,17 +70,21 @@ def bind_unix(path: Path, group: str, source: str, key: str) -> socket.socket:
 
 
 @contextmanager
-def exit_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the process by SystemExit (128 + the signal), so `finally` blocks run and the socket
-    is removed: before uvicorn takes the signals over, and after, since uvicorn re-raises the signal it caught
-    once it has shut down (SIGINT already raises KeyboardInterrupt)."""
+def stopping_on_signals(server: Any) -> Iterator[list[int]]:
+    """SIGTERM, SIGHUP and SIGINT ask the uvicorn `server` to shut down gracefully (its socket is then removed by
+    the caller's `finally`), whenever they arrive: before uvicorn takes SIGTERM/SIGINT over, while it holds them,
+    and after (uvicorn re-raises what it caught once it has shut down). Yields the signals received; the caller
+    exits 128 + the first. Never raises from the handler: an exception raised at an arbitrary point of the event
+    loop (SystemExit inside the loop's own select, or its constructor) left tracebacks and half-built objects."""
+    received: list[int] = []
 
     def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
+        received.append(signum)
+        server.should_exit = True
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     try:
-        yield
+        yield received
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

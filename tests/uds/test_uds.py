@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -250,7 +251,7 @@ def test_a_path_in_use_or_not_a_socket_is_refused(shop: tuple[Path, Path]) -> No
     assert "--transport http" in err
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_clean_exit_removes_the_socket(shop: tuple[Path, Path], sig: signal.Signals) -> None:
     cfg, _token = shop
     sock = cfg.parent / "mcp.sock"
@@ -266,6 +267,42 @@ def test_a_clean_exit_removes_the_socket(shop: tuple[Path, Path], sig: signal.Si
             proc.wait()
     assert not os.path.lexists(sock)
     assert b"Traceback" not in err, err.decode(errors="replace")[-2000:]
+    assert proc.returncode == 128 + sig  # what a supervisor expects of a process stopped by a signal
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_at_any_moment_of_start_up_leaves_no_socket_and_no_traceback(shop: tuple[Path, Path],
+                                                                              sig: signal.Signals) -> None:
+    """A supervisor may stop the gateway while it is still starting. Whenever the signal lands (before the
+    socket exists, while the event loop is being built, just after the socket listens, once uvicorn serves),
+    the process ends, leaves no socket behind and prints no traceback. (CI once caught SIGTERM raising inside
+    the event loop's constructor, right after the socket appeared: a half-built loop's finaliser traceback.)"""
+    cfg, _token = shop
+    sock = cfg.parent / "mcp.sock"
+    args = [sys.executable, "-m", "safe_mcp", "serve", "--config", str(cfg), "--transport", "http", "--uds", str(sock)]
+    # How long start-up takes here, so the signals below are spread over all of it.
+    t0 = time.monotonic()
+    with serving_uds(cfg, sock):
+        startup = time.monotonic() - t0
+    moments = [startup * i / 10 for i in range(12)] + [None] * 6  # None: the instant the socket appears
+    for moment in moments:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            if moment is None:
+                while not os.path.lexists(sock) and proc.poll() is None:
+                    time.sleep(0.001)
+            else:
+                time.sleep(moment)
+            proc.send_signal(sig)
+            _out, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        text = err.decode(errors="replace")
+        assert "Traceback" not in text and "Exception ignored" not in text, (moment, text[-2000:])
+        assert proc.returncode in (-sig, 128 + sig), (moment, proc.returncode, text[-2000:])
+        assert not os.path.lexists(sock), f"a signal {moment}s into start-up left the socket behind"
 
 
 def test_connect_says_when_the_socket_is_not_there(short_dir: Path) -> None:
