@@ -155,21 +155,34 @@ class Capture:
         """Where each journal table ends now; what a write adds comes after."""
         return [self.conn.execute(f"SELECT coalesce(max(seq), 0) FROM main.{s}").fetchone()[0] for s in self.stores]
 
-    def captured(self, marks: list[int]) -> list[dict[str, Any]]:
-        """What the write since `marks` left in the journal tables: the compensation's pointers, with counts."""
+    def captured(self, marks: list[int], direct: int | None = None, op: str | None = None) -> list[dict[str, Any]]:
+        """What the write since `marks` left in the journal tables: the compensation's pointers, with counts.
+
+        `direct` is how many rows the statement itself changed (its `changes()`, which leaves out rows that
+        triggers and cascades changed) and `op` the one kind of change it makes ('D', 'U' or 'I'). When
+        exactly one journal table grew, and by no more seq numbers than `direct`, every event in it is one
+        of the statement's own rows: each row it changed left one event there and nothing else left any
+        (seq numbers are distinct, so `direct` <= events <= end - mark). Its counts are then known without
+        reading the range back (a GROUP BY over 10,000 wide rows cost ~15% of a 10,000-row UPDATE).
+        """
+        ends = [self.conn.execute(f"SELECT coalesce(max(seq), 0) FROM main.{s}").fetchone()[0] for s in self.stores]
+        moved = [i for i, (end, mark) in enumerate(zip(ends, marks, strict=True)) if end > mark]
+        known = direct is not None and op is not None and len(moved) == 1 and ends[moved[0]] - marks[moved[0]] == direct
         out = []
-        for info, store, mark in zip(self.infos, self.stores, marks, strict=True):
-            grouped = self.conn.execute(f"SELECT op, count(*), max(seq) FROM main.{store} WHERE seq > ? GROUP BY op",
-                                        (mark,)).fetchall()
-            if not grouped:
-                continue
-            counts = {op: n for op, n, _ in grouped}
-            upto = max(last for _, _, last in grouped)
+        for i in moved:
+            info, store, mark = self.infos[i], self.stores[i], marks[i]
+            if known:
+                assert direct is not None and op is not None
+                counts, upto = {op: direct}, ends[i]
+            else:
+                grouped = self.conn.execute(f"SELECT op, count(*), max(seq) FROM main.{store} WHERE seq > ? GROUP BY op",
+                                            (mark,)).fetchall()
+                counts = {o: n for o, n, _ in grouped}
+                upto = max(last for _, _, last in grouped)
             out.append({"table": info.name, "key": info.key, "columns": info.columns, "store": store,
                         "after": mark, "upto": upto, "deleted": counts.get("D", 0), "updated": counts.get("U", 0),
                         "inserted": counts.get("I", 0)})
         return out
-
 
 def load(conn: sqlite3.Connection, captures: list[dict[str, Any]], limit: int | None = None) -> list[dict[str, Any]]:
     """Read journaled rows back as changes (per table: deleted, updated, inserted), at most `limit` per table.

@@ -32,8 +32,9 @@ def digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
-def run_agent(conn: sqlite3.Connection, guard: Guard, sql: str, params: Any, *, ddl: bool = True) -> None:
-    """Run the agent's statement under the guard; safe-mcp's objects must be untouched afterwards.
+def run_agent(conn: sqlite3.Connection, guard: Guard, sql: str, params: Any, *, ddl: bool = True) -> int:
+    """Run the agent's statement under the guard; safe-mcp's objects must be untouched afterwards. Returns
+    the rows the statement itself changed as the driver reports them (0 with RETURNING, -1 for DDL).
 
     For a statement classified as DML (`ddl` False) the schema must not change at all, which one
     PRAGMA tells; a DDL statement is checked object by object.
@@ -48,7 +49,7 @@ def run_agent(conn: sqlite3.Connection, guard: Guard, sql: str, params: Any, *, 
         version = conn.execute("PRAGMA main.schema_version").fetchone()[0]
     guard.start()
     try:
-        conn.execute(sql, params if params is not None else ())
+        direct = conn.execute(sql, params if params is not None else ()).rowcount
     except sqlite3.DatabaseError:
         if guard.denied:
             raise AdapterError(f"refused by the engine: {guard.denied}; nothing was changed") from None
@@ -60,14 +61,16 @@ def run_agent(conn: sqlite3.Connection, guard: Guard, sql: str, params: Any, *, 
     elif conn.execute("PRAGMA main.schema_version").fetchone()[0] != version:
         raise AdapterError("the statement changed the schema although it was classified as a data change; "
                            "nothing was changed")
+    return direct
 
 
 def dml(conn: sqlite3.Connection, guard: Guard, cap: Capture, sql: str, params: Any,
         cls: Classification) -> Measured:
     verbs = cls.detail.get("verbs", [])
     marks = cap.marks()
-    run_agent(conn, guard, sql, params, ddl=cls.detail.get("op") == "create")
-    captured = cap.captured(marks)
+    direct = run_agent(conn, guard, sql, params, ddl=cls.detail.get("op") == "create")
+    one = verbs[0][0] if len(verbs) == 1 and cls.detail.get("op") == "dml" else None  # 'U', 'D' or 'I'
+    captured = cap.captured(marks, direct, one)
     # Counted per row event (a row a trigger updates twice counts twice): never fewer than changed.
     affected = sum(c["deleted"] + c["updated"] + c["inserted"] for c in captured)
     effect, notes = cls.effect, []
