@@ -189,11 +189,6 @@ class StrictServer(MCPServer[Runtime]):
             return await super().call_tool(name, arguments, context)
         violation = (check_values(name, arguments) or check_names(name, arguments, tool.parameters)
                      or check_values(name, tool.fn_metadata.pre_parse_json(arguments)))
-        if violation is None:
-            try:
-                tool.fn_metadata.validate_arguments(arguments)
-            except ValidationError as exc:
-                violation = check_types(name, exc, tool.parameters, arguments)
         if violation is not None:
             await self._refuse(context, name, arguments, violation)
         try:
@@ -206,6 +201,13 @@ class StrictServer(MCPServer[Runtime]):
                 f"{name} failed inside safe-mcp ({type(cause).__name__}); this is a fault of the server, not of "
                 "your call", "look up this call's receipts before retrying a write; give the receipt id to whoever "
                 "runs safe-mcp", dict(arguments)))
+        except ToolError as exc:  # after UnexpectedToolError, its subclass
+            # The SDK validates the arguments before anything of the tool runs (its resolvers included); a type
+            # it rejects is reported as ToolError caused by the ValidationError. No tool here raises ToolError
+            # with such a cause, so this is the arguments' error: refused, with a receipt, as any violation.
+            if not isinstance(exc.__cause__, ValidationError):
+                raise
+            await self._refuse(context, name, arguments, check_types(name, exc.__cause__, tool.parameters, arguments))
 
     async def run_stdio_capped(self, max_bytes: int) -> None:
         """`run_stdio_async` over safe-mcp's own line reader: each request capped at `max_bytes` while it is
