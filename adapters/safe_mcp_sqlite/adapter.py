@@ -301,6 +301,7 @@ class SqliteAdapter(SqliteSpec, Adapter):
                     outcome = outcome.model_copy(update={"compensation": {**outcome.compensation, "intent_id": intent}})
                 journal.ensure(conn)
                 journal.record(conn, intent, call.tool, outcome.affected, outcome.summary, outcome.compensation)
+                journal.prune(conn, self.s.journal_keep_days)
         except BaseException as exc:
             if conn.in_transaction:  # some errors (an interrupt, a full disk) have rolled back already
                 conn.execute("ROLLBACK")

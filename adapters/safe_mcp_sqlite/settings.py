@@ -20,6 +20,8 @@ class SqliteSettings(AdapterSettings):
     path: str = Field(description="the database file, relative to the config file's folder")
     foreign_keys: bool = Field(True, description="enforce foreign keys (and their cascades) on writes")
     statement_timeout_s: float = Field(30, gt=0, description="a statement running longer is interrupted")
+    journal_keep_days: int = Field(30, ge=1, description="before-images (what undo restores) are kept in the "
+                                                      "file this many days, then pruned by a later write")
     hooks: HooksSetting = ()
 
     @field_validator("hooks")

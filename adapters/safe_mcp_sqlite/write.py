@@ -159,9 +159,14 @@ def compensate(conn: sqlite3.Connection, comp: Mapping[str, Any]) -> tuple[int, 
     """
     op = comp.get("op")
     if op == "journal":
-        if journal.lookup(conn, str(comp.get("intent_id"))) is None:
+        found = journal.lookup(conn, str(comp.get("intent_id")))
+        if found is None:
             raise AdapterError("the before-images of this write are no longer in the target's journal "
                                f"({journal.JOURNAL}); undo is not possible")
+        if found[2] is not None and found[2].get("op") == journal.PRUNED_OP:
+            raise AdapterError(f"the before-images of this write were pruned after {found[2].get('keep_days')} days "
+                               "(journal_keep_days of this target); undo is not possible. Restore from a backup, "
+                               "or raise journal_keep_days to keep future writes undoable for longer")
         n = restore_journal(conn, comp["captures"])
         return n, f"{n} rows restored"
     if op == "rows":  # kept inline by earlier versions
