@@ -232,8 +232,11 @@ def classify_actions(acts: Actions) -> Classification:
             return Classification(effect=Effect.DESTRUCTIVE, reason=f"DELETE without WHERE on {', '.join(tables)}",
                                   summary=summary, detail={"op": "dml", "tables": user_writes, "verbs": verbs},
                                   compensable=True)
-        return Classification(effect=Effect.WRITE, reason=summary, summary=summary,
-                              detail={"op": "dml", "tables": user_writes, "verbs": verbs}, compensable=True)
+        detail: dict[str, Any] = {"op": "dml", "tables": user_writes, "verbs": verbs}
+        plain = _plain_update(acts) if verbs == ["UPDATE"] else None
+        if plain is not None:
+            detail["plain_update"] = plain
+        return Classification(effect=Effect.WRITE, reason=summary, summary=summary, detail=detail, compensable=True)
     writes = names & {"INSERT", "UPDATE", "DELETE", "CREATE_TABLE", "CREATE_INDEX", "CREATE_VIEW", "CREATE_TRIGGER",
                       "DROP_TABLE", "DROP_INDEX", "DROP_VIEW", "DROP_TRIGGER", "ALTER_TABLE"}
     schema_bookkeeping = all(a1 in SCHEMA_TABLES for n, a1, _a2, _db in every if n in writes)
@@ -242,3 +245,29 @@ def classify_actions(acts: Actions) -> Classification:
     if names <= {"SELECT", "READ", "FUNCTION", "RECURSIVE", "PRAGMA", "UPDATE", "INSERT"}:
         return Classification(effect=Effect.READ, reason="reads only", summary="SELECT", detail={"op": "read"})
     return forbid(f"unrecognised statement ({', '.join(sorted(names))})")
+
+
+def _plain_update(acts: Actions) -> dict[str, Any] | None:
+    """{"table", "columns"} when the statement only updates columns of one main table, reading nothing but
+    that table's columns and calling only deterministic built-ins, with no trigger body compiled: what
+    statement-level capture needs of the engine (safe_mcp_sqlite.statement checks the text)."""
+    from safe_mcp_sqlite.statement import DETERMINISTIC
+
+    if acts.inner:
+        return None
+    tables: set[str] = set()
+    columns: set[str] = set()
+    for name, a1, a2, db in acts.top:
+        if name in {"UPDATE", "READ"}:
+            if db != "main" or a1 is None or a1 in SCHEMA_TABLES or internal(a1):
+                return None
+            tables.add(a1)
+            if name == "UPDATE":
+                if not a2:
+                    return None
+                columns.add(a2)
+        elif name != "FUNCTION" or (a2 or "").lower() not in DETERMINISTIC:
+            return None
+    if len(tables) != 1 or not columns:
+        return None
+    return {"table": next(iter(tables)), "columns": sorted(columns)}

@@ -22,6 +22,7 @@ from safe_mcp_sqlite.classify import (
     SCHEMA_TABLES,
     names_internal,
 )
+from safe_mcp_sqlite.statement import DETERMINISTIC
 
 TRASH_PREFIX = INTERNAL_PREFIX + "trash_"
 
@@ -60,6 +61,9 @@ class Guard:
         self.agent = False
         self.denied: str | None = None
         self.new_indexes: set[str] = set()
+        self.confined: tuple[str, str] | None = None
+        """(table, journal table) while safe-mcp runs a statement built from an agent's text (statement-level
+        capture): it may read that table, call deterministic functions and write that journal table, nothing else."""
 
     def start(self) -> None:
         """An agent statement begins compiling."""
@@ -68,6 +72,13 @@ class Guard:
 
     def __call__(self, code: int, a1: str | None, a2: str | None, db: str | None, trig: str | None) -> int:
         name = ACTIONS[code] if 0 <= code < len(ACTIONS) else f"CODE{code}"
+        if self.confined is not None:
+            table, store = self.confined
+            allowed = ((name == "READ" and a1 == table and db == "main" and trig is None)
+                       or (name == "INSERT" and a1 == store and db == "main" and trig is None)
+                       or name == "SELECT"
+                       or (name == "FUNCTION" and ((a2 or "").lower() in DETERMINISTIC or a2 == "count")))
+            return sqlite3.SQLITE_OK if allowed else self._deny(f"{name.lower()} in a capture statement")
         ours = trig is not None and trig.lower().startswith(CAPTURE_PREFIX)
         if ours:
             return sqlite3.SQLITE_OK
