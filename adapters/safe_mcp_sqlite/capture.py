@@ -18,6 +18,7 @@ from typing import Any
 
 from safe_mcp.errors import AdapterError
 from safe_mcp_sqlite.classify import INTERNAL_PREFIX
+from safe_mcp_sqlite.statement import affinity
 
 CAPTURE_PREFIX = INTERNAL_PREFIX + "cap_"
 
@@ -55,9 +56,14 @@ class TableInfo:
         self.name = table
         # hidden: 0 normal, 1 hidden (virtual), 2/3 generated: those cannot be written back
         self.columns = [r[1] for r in rows if r[6] == 0]
+        self.key_columns = {r[1].lower() for r in rows if r[5]}
         # table_list: schema, name, type, ncol, wr (WITHOUT ROWID), strict
         listed = [r for r in conn.execute("PRAGMA main.table_list").fetchall() if r[0] == "main" and r[1] == table]
         self.without_rowid = bool(listed and listed[0][4])
+        strict = bool(listed and listed[0][5])
+        # The journal's columns take the same affinity as the table's, so that a value computed for a column
+        # (statement-level capture predicts the rows an UPDATE leaves) is stored as the UPDATE stores it.
+        self.affinities = [affinity(r[2] or "", strict) for r in rows if r[6] == 0]
         if self.without_rowid:
             pk = sorted((r[5], r[1]) for r in rows if r[5])
             self.key = [c for _, c in pk]
@@ -94,7 +100,7 @@ def purge(conn: sqlite3.Connection) -> None:
 
 def store_name(info: TableInfo) -> str:
     """The journal table that keeps before-images of `info`'s rows, one per table layout."""
-    layout = json.dumps(["v2", info.name, info.key, info.columns]).encode()
+    layout = json.dumps(["v3", info.name, info.key, info.columns, info.affinities]).encode()
     return f"{INTERNAL_PREFIX}undo_{hashlib.sha256(layout).hexdigest()[:16]}"
 
 
@@ -115,6 +121,8 @@ class Capture:
         self.infos = [TableInfo(conn, t) for t in sorted(cascade_children(conn, tables & real))]
         self.stores = [store_name(info) for info in self.infos]
         self._objects: list[str] = []
+        self._update_trigger: dict[str, tuple[str, str]] = {}
+        """table -> (the name, the CREATE statement) of its UPDATE capture trigger."""
         self.version = -1
         """The schema_version the triggers were made for."""
 
@@ -127,12 +135,13 @@ class Capture:
             new_cols = ", ".join(f"new.{q(c)}" for c in info.columns)
             nulls_keys = ", ".join("NULL" for _ in info.key)
             nulls_cols = ", ".join("NULL" for _ in info.columns)
-            nk, nc = len(info.key), len(info.columns)
+            nk = len(info.key)
             # One row per row event: old key, new key, old row, new row (AFTER triggers still see old.*).
             self.conn.execute(
                 f"CREATE TABLE IF NOT EXISTS main.{store} (seq INTEGER PRIMARY KEY, op TEXT, "
                 + ", ".join([f"k{j}" for j in range(nk)] + [f"n{j}" for j in range(nk)]
-                            + [f"c{j}" for j in range(nc)] + [f"d{j}" for j in range(nc)]) + ")")
+                            + [f"c{j} {a}" for j, a in enumerate(info.affinities)]
+                            + [f"d{j} {a}" for j, a in enumerate(info.affinities)]) + ")")
             t = f"main.{q(info.name)}"
             for trig, when, values in (
                 ("d", "AFTER DELETE", f"'D', {key_old}, {nulls_keys}, {old_cols}, {nulls_cols}"),
@@ -140,9 +149,11 @@ class Capture:
                 ("i", "AFTER INSERT", f"'I', {nulls_keys}, {key_new}, {nulls_cols}, {new_cols}"),
             ):
                 name = f"{CAPTURE_PREFIX}{i}_{trig}"
-                self.conn.execute(f"CREATE TEMP TRIGGER {name} {when} ON {t} BEGIN "
-                                  f"INSERT INTO {store} VALUES (NULL, {values}); END")
+                create = f"CREATE TEMP TRIGGER {name} {when} ON {t} BEGIN INSERT INTO {store} VALUES (NULL, {values}); END"
+                self.conn.execute(create)
                 self._objects.append(f"TRIGGER temp.{name}")
+                if trig == "u":
+                    self._update_trigger[info.name] = (name, create)
 
     def remove(self) -> None:
         # IF EXISTS: a table dropped or renamed since took its temporary triggers with it.
@@ -150,6 +161,27 @@ class Capture:
             kind, name = obj.split(" ", 1)
             self.conn.execute(f"DROP {kind} IF EXISTS {name}")
         self._objects.clear()
+        self._update_trigger.clear()
+
+    def suspend_update(self, table: str) -> str | None:
+        """Drop `table`'s UPDATE capture trigger inside the caller's transaction (a statement-level capture
+        takes its place); returns what `resume_update` needs, or None when there is none."""
+        found = self._update_trigger.get(table)
+        if found is None:
+            return None
+        self.conn.execute(f"DROP TRIGGER temp.{found[0]}")
+        return found[1]
+
+    def resume_update(self, create: str) -> None:
+        """Put the trigger back, in the same transaction (so a rollback keeps it either way)."""
+        self.conn.execute(create)
+
+    def info(self, table: str) -> tuple[TableInfo, str] | None:
+        """The TableInfo and journal table of `table`, when captured."""
+        for info, store in zip(self.infos, self.stores, strict=True):
+            if info.name == table:
+                return info, store
+        return None
 
     def marks(self) -> list[int]:
         """Where each journal table ends now; what a write adds comes after."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,10 +19,11 @@ from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError
 from safe_mcp.state.receipts import new_id
 from safe_mcp_sqlite import journal
-from safe_mcp_sqlite.capture import Capture, encode, fingerprint, load, q, sample
+from safe_mcp_sqlite.capture import Capture, cascade_children, encode, fingerprint, load, q, sample
 from safe_mcp_sqlite.classify import INTERNAL_PREFIX
 from safe_mcp_sqlite.guard import Guard, check_untouched, internal_objects, user_code
 from safe_mcp_sqlite.restore import restore, restore_journal
+from safe_mcp_sqlite.statement import parse_update, rowid_names
 
 SAMPLE = 5
 
@@ -64,11 +66,118 @@ def run_agent(conn: sqlite3.Connection, guard: Guard, sql: str, params: Any, *, 
     return direct
 
 
+BY_STATEMENT_MIN = 256
+"""Fewer rows than this: per-row triggers cost less than dropping and re-making one for a statement capture."""
+SAMPLE_CHECK = 64
+"""Rows of a statement capture whose predicted after-image is compared with the table, byte for byte."""
+_SAVEPOINT = "_safe_mcp_by_statement"
+
+
+def update_by_statement(conn: sqlite3.Connection, guard: Guard, cap: Capture, sql: str, params: Any,
+                        plain: Mapping[str, Any], marks: list[int]) -> int | None:
+    """Run a plain UPDATE with its before- and after-images taken by one INSERT .. SELECT instead of per-row
+    triggers (see safe_mcp_sqlite.statement for when that is sound). Returns the rows the UPDATE changed, or
+    None when it did not run this way (nothing changed then: the caller runs it with the triggers).
+
+    The SELECT, built from the agent's own text, runs confined by the engine to reading that table and
+    writing its journal table. After the UPDATE the rows it changed must be the rows selected, and a sample
+    of them must hold exactly the predicted values; otherwise everything since the savepoint is undone and
+    None returned.
+
+    Raises:
+        AdapterError, sqlite3.DatabaseError: from the agent's statement itself (the caller rolls back).
+    """
+    found = cap.info(str(plain.get("table")))
+    plan = parse_update(sql)
+    if found is None or plan is None:
+        return None
+    info, store = found
+    if info.without_rowid or rowid_names(info.columns) or any(c.lower().startswith(INTERNAL_PREFIX) for c in info.columns):
+        return None
+    by_lower = {c.lower(): c for c in info.columns}
+    targets = [by_lower.get(col.lower()) for col, _expr in plan.assignments]
+    if (any(t is None or t.lower() in info.key_columns for t in targets)
+            or sorted(str(t).lower() for t in targets) != sorted(str(c).lower() for c in plain.get("columns", []))):
+        return None
+    cols = ", ".join(q(c) for c in info.columns)
+    inner = (f"SELECT rowid AS _safe_mcp_k, {cols}, "
+             + ", ".join(f"({expr}) AS _safe_mcp_s{j}" for j, (_col, expr) in enumerate(plan.assignments))
+             + f" FROM {plan.source}" + ("" if plan.where is None else f" WHERE {plan.where}"))
+    args = params if params is not None else ()
+    guard.confined = (info.name, store)
+    try:
+        n = conn.execute(f"SELECT count(*) FROM ({inner} LIMIT {BY_STATEMENT_MIN})", args).fetchone()[0]
+    except sqlite3.DatabaseError:
+        return None  # the agent's statement meets the same error, or a plain one, on the trigger path
+    finally:
+        guard.confined = None
+    if n < BY_STATEMENT_MIN or not _alone(conn, info.name):
+        return None
+    slot = {t: j for j, t in enumerate(targets)}
+    after = ", ".join(f"_safe_mcp_s{slot[c]}" if c in slot else q(c) for c in info.columns)
+    nc = len(info.columns)
+    insert = (f"INSERT INTO main.{store} (op, k0, n0, " + ", ".join(f"c{j}" for j in range(nc)) + ", "
+              + ", ".join(f"d{j}" for j in range(nc)) + f") SELECT 'U', _safe_mcp_k, _safe_mcp_k, {cols}, {after} "
+              f"FROM ({inner})")
+    mark = marks[cap.stores.index(store)]
+    conn.execute(f"SAVEPOINT {_SAVEPOINT}")
+    guard.confined = (info.name, store)
+    try:
+        selected = conn.execute(insert, args).rowcount
+    except sqlite3.DatabaseError:
+        selected = -1
+    finally:
+        guard.confined = None
+    create = cap.suspend_update(info.name) if selected >= 0 else None
+    if create is None:
+        conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
+        conn.execute(f"RELEASE {_SAVEPOINT}")
+        return None
+    try:
+        direct = run_agent(conn, guard, sql, params, ddl=False)
+    finally:
+        # IF NOT EXISTS: an error that rolled the whole transaction back took the DROP with it.
+        cap.resume_update(create.replace("CREATE TEMP TRIGGER", "CREATE TEMP TRIGGER IF NOT EXISTS", 1))
+    if direct != selected or not _as_predicted(conn, info.name, info.columns, store, mark, selected):
+        conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
+        conn.execute(f"RELEASE {_SAVEPOINT}")
+        return None
+    conn.execute(f"RELEASE {_SAVEPOINT}")
+    return direct
+
+
+def _alone(conn: sqlite3.Connection, table: str) -> bool:
+    """No trigger on `table`, no foreign key action from it into another table, and no ON CONFLICT REPLACE or
+    IGNORE in its definition (an UPDATE of it then changes exactly the rows its WHERE selects, nothing else)."""
+    if conn.execute("SELECT 1 FROM main.sqlite_schema WHERE type = 'trigger' AND tbl_name = ? COLLATE NOCASE",
+                    (table,)).fetchone() is not None:
+        return False
+    definition = conn.execute("SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    if definition is None or re.search(r"\b(REPLACE|IGNORE)\b", definition[0] or "", re.IGNORECASE):
+        return False
+    return cascade_children(conn, {table}) == {table}
+
+
+def _as_predicted(conn: sqlite3.Connection, table: str, columns: list[str], store: str, mark: int, n: int) -> bool:
+    """The first SAMPLE_CHECK rows the capture predicted hold, in the table now, exactly the values predicted
+    (type and bytes; reals by value)."""
+    same = " AND ".join(
+        f"typeof(t.{q(c)}) = typeof(s.d{j}) AND CASE typeof(s.d{j}) WHEN 'real' THEN t.{q(c)} = s.d{j} "
+        f"ELSE CAST(t.{q(c)} AS BLOB) IS CAST(s.d{j} AS BLOB) END" for j, c in enumerate(columns))
+    joined, differ = conn.execute(
+        f"SELECT count(*), total(CASE WHEN {same} THEN 0 ELSE 1 END) FROM (SELECT * FROM main.{store} WHERE seq > ? "
+        f"ORDER BY seq LIMIT {SAMPLE_CHECK}) AS s JOIN main.{q(table)} AS t ON t.rowid = s.k0", (mark,)).fetchone()
+    return bool(joined == min(SAMPLE_CHECK, n) and differ == 0)
+
+
 def dml(conn: sqlite3.Connection, guard: Guard, cap: Capture, sql: str, params: Any,
         cls: Classification) -> Measured:
     verbs = cls.detail.get("verbs", [])
     marks = cap.marks()
-    direct = run_agent(conn, guard, sql, params, ddl=cls.detail.get("op") == "create")
+    plain = cls.detail.get("plain_update")
+    direct = update_by_statement(conn, guard, cap, sql, params, plain, marks) if plain else None
+    if direct is None:
+        direct = run_agent(conn, guard, sql, params, ddl=cls.detail.get("op") == "create")
     one = verbs[0][0] if len(verbs) == 1 and cls.detail.get("op") == "dml" else None  # 'U', 'D' or 'I'
     captured = cap.captured(marks, direct, one)
     # Counted per row event (a row a trigger updates twice counts twice): never fewer than changed.
