@@ -269,13 +269,25 @@ def main() -> int:
         profiles[rows[-1].name] = through(gate, "s", UPD_BIG)
 
         # what any before-image capture costs at least: the raw UPDATE plus copying the old rows, one commit
+        # (as statement-level capture does, which also keeps each row's after-image); and the same copy made by
+        # a trigger per row, as every other SQLite write is captured
         raw_lite.execute("CREATE TABLE floor_undo (id INTEGER, name TEXT, qty INTEGER)")
+
+        def copy_then_update() -> None:
+            raw_lite.execute("BEGIN IMMEDIATE")
+            raw_lite.execute(f"INSERT INTO floor_undo SELECT * FROM items WHERE id <= {BIG}")
+            raw_lite.execute(UPD_BIG)
+            raw_lite.execute("COMMIT")
+
+        floor2 = statistics.median(timed(copy_then_update) for _ in range(reps))
+        rows.append(Row("2  (floor: raw UPDATE + INSERT..SELECT of old rows)", raw=raw2, ours=floor2,
+                        measure=f"x{floor2 / raw2:.2f}", target="(info: least any capture costs)"))
         raw_lite.execute("CREATE TEMP TRIGGER floor_capture BEFORE UPDATE ON main.items BEGIN "
                          "INSERT INTO floor_undo VALUES (old.id, old.name, old.qty); END")
-        floor2 = statistics.median(timed(lite_write(UPD_BIG)) for _ in range(reps))
+        trig2 = statistics.median(timed(lite_write(UPD_BIG)) for _ in range(reps))
         raw_lite.execute("DROP TRIGGER temp.floor_capture")
-        rows.append(Row("2  (floor: raw UPDATE + trigger copying old rows)", raw=raw2, ours=floor2,
-                        measure=f"x{floor2 / raw2:.2f}", target="(info: least any capture costs)"))
+        rows.append(Row("2  (the same copy by a trigger per row)", raw=raw2, ours=trig2,
+                        measure=f"x{trig2 / raw2:.2f}", target="(info: other writes' capture)"))
 
         # 3. PostgreSQL 10,000-row UPDATE with before-images
         raw3, ours3 = paired([pg_write(UPD_BIG), through(gate, "p", UPD_BIG)], reps, warmup=1)
