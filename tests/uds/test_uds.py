@@ -284,7 +284,7 @@ def test_a_signal_at_any_moment_of_start_up_leaves_no_socket_and_no_traceback(sh
     t0 = time.monotonic()
     with serving_uds(cfg, sock):
         startup = time.monotonic() - t0
-    moments = [startup * i / 10 for i in range(12)] + [None] * 6  # None: the instant the socket appears
+    moments = [startup * i / 6 for i in range(8)] + [None] * 4  # None: the instant the socket appears
     for moment in moments:
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
