@@ -228,6 +228,31 @@ def test_the_byte_cap_truncates_and_says_so(one: PostgresAdapter) -> None:
     assert capped.result["truncated"] is True and capped.result["row_count"] == 49
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 40, 200])
+@pytest.mark.parametrize("limit", [0, 1, 2, 3, 39, 500])
+def test_rows_returned_is_exact_at_every_boundary(one: PostgresAdapter, n: int, limit: int) -> None:
+    """The first rows come with the cursor's DECLARE, the rest batch by batch: whatever the result size and
+    the cap, exactly min(n, cap) rows come back, in order, and `truncated` says whether more existed."""
+    read = Call(target="one", tool="sql_query", args={"sql": f"SELECT g FROM generate_series(1, {n}) g ORDER BY g"})
+    budget = Budget(rows_returned=limit, rows_affected=0, allowed_effect=Effect.READ, bytes_returned=1_000_000)
+    out = one.execute(read, one.classify(read), budget)
+    assert [r[0] for r in out.result["rows"]] == list(range(1, min(n, limit) + 1))
+    assert out.result["truncated"] is (n > limit)
+
+
+@pytest.mark.parametrize(("cap", "rows"), [(100, 0), (10_000, 1), (30_000, 2), (60_000, 3)])
+def test_the_byte_cap_counts_binary_values_of_the_first_rows(one: PostgresAdapter, cap: int, rows: int) -> None:
+    """bytea is measured by its bytes on the wire (hex text: two a byte), in the rows that come with the DECLARE
+    as in the later ones."""
+    read = Call(target="one", tool="sql_query",
+                args={"sql": "SELECT g, decode(repeat('ab', 4000 * g), 'hex') AS b FROM generate_series(1, 3) g "
+                             "ORDER BY g"})
+    budget = Budget(rows_returned=500, rows_affected=0, allowed_effect=Effect.READ, bytes_returned=cap)
+    out = one.execute(read, one.classify(read), budget)
+    assert out.result["row_count"] == rows
+    assert out.result["truncated"] is (rows < 3)
+
+
 def test_a_cascade_cannot_reach_the_trash(pg: Pg, one: PostgresAdapter) -> None:
     """A human-approved DROP ... CASCADE of something a trashed table depends on is rolled back."""
     tag = uuid.uuid4().hex[:6]
