@@ -86,3 +86,18 @@ def untouched(before: dict[str, object], after: dict[str, object]) -> bool:
     new = {n: v for n, v in after.items() if n not in before}
     return ({n: after.get(n) for n in before} == before
             and all(n.startswith("_safe_mcp_undo_") and v[2] in ([], None) for n, v in new.items()))  # type: ignore[index]
+
+
+def content(db: Path) -> dict[str, list[tuple[object, ...]]]:
+    """Every user table with its rowids where it has them, each value with its type: the file as a user sees it."""
+    conn = sqlite3.connect(db)
+    try:
+        out = {}
+        for name, wr in conn.execute("SELECT name, wr FROM pragma_table_list WHERE schema = 'main' AND type = 'table' "
+                                     "AND name NOT LIKE 'sqlite%' AND name NOT LIKE '\\_safe\\_mcp\\_%' ESCAPE '\\'"):
+            sel = "SELECT *" if wr else "SELECT rowid AS rowid_, *"
+            got = conn.execute(f'{sel} FROM "{name}"').fetchall()
+            out[name] = sorted((tuple((type(v).__name__, v) for v in r) for r in got), key=repr)
+        return out
+    finally:
+        conn.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from safe_mcp_sqlite import SqliteAdapter, SqliteSettings
-from sqlite_helpers import app, budget, rows, sql
+from sqlite_helpers import app, budget, content, rows, sql
 
 from safe_mcp.adapter import Outcome
 from safe_mcp.effects import Effect
@@ -57,21 +57,6 @@ def fill(db: Path, schema: list[str]) -> None:
         conn.executemany("INSERT INTO child (t_id, note) VALUES (?, ?)", [(i, f"n{i}") for i in range(1, N + 1, 3)])
     conn.commit()
     conn.close()
-
-
-def content(db: Path) -> dict[str, list[tuple[object, ...]]]:
-    """Every user table with its rowids where it has them, each value with its type: the file as a user sees it."""
-    conn = sqlite3.connect(db)
-    try:
-        out = {}
-        for name, wr in conn.execute("SELECT name, wr FROM pragma_table_list WHERE schema = 'main' AND type = 'table' "
-                                     "AND name NOT LIKE 'sqlite%' AND name NOT LIKE '\\_safe\\_mcp\\_%' ESCAPE '\\'"):
-            sel = "SELECT *" if wr else "SELECT rowid AS rowid_, *"
-            got = conn.execute(f'{sel} FROM "{name}"').fetchall()
-            out[name] = sorted((tuple((type(v).__name__, v) for v in r) for r in got), key=repr)
-        return out
-    finally:
-        conn.close()
 
 
 @pytest.fixture

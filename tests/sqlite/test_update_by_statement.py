@@ -18,7 +18,7 @@ from safe_mcp_sqlite import SqliteAdapter, SqliteSettings, write
 from safe_mcp_sqlite.capture import load
 from safe_mcp_sqlite.guard import Guard
 from safe_mcp_sqlite.statement import parse_update
-from sqlite_helpers import app, budget, sql
+from sqlite_helpers import app, budget, content, sql
 
 from safe_mcp.adapter import Outcome
 from safe_mcp.effects import Effect
@@ -113,21 +113,6 @@ def fill(db: Path, create: str, setup: list[str] = ()) -> None:  # type: ignore[
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def content(db: Path) -> dict[str, list[tuple[object, ...]]]:
-    """Every user table, rowids and value types included."""
-    conn = sqlite3.connect(db)
-    try:
-        out = {}
-        for name, wr in conn.execute("SELECT name, wr FROM pragma_table_list WHERE schema = 'main' AND type = 'table' "
-                                     "AND name NOT LIKE 'sqlite%' AND name NOT LIKE '\\_safe\\_mcp\\_%' ESCAPE '\\'"):
-            sel = "SELECT *" if wr else "SELECT rowid AS rowid_, *"
-            got = conn.execute(f'{sel} FROM "{name}"').fetchall()
-            out[name] = sorted((tuple((type(v).__name__, v) for v in r) for r in got), key=repr)
-        return out
-    finally:
-        conn.close()
 
 
 class Traced:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -251,20 +251,30 @@ def test_a_path_in_use_or_not_a_socket_is_refused(shop: tuple[Path, Path]) -> No
     assert "--transport http" in err
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
-def test_a_clean_exit_removes_the_socket(shop: tuple[Path, Path], sig: signal.Signals) -> None:
-    cfg, _token = shop
-    sock = cfg.parent / "mcp.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "safe_mcp", "serve", "--config", str(cfg), "--transport", "http",
-                             "--uds", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _serve_args(cfg: Path, sock: Path) -> list[str]:
+    return [sys.executable, "-m", "safe_mcp", "serve", "--config", str(cfg), "--transport", "http", "--uds", str(sock)]
+
+
+def _signalled(args: list[str], sig: signal.Signals,
+               wait: Callable[[subprocess.Popen[bytes]], object]) -> tuple[subprocess.Popen[bytes], bytes]:
+    """Start `args`, `wait`, send `sig`; the ended process and its stderr (killed if it outlives 20 s)."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_socket(sock, proc)
+        wait(proc)
         proc.send_signal(sig)
         _out, err = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    return proc, err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_clean_exit_removes_the_socket(shop: tuple[Path, Path], sig: signal.Signals) -> None:
+    cfg, _token = shop
+    sock = cfg.parent / "mcp.sock"
+    proc, err = _signalled(_serve_args(cfg, sock), sig, lambda proc: wait_socket(sock, proc))
     assert not os.path.lexists(sock)
     assert b"Traceback" not in err, err.decode(errors="replace")[-2000:]
     assert proc.returncode == 128 + sig  # what a supervisor expects of a process stopped by a signal
@@ -279,26 +289,22 @@ def test_a_signal_at_any_moment_of_start_up_leaves_no_socket_and_no_traceback(sh
     the event loop's constructor, right after the socket appeared: a half-built loop's finaliser traceback.)"""
     cfg, _token = shop
     sock = cfg.parent / "mcp.sock"
-    args = [sys.executable, "-m", "safe_mcp", "serve", "--config", str(cfg), "--transport", "http", "--uds", str(sock)]
     # How long start-up takes here, so the signals below are spread over all of it.
     t0 = time.monotonic()
     with serving_uds(cfg, sock):
         startup = time.monotonic() - t0
+
     moments = [startup * i / 6 for i in range(8)] + [None] * 4  # None: the instant the socket appears
     for moment in moments:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            if moment is None:
-                while not os.path.lexists(sock) and proc.poll() is None:
-                    time.sleep(0.001)
-            else:
+
+        def wait(proc: subprocess.Popen[bytes], moment: float | None = moment) -> None:
+            if moment is not None:
                 time.sleep(moment)
-            proc.send_signal(sig)
-            _out, err = proc.communicate(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                return
+            while not os.path.lexists(sock) and proc.poll() is None:
+                time.sleep(0.001)
+
+        proc, err = _signalled(_serve_args(cfg, sock), sig, wait)
         text = err.decode(errors="replace")
         assert "Traceback" not in text and "Exception ignored" not in text, (moment, text[-2000:])
         assert proc.returncode in (-sig, 128 + sig), (moment, proc.returncode, text[-2000:])
