@@ -232,8 +232,19 @@ def load(conn: sqlite3.Connection, captures: list[dict[str, Any]], limit: int | 
         except sqlite3.OperationalError:
             raise AdapterError(f"the before-images of {cap['table']} are no longer in the target's journal "
                                f"({store}); undo is not possible") from None
+        if cap.get("same"):
+            rows = with_after_images(rows, len(cap["key"]), len(cap["columns"]), cap["same"])
         out.append(parse(rows, cap["table"], cap["key"], cap["columns"]))
     return out
+
+
+def with_after_images(rows: list[Any], nk: int, nc: int, same: list[int]) -> list[tuple[Any, ...]]:
+    """Journal rows of a statement-level capture with each after-image whole: the columns in `same` were not
+    set by the write, so their after-image is the before-image (the journal left them NULL)."""
+    c0 = 2 + 2 * nk
+    d0 = c0 + nc
+    keep = set(same)
+    return [(*r[:d0], *(r[c0 + j] if j in keep else r[d0 + j] for j in range(nc))) for r in rows]
 
 
 def parse(rows: list[Any], table: str, key: list[str], columns: list[str]) -> dict[str, Any]:

@@ -175,7 +175,9 @@ class _Plan:
         self.k = [f"s.k{j}" for j in range(nk)]
         self.n = [f"s.n{j}" for j in range(nk)]
         self.c = [f"s.c{j}" for j in range(nc)]
-        self.d = [f"s.d{j}" for j in range(nc)]
+        # A statement-level capture leaves the after-image of a column it did not set NULL: it is the before-image.
+        same = set(cap.get("same") or ())
+        self.d = [f"s.c{j}" if j in same else f"s.d{j}" for j in range(nc)]
 
     def at(self, key: list[str]) -> str:
         """Target row `x` has key `key`, compared as `_where` compares (the key column's own collation)."""

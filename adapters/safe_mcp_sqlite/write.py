@@ -74,10 +74,12 @@ _SAVEPOINT = "_safe_mcp_by_statement"
 
 
 def update_by_statement(conn: sqlite3.Connection, guard: Guard, cap: Capture, sql: str, params: Any,
-                        plain: Mapping[str, Any], marks: list[int]) -> int | None:
+                        plain: Mapping[str, Any], marks: list[int]) -> tuple[int, str, list[int]] | None:
     """Run a plain UPDATE with its before- and after-images taken by one INSERT .. SELECT instead of per-row
-    triggers (see safe_mcp_sqlite.statement for when that is sound). Returns the rows the UPDATE changed, or
-    None when it did not run this way (nothing changed then: the caller runs it with the triggers).
+    triggers (see safe_mcp_sqlite.statement for when that is sound). Returns the rows the UPDATE changed, the
+    table, and the indexes of the columns it does not set (their after-image is the before-image, so the
+    journal leaves it NULL: the capture's "same"); or None when it did not run this way (nothing changed
+    then: the caller runs it with the triggers).
 
     The SELECT, built from the agent's own text, runs confined by the engine to reading that table and
     writing its journal table. After the UPDATE the rows it changed must be the rows selected, and a sample
@@ -114,7 +116,8 @@ def update_by_statement(conn: sqlite3.Connection, guard: Guard, cap: Capture, sq
     if n < BY_STATEMENT_MIN or not _alone(conn, info.name):
         return None
     slot = {t: j for j, t in enumerate(targets)}
-    after = ", ".join(f"_safe_mcp_s{slot[c]}" if c in slot else q(c) for c in info.columns)
+    after = ", ".join(f"_safe_mcp_s{slot[c]}" if c in slot else "NULL" for c in info.columns)
+    same = [j for j, c in enumerate(info.columns) if c not in slot]
     nc = len(info.columns)
     insert = (f"INSERT INTO main.{store} (op, k0, n0, " + ", ".join(f"c{j}" for j in range(nc)) + ", "
               + ", ".join(f"d{j}" for j in range(nc)) + f") SELECT 'U', _safe_mcp_k, _safe_mcp_k, {cols}, {after} "
@@ -138,12 +141,12 @@ def update_by_statement(conn: sqlite3.Connection, guard: Guard, cap: Capture, sq
     finally:
         # IF NOT EXISTS: an error that rolled the whole transaction back took the DROP with it.
         cap.resume_update(create.replace("CREATE TEMP TRIGGER", "CREATE TEMP TRIGGER IF NOT EXISTS", 1))
-    if direct != selected or not _as_predicted(conn, info.name, info.columns, store, mark, selected):
+    if direct != selected or not _as_predicted(conn, info.name, info.columns, same, store, mark, selected):
         conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
         conn.execute(f"RELEASE {_SAVEPOINT}")
         return None
     conn.execute(f"RELEASE {_SAVEPOINT}")
-    return direct
+    return direct, info.name, same
 
 
 def _alone(conn: sqlite3.Connection, table: str) -> bool:
@@ -158,12 +161,14 @@ def _alone(conn: sqlite3.Connection, table: str) -> bool:
     return cascade_children(conn, {table}) == {table}
 
 
-def _as_predicted(conn: sqlite3.Connection, table: str, columns: list[str], store: str, mark: int, n: int) -> bool:
+def _as_predicted(conn: sqlite3.Connection, table: str, columns: list[str], unset: list[int], store: str, mark: int,
+                  n: int) -> bool:
     """The first SAMPLE_CHECK rows the capture predicted hold, in the table now, exactly the values predicted
-    (type and bytes; reals by value)."""
+    (type and bytes; reals by value): the new value in a column set, the old one in every other column."""
+    after = [f"s.c{j}" if j in unset else f"s.d{j}" for j in range(len(columns))]
     same = " AND ".join(
-        f"typeof(t.{q(c)}) = typeof(s.d{j}) AND CASE typeof(s.d{j}) WHEN 'real' THEN t.{q(c)} = s.d{j} "
-        f"ELSE CAST(t.{q(c)} AS BLOB) IS CAST(s.d{j} AS BLOB) END" for j, c in enumerate(columns))
+        f"typeof(t.{q(c)}) = typeof({v}) AND CASE typeof({v}) WHEN 'real' THEN t.{q(c)} = {v} "
+        f"ELSE CAST(t.{q(c)} AS BLOB) IS CAST({v} AS BLOB) END" for c, v in zip(columns, after, strict=True))
     joined, differ = conn.execute(
         f"SELECT count(*), total(CASE WHEN {same} THEN 0 ELSE 1 END) FROM (SELECT * FROM main.{store} WHERE seq > ? "
         f"ORDER BY seq LIMIT {SAMPLE_CHECK}) AS s JOIN main.{q(table)} AS t ON t.rowid = s.k0", (mark,)).fetchone()
@@ -175,11 +180,17 @@ def dml(conn: sqlite3.Connection, guard: Guard, cap: Capture, sql: str, params: 
     verbs = cls.detail.get("verbs", [])
     marks = cap.marks()
     plain = cls.detail.get("plain_update")
-    direct = update_by_statement(conn, guard, cap, sql, params, plain, marks) if plain else None
-    if direct is None:
+    by_statement = update_by_statement(conn, guard, cap, sql, params, plain, marks) if plain else None
+    if by_statement is None:
         direct = run_agent(conn, guard, sql, params, ddl=cls.detail.get("op") == "create")
+    else:
+        direct = by_statement[0]
     one = verbs[0][0] if len(verbs) == 1 and cls.detail.get("op") == "dml" else None  # 'U', 'D' or 'I'
     captured = cap.captured(marks, direct, one)
+    if by_statement is not None and by_statement[2]:
+        for c in captured:
+            if c["table"] == by_statement[1]:
+                c["same"] = by_statement[2]  # these columns' after-images are their before-images (left NULL)
     # Counted per row event (a row a trigger updates twice counts twice): never fewer than changed.
     affected = sum(c["deleted"] + c["updated"] + c["inserted"] for c in captured)
     effect, notes = cls.effect, []
