@@ -51,6 +51,16 @@ access = "read-write"
 """
 
 
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL if the process has not ended within 10 s; returns once it is reaped."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def write_config(directory: Path, text: str, name: str = "safe-mcp.toml") -> Path:
     path = directory / name
     path.write_text(textwrap.dedent(text), encoding="utf-8")
@@ -116,11 +126,7 @@ def serving(config: Path, transport: str, env: dict[str, str] | None = None, por
             wait_port(port, proc)
             yield port
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
             log.seek(0)
             errors = log.read().decode(errors="replace")
         assert "Logging error" not in errors and "Traceback" not in errors, errors[-3000:]
@@ -156,12 +162,7 @@ def serving_uds(config: Path, sock: Path | None, *extra: str, env: dict[str, str
             wait_socket(where, proc)
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
             log.seek(0)
             text = log.read().decode(errors="replace")
         assert "Traceback" not in text, text[-3000:]
@@ -309,12 +310,7 @@ def moto_server(key_id: str, secret: str) -> Iterator[str]:
             wait_port(port, proc)
             yield f"http://127.0.0.1:{port}"
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 @contextmanager

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port, wait_port
-from users import ISOLATION_DIR, as_user, os_user, probe, python_paths, require_root, traversable, uid_of
+from support import free_port, stop, wait_port
+from users import ISOLATION_DIR, as_user, os_user, own, probe, python_paths, require_root, traversable, uid_of
 
 pytestmark = pytest.mark.sqlite_state
 
@@ -66,11 +66,6 @@ class Setup:
                               check=check, **as_user(self.gw, self.gw_home, self.env))
 
 
-def _own(path: Path, user: pwd.struct_passwd, mode: int) -> None:
-    os.chown(path, user.pw_uid, user.pw_gid)
-    os.chmod(path, mode)
-
-
 @pytest.fixture(scope="module")
 def two_users() -> Iterator[Setup]:
     require_root()
@@ -83,23 +78,23 @@ def two_users() -> Iterator[Setup]:
             s = Setup(base, gw, cl)
             s.gw_home.mkdir()
             s.cl_home.mkdir()
-            _own(s.gw_home, gw, 0o700)
-            _own(s.cl_home, cl, 0o700)
+            own(s.gw_home, gw, 0o700)
+            own(s.cl_home, cl, 0o700)
             s.config.write_text(textwrap.dedent(CONFIG), encoding="utf-8")
-            _own(s.config, gw, 0o600)
+            own(s.config, gw, 0o600)
             db = sqlite3.connect(s.db)
             db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
             db.executemany("INSERT INTO items (name) VALUES (?)", [("a",), ("b",), ("c",)])
             db.commit()
             db.close()
-            _own(s.db, gw, 0o600)
+            own(s.db, gw, 0o600)
             # The secret is stored by the gateway's user with the CLI, as an operator would.
             subprocess.run([sys.executable, "-m", "safe_mcp", "secrets", "set", "mailpw", "--file", str(s.secrets)],
                            input=MAIL_PASSWORD + "\n", text=True, check=True, capture_output=True,
                            **as_user(gw, s.gw_home))
             token = s.as_gw("token", "create", "--config", str(s.config), "--name", "agent-client").stdout.strip()
             s.token.write_text(token + "\n", encoding="utf-8")
-            _own(s.token, cl, 0o600)
+            own(s.token, cl, 0o600)
             yield s
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -118,12 +113,7 @@ def gateway(two_users: Setup) -> Iterator[tuple[str, int]]:
             wait_port(port, proc)
             yield f"http://127.0.0.1:{port}/mcp", proc.pid
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
             log.seek(0)
             text = log.read().decode(errors="replace")
             assert "Traceback" not in text, text

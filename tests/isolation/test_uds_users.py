@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from support import serving_uds
-from users import ISOLATION_DIR, as_user, os_group, os_user, python_paths, require_root, traversable
+from users import ISOLATION_DIR, as_user, os_group, os_user, own, python_paths, require_root, traversable
 
 pytestmark = pytest.mark.sqlite_state
 
@@ -63,11 +63,6 @@ class Setup:
                               **as_user(user, home))
 
 
-def _own(path: Path, user: pwd.struct_passwd, mode: int, gid: int | None = None) -> None:
-    os.chown(path, user.pw_uid, user.pw_gid if gid is None else gid)
-    os.chmod(path, mode)
-
-
 @pytest.fixture(scope="module")
 def users() -> Iterator[Setup]:
     require_root()
@@ -81,25 +76,25 @@ def users() -> Iterator[Setup]:
             os.chmod(base, 0o711)
             s = Setup(base, gw, member, outsider, grp.getgrgid(gid).gr_name)
             s.gw_home.mkdir()
-            _own(s.gw_home, gw, 0o700)
+            own(s.gw_home, gw, 0o700)
             s.sock.parent.mkdir()
-            _own(s.sock.parent, gw, 0o755)  # like /run/safe-mcp: anyone may enter, the socket's mode decides
+            own(s.sock.parent, gw, 0o755)  # like /run/safe-mcp: anyone may enter, the socket's mode decides
             s.config.write_text(CONFIG, encoding="utf-8")
-            _own(s.config, gw, 0o600)
+            own(s.config, gw, 0o600)
             db = sqlite3.connect(s.db)
             db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
             db.executemany("INSERT INTO items (name) VALUES (?)", [("a",), ("b",), ("c",)])
             db.commit()
             db.close()
-            _own(s.db, gw, 0o600)
+            own(s.db, gw, 0o600)
             for user in (member, outsider):
                 home = s.homes[user.pw_name]
                 home.mkdir()
-                _own(home, user, 0o700)
+                own(home, user, 0o700)
                 token = s.run_as(gw, "-m", "safe_mcp", "token", "create", "--config", str(s.config),
                                  "--name", user.pw_name).stdout.strip()
                 s.token_of(user).write_text(token + "\n", encoding="utf-8")
-                _own(s.token_of(user), user, 0o600)
+                own(s.token_of(user), user, 0o600)
             yield s
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -128,3 +128,9 @@ def probe(user: pwd.struct_passwd, home: Path, tries: list[tuple[str, str]]) -> 
                        timeout=120, check=True, **as_user(user, home))
     result: dict[str, str] = json.loads(r.stdout)
     return result
+
+
+def own(path: Path, user: pwd.struct_passwd, mode: int, gid: int | None = None) -> None:
+    """Give `path` to `user` (and its group, or `gid`) with `mode`."""
+    os.chown(path, user.pw_uid, user.pw_gid if gid is None else gid)
+    os.chmod(path, mode)
