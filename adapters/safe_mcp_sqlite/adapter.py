@@ -134,8 +134,14 @@ class SqliteAdapter(SqliteSpec, Adapter):
             else:
                 self._drop_stale_capture(self._connect_rw())
             conn = self._begin()
+            cap = self._capture  # still installed for a small undo: what it copies of the undo is dropped below
             try:
+                marks = cap.marks() if cap is not None else None
                 n, summary = write.compensate(conn, compensation)
+                if cap is not None and marks is not None:
+                    # The undo's own row events: its journal entry has no compensation, so nothing reads them,
+                    # and they would keep a copy of the restored rows after the write's are pruned.
+                    cap.forget_since(marks)
                 journal.ensure(conn)
                 journal.record(conn, budget.intent_id or new_id("intent"), "undo", n, summary, None)
             except BaseException as exc:

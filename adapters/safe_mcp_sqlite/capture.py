@@ -187,6 +187,11 @@ class Capture:
         """Where each journal table ends now; what a write adds comes after."""
         return [self.conn.execute(f"SELECT coalesce(max(seq), 0) FROM main.{s}").fetchone()[0] for s in self.stores]
 
+    def forget_since(self, marks: list[int]) -> None:
+        """Delete what the journal tables gained since `marks` (in the caller's transaction)."""
+        for store, mark in zip(self.stores, marks, strict=True):
+            self.conn.execute(f"DELETE FROM main.{store} WHERE seq > ?", (mark,))
+
     def captured(self, marks: list[int], direct: int | None = None, op: str | None = None) -> list[dict[str, Any]]:
         """What the write since `marks` left in the journal tables: the compensation's pointers, with counts.
 

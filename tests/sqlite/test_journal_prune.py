@@ -183,3 +183,21 @@ def test_pruning_runs_about_once_a_day_not_on_every_write(adapter: SqliteAdapter
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT through FROM _safe_mcp_journal_pruned").fetchone()[0] == through
     conn.close()
+
+
+def test_an_undo_leaves_no_copy_of_the_rows_it_restored(adapter: SqliteAdapter, db: Path) -> None:
+    """A small undo runs with the capture triggers installed; what they copy of the rows it puts back is not
+    kept (nothing reads it, and it would outlive the pruning of the write's own before-images)."""
+    write(adapter, "UPDATE t SET n = n WHERE id = 150", "intent_warm")  # the journal exists: the triggers stay
+    out = write(adapter, "DELETE FROM t WHERE n <= 5", "intent_small")
+    assert out.compensation is not None
+    adapter.compensate(out.compensation, budget(Effect.WRITE, intent_id="intent_undo_small"))
+    assert [r[1] for r in content(db)[:5]] == [f"ssn-{i:04d}" for i in range(1, 6)]
+    conn = sqlite3.connect(db)
+    conn.execute("DELETE FROM t WHERE n <= 5")  # the application deletes them itself, later
+    conn.commit()
+    conn.close()
+    for intent in ("intent_warm", "intent_small", "intent_undo_small"):
+        age(db, intent, 40)
+    write(adapter, "UPDATE t SET n = n WHERE id = 100", "intent_now")
+    assert not kept_anywhere(db, "ssn-0001")
