@@ -133,8 +133,7 @@ def update_by_statement(conn: sqlite3.Connection, guard: Guard, cap: Capture, sq
         guard.confined = None
     create = cap.suspend_update(info.name) if selected >= 0 else None
     if create is None:
-        conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
-        conn.execute(f"RELEASE {_SAVEPOINT}")
+        _undo_to_savepoint(conn)
         return None
     try:
         direct = run_agent(conn, guard, sql, params, ddl=False)
@@ -142,11 +141,16 @@ def update_by_statement(conn: sqlite3.Connection, guard: Guard, cap: Capture, sq
         # IF NOT EXISTS: an error that rolled the whole transaction back took the DROP with it.
         cap.resume_update(create.replace("CREATE TEMP TRIGGER", "CREATE TEMP TRIGGER IF NOT EXISTS", 1))
     if direct != selected or not _as_predicted(conn, info.name, info.columns, same, store, mark, selected):
-        conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
-        conn.execute(f"RELEASE {_SAVEPOINT}")
+        _undo_to_savepoint(conn)
         return None
     conn.execute(f"RELEASE {_SAVEPOINT}")
     return direct, info.name, same
+
+
+def _undo_to_savepoint(conn: sqlite3.Connection) -> None:
+    """Everything the statement capture did is undone; the caller runs the write with the triggers."""
+    conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
+    conn.execute(f"RELEASE {_SAVEPOINT}")
 
 
 def _alone(conn: sqlite3.Connection, table: str) -> bool:
