@@ -332,6 +332,8 @@ class Gate:
                 return replay
         budget = self._budget(target, effect)
         intent: Receipt | None = None
+        if effect is Effect.READ:
+            self._check_ledger(call, caller)
         try:
             if effect is not Effect.READ:
                 self._check_shipped(call, caller, effect)
@@ -382,11 +384,15 @@ class Gate:
                 self.store.settle_idempotency(call.target, key, None, None)
             raise
         if effect is Effect.READ:
-            rid = self.store.append_later(
-                session=caller.session, client=caller.client, run_id=caller.run_id or caller.session,
-                target=call.target, tool=call.tool, effect=effect.value,
-                args=self.scrub(self._recorded_args(call)), decision="allow", reason=decision.reason, outcome="executed",
-                policy_digest=self.policy_digest, duration_ms=_ms(started))
+            try:
+                rid = self.store.append_later(
+                    session=caller.session, client=caller.client, run_id=caller.run_id or caller.session,
+                    target=call.target, tool=call.tool, effect=effect.value,
+                    args=self.scrub(self._recorded_args(call)), decision="allow", reason=decision.reason,
+                    outcome="executed", policy_digest=self.policy_digest, duration_ms=_ms(started))
+            except StateError as exc:
+                raise Refused(f"the read ran but its receipt cannot be written ({exc}), so its result is withheld",
+                              _LEDGER_REMEDY) from None
             return GateResult(status="ok", receipt_id=rid, target=call.target, tool=call.tool, effect=effect.value,
                               result=self.scrub(outcome.result), message=outcome.summary or "read")
         assert intent is not None
@@ -857,6 +863,15 @@ class Gate:
     def _call_digest(self, call: Call) -> str:
         return action_digest(call, "")
 
+    def _check_ledger(self, call: Call, caller: Caller) -> None:
+        """A read is refused before it runs while read receipts cannot be written (group commit: their
+        receipts are written ~50 ms later, and a failed flush says the ledger is down)."""
+        try:
+            self.store.check_ledger()
+        except StateError as exc:
+            self._refuse(call, caller, Effect.READ, f"reads are refused while their receipts cannot be written: {exc}",
+                         _LEDGER_REMEDY)
+
     def _intent(self, call: Call, caller: Caller, effect: Effect, *, action_id: str | None = None,
                 key: str | None = None, undoes: str | None = None, compensation_id: str | None = None,
                 admit: tuple[UsageQuery, Callable[[Usage], None]] | None = None) -> Receipt:
@@ -972,6 +987,8 @@ class Gate:
 
 _READ_TOOLS = frozenset({"sql_query", "sql_schema", "email_outbox"})
 _COMPENSABLE = frozenset({Effect.WRITE, Effect.DESTRUCTIVE})
+_LEDGER_REMEDY = ("check the state store (disk space, permissions, or the state database); reads resume by "
+                  "themselves within ~50 ms of receipts being written again, then retry")
 
 
 def enforce_effect_table(classification: Classification) -> Classification:

@@ -221,6 +221,9 @@ class StateStore:
         self._wake = threading.Event()
         self._closing = False
         self._flusher: threading.Thread | None = None
+        # Why the last flush of read receipts failed, until one succeeds: reads are refused meanwhile
+        # (`check_ledger`), as writes are when their intent cannot be written.
+        self._unwritten: str | None = None
         # PostgreSQL: the chain head as this store last committed it. An append without an admission
         # builds on it without reading the head first (one round trip, not two); the head row's
         # update checks it is still so, and when another instance moved it the append is done again
@@ -238,12 +241,32 @@ class StateStore:
             logging.getLogger("safe_mcp").error("%d read receipts could not be written: %s", len(self._later), exc)
         self.db.close()
 
+    def check_ledger(self) -> None:
+        """Refuse, before a read runs, while its receipt could not be written: the store is closed, or the
+        last flush of read receipts failed (it is retried every ~50 ms, and reads resume once it succeeds).
+
+        Raises:
+            StateError: why receipts cannot be written now.
+        """
+        if self._closing:
+            raise StateError("the state store is closed")
+        why = self._unwritten
+        if why is not None:
+            raise StateError(f"receipts of earlier reads could not be written ({why}); "
+                             f"{len(self._later)} are waiting")
+
     def append_later(self, **fields: Any) -> str:
         """Queue a receipt to be appended within ~50 ms; return its id now. For reads only: a write's
-        receipts go through `append`, which fails loudly when the ledger cannot be written."""
+        receipts go through `append`, which fails loudly when the ledger cannot be written.
+
+        Raises:
+            StateError: the store is closed, so the receipt would never be written.
+        """
         fields.setdefault("time", _now_iso())
         fields.setdefault("id", new_id("rcpt"))
         with self._later_lock:
+            if self._closing:
+                raise StateError("the state store is closed")
             self._later.append(fields)
             if self._flusher is None:
                 self._flusher = threading.Thread(target=self._flush_loop, name="safe-mcp-receipts", daemon=True)
@@ -251,29 +274,39 @@ class StateStore:
         return str(fields["id"])
 
     def _flush_loop(self) -> None:
+        log = logging.getLogger("safe_mcp")
         while not self._closing:
             self._wake.wait(0.05)
             self._wake.clear()
+            was = self._unwritten
             try:
                 self.flush()
-            except StateError:
-                logging.getLogger("safe_mcp").exception("could not write read receipts; will retry")
+            except StateError as exc:
+                if was is None:
+                    log.error("could not write read receipts (%s); reads are refused until they are written, "
+                              "retrying every 50 ms", exc)
+            else:
+                if was is not None:
+                    log.warning("read receipts are written again; reads resume")
 
     def flush(self) -> None:
         """Write every queued receipt now, in one transaction."""
         with self._later_lock:
             batch, self._later = self._later, []
         if not batch:
+            self._unwritten = None  # nothing waits: a write's append took the queue along with it
             return
         try:
             with self.transaction() as db:
                 linked = self._chain(db, batch, self._lock_head(db)())
-        except StateError:
+        except StateError as exc:
             self._head = None
             with self._later_lock:
                 self._later[:0] = batch
+            self._unwritten = str(exc) or type(exc).__name__
             raise
         self._head = (int(linked[-1][0]["seq"]), linked[-1][1])
+        self._unwritten = None
 
     def transaction(self) -> AbstractContextManager[Tx]:
         """A write transaction on the state store, for modules that keep tables of their own here
