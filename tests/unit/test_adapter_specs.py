@@ -78,7 +78,7 @@ def install(site: Path, pkg: str, kind: str, *, with_spec: bool, on_spec: bool =
 
 
 def clear_registry() -> None:
-    for f in (registry._group, registry.load_adapter, registry._registered_spec):
+    for f in (registry._groups, registry.load_adapter, registry._registered_spec):
         f.cache_clear()
 
 
