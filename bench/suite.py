@@ -12,6 +12,7 @@ Creates its own SQLite files and PostgreSQL databases and removes them at the en
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import functools
 import io
@@ -147,6 +148,34 @@ async def stdio_run(srv: Stdio, calls: list[tuple[str, str, str]], n: int) -> di
                 if r.is_error:
                     raise RuntimeError(f"{srv.label} {tool}: {r.content[0]}")
             out[key] = statistics.median(times)
+    return out
+
+
+async def interleaved(servers: list[tuple[Stdio, list[tuple[str, str, str]]]], n: int) -> list[dict[str, float]]:
+    """Each server's median per call (key, target, sql), all servers connected at once and called in turn, one
+    call each: a busy moment of the host lands on every server alike instead of on whichever ran then."""
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(Client(srv.params)) for srv, _ in servers]
+        for c in clients:
+            await c.list_tools()
+        out: list[dict[str, float]] = [{} for _ in servers]
+        keys = list(dict.fromkeys(k for _, calls in servers for k in calls))
+        for key, target, sql in keys:
+            taking = [j for j, (_, calls) in enumerate(servers) if (key, target, sql) in calls]
+            times: dict[int, list[float]] = {j: [] for j in taking}
+            for i in range(n + 3):
+                for j in taking:
+                    srv = servers[j][0]
+                    tool = srv.read_tool if key.startswith("read") else srv.execute_tool
+                    args: dict[str, Any] = {"sql": sql, **({"target": target} if srv.with_target else {})}
+                    t = time.perf_counter()
+                    r = await clients[j].call_tool(tool, args)
+                    if i >= 3:
+                        times[j].append(ms(t))
+                    if r.is_error:
+                        raise RuntimeError(f"{srv.label} {tool}: {r.content[0]}")
+            for j in taking:
+                out[j][key] = statistics.median(times[j])
     return out
 
 
@@ -352,22 +381,25 @@ def main() -> int:
         bare = Stdio("bare", quiet(log, sys.executable, str(HERE / "bare_server.py"), "--sqlite", str(lite), "--pg", pg_dsn))
         ours = Stdio("safe-mcp", quiet(log, sys.executable, "-m", "safe_mcp", "serve", "--config", str(cfg_stdio)))
         calls = [("read_s", "s", READ1), ("read_p", "p", READ1), ("write_s", "s", UPD1)]
-        got_bare = run_async(stdio_run, bare, calls, stdio_n)
-        got_ours = run_async(stdio_run, ours, calls, stdio_n)
         peer: dict[str, float | str] = {}
+        hubs: list[tuple[Stdio, list[tuple[str, str, str]]]] = []
         if not DBHUB.exists():
             peer["why"] = "dbhub is not installed in .tools (scripts/bench installs it; npm missing?)"
         else:
             for t, dsn in (("p", pg_url + "?sslmode=disable"), ("s", f"sqlite://{lite}")):
                 hub = Stdio("dbhub", quiet(log, str(DBHUB), "--transport", "stdio", "--dsn", dsn),
-                    execute_tool="execute_sql", read_tool="execute_sql", with_target=False)
-                try:
-                    got = run_async(stdio_run, hub, [(f"read_{t}", t, READ1)], stdio_n, timeout=60)
-                    peer[f"read_{t}"] = got[f"read_{t}"]
-                    peer[f"startup_{t}"] = got["startup"]
+                            execute_tool="execute_sql", read_tool="execute_sql", with_target=False)
+                try:  # a peer that cannot start is named in the table, and left out of the interleaved run
+                    run_async(stdio_run, hub, [(f"read_{t}", t, READ1)], 3, timeout=60)
+                    hubs.append((hub, [(f"read_{t}", t, READ1)]))
                 except (RuntimeError, TimeoutError, OSError, ExceptionGroup) as exc:
                     said = [ln for ln in log.read_text(errors="replace").splitlines() if "rror" in ln]
                     peer[f"why_{t}"] = f"dbhub could not run: {(said[-1] if said else str(exc))[:90]}"
+        # All connected at once and called in turn, one call each, so drift in the host's load hits all alike.
+        got_bare, got_ours, *got_hubs = run_async(interleaved, [(bare, calls), (ours, calls), *hubs], stdio_n,
+                                                  timeout=600)
+        for got in got_hubs:
+            peer.update(got)
         node = shutil.which("node")
         node_v = os.popen(f"{node} --version").read().strip() if node else "no node"
 
