@@ -22,7 +22,7 @@ from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError, Drifted, Escalated, TooManyRows
 from safe_mcp_postgres import journal, tables
 from safe_mcp_postgres.capture import capture_sql, journaled_sql, max_param, measured, restore_rows, table_info
-from safe_mcp_postgres.classify import classify_sql
+from safe_mcp_postgres.classify import classify_sql, parse_one
 from safe_mcp_postgres.engine import PLAIN_OIDS, Engine, qi, run_one, translate
 from safe_mcp_postgres.reads import bounded_fetch
 from safe_mcp_postgres.settings import PostgresSettings, PostgresSpec
@@ -334,7 +334,10 @@ class PostgresAdapter(PostgresSpec, Adapter):
                 "table": info.name, "columns": info.columns, "types": info.types, "key": info.key,
                 "always": info.always}
         fingerprint = not commit or budget.expect is not None
-        cur = run_one(conn, journaled_sql(rewritten, op, info, len(given) + 1, returning=_RETURNING, samples=_SAMPLE,
+        # Without a RETURNING of its own the statement answers with its one measurement row: the changed rows
+        # (their images, and the measurement repeated on each) would cross the wire for nothing.
+        shown = _RETURNING if parse_one(sql).returningClause is not None else 0
+        cur = run_one(conn, journaled_sql(rewritten, op, info, len(given) + 1, returning=shown, samples=_SAMPLE,
                                           fingerprint=fingerprint),
                       [*given, intent, json.dumps(comp)])
         rows = cur.fetchall()
