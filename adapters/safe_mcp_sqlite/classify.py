@@ -15,6 +15,7 @@ from typing import Any
 from safe_mcp.adapter import Classification
 from safe_mcp.effects import Effect
 from safe_mcp.errors import AdapterError
+from safe_mcp_sqlite.statement import DETERMINISTIC
 
 # sqlite3 action codes (sqlite3.h); Python exposes some but not all of them.
 ACTIONS = (
@@ -251,8 +252,6 @@ def _plain_update(acts: Actions) -> dict[str, Any] | None:
     """{"table", "columns"} when the statement only updates columns of one main table, reading nothing but
     that table's columns and calling only deterministic built-ins, with no trigger body compiled: what
     statement-level capture needs of the engine (safe_mcp_sqlite.statement checks the text)."""
-    from safe_mcp_sqlite.statement import DETERMINISTIC
-
     if acts.inner:
         return None
     tables: set[str] = set()
