@@ -104,6 +104,10 @@ class Gate:
         self._adapters_lock = threading.Lock()
         self._clock = clock
         self._stop = threading.Event()
+        # Pending actions whose call carries secrets: the call as sent, by action id, with its expiry. Never
+        # written anywhere; the state holds the call as receipts record it (PendingAction.sealed).
+        self._sealed: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._sealed_lock = threading.Lock()
 
     # ---------------------------------------------------------------- the pipeline
 
@@ -223,10 +227,13 @@ class Gate:
             self._refuse(call, caller, Effect(action.effect),
                          "the call or the policy changed since this action was previewed; the confirmation no longer applies",
                          "repeat the original call to get a new preview and action_id", tool="confirm", action_id=action_id)
+        if action.sealed:
+            call = self._unsealed(action, call, caller)
         if not self.store.transition_pending(action_id, "pending", "executing"):
             self._refuse(call, caller, Effect(action.effect),
                          f"action {action_id} was confirmed by another call at the same moment; it runs once",
                          "look up its receipt with the receipts tool", tool="confirm", action_id=action_id)
+        self._forget_sealed(action_id)  # single use: what runs now is in `call`
         if action.run_id and not caller.run_id:
             caller = caller.model_copy(update={"run_id": action.run_id})
         try:
@@ -461,13 +468,23 @@ class Gate:
         confirm_by = decision.confirm_by or ConfirmMode.AGENT
         action_id = new_id("act")
         receipt_id = new_id("rcpt")
+        # The state keeps the call as receipts record it; when that is not the call as sent (it carries a
+        # secret), the call as sent stays in this process's memory until the action is confirmed or expires.
+        kept = self.scrub(self._recorded_args(call))
+        sealed = kept != call.args
+        stored = call.model_copy(update={"args": kept}) if sealed else call
         action = PendingAction(
             id=action_id, created=now, not_before=now + rules.min_delay_s, expires=now + rules.ttl_s,
-            target=call.target, tool=call.tool, call=call.args, effect=preview.effect.value,
-            confirm_by=confirm_by.value, digest=action_digest(call, self.policy_digest),
+            target=call.target, tool=call.tool, call=stored.args, effect=preview.effect.value,
+            confirm_by=confirm_by.value, digest=action_digest(stored, self.policy_digest),
             preview=self.scrub(preview.model_dump(mode="json")), state="pending",
-            session=caller.session, receipt_id=receipt_id, run_id=caller.run_id,
+            session=caller.session, receipt_id=receipt_id, run_id=caller.run_id, sealed=sealed,
         )
+        if sealed:
+            with self._sealed_lock:
+                for old in [k for k, (expires, _) in self._sealed.items() if expires < now]:
+                    del self._sealed[old]
+                self._sealed[action_id] = (action.expires, dict(call.args))
         try:
             self.store.add_pending(action)
         except StateError as exc:
@@ -862,6 +879,36 @@ class Gate:
 
     def _call_digest(self, call: Call) -> str:
         return action_digest(call, "")
+
+    def _unsealed(self, action: PendingAction, call: Call, caller: Caller) -> Call:
+        """The call as sent of a sealed action (see PendingAction.sealed), from this process's memory.
+
+        Raises:
+            Refused: this process did not preview it (another instance, or a restart since), or the call in
+                memory is not the one the state records.
+        """
+        with self._sealed_lock:
+            held = self._sealed.get(action.id)
+        if held is None:
+            self._refuse(call, caller, Effect(action.effect),
+                         f"action {action.id} carries secret arguments, which safe-mcp writes nowhere: they were kept "
+                         "in the memory of the safe-mcp process that previewed it, and this process is not that one "
+                         "(it restarted, or another instance previewed it)",
+                         "repeat the original call to get a new preview and action_id", tool="confirm",
+                         action_id=action.id)
+            raise AssertionError("unreachable")
+        sent = call.model_copy(update={"args": held[1]})
+        if self.scrub(self._recorded_args(sent)) != action.call:
+            self.store.transition_pending(action.id, "pending", "invalid")
+            self._refuse(call, caller, Effect(action.effect),
+                         f"action {action.id} no longer matches the call it was made from",
+                         "repeat the original call to get a new preview and action_id", tool="confirm",
+                         action_id=action.id)
+        return sent
+
+    def _forget_sealed(self, action_id: str) -> None:
+        with self._sealed_lock:
+            self._sealed.pop(action_id, None)
 
     def _check_ledger(self, call: Call, caller: Caller) -> None:
         """A read is refused before it runs while read receipts cannot be written (group commit: their

@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS pending (
     state TEXT NOT NULL,
     session TEXT NOT NULL,
     receipt_id TEXT NOT NULL,
-    run_id TEXT
+    run_id TEXT,
+    sealed INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS compensations (
     id TEXT PRIMARY KEY,
@@ -146,6 +147,10 @@ class PendingAction(BaseModel):
     receipt_id: str
     run_id: str | None = None
     """The requester's run, so that the confirmed execution is undone with the run it belongs to."""
+    sealed: bool = False
+    """`call` holds the arguments as receipts record them: members that carry a secret (one the adapter
+    marks, or a configured secret's value) are replaced. The call as sent is held only in the memory of the
+    process that previewed it, and only that process can run it."""
 
 
 class Intent(BaseModel):
@@ -213,6 +218,10 @@ class StateStore:
                 columns = {r[1] for r in tx.execute("PRAGMA table_info(idempotency)").fetchall()}
                 if "owner" not in columns:  # ledgers made before claims named their owner
                     tx.execute("ALTER TABLE idempotency ADD COLUMN owner TEXT")
+                if "sealed" not in {r[1] for r in tx.execute("PRAGMA table_info(pending)").fetchall()}:
+                    tx.execute("ALTER TABLE pending ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0")
+            else:  # stores made before pending actions could be sealed
+                tx.execute("ALTER TABLE pending ADD COLUMN IF NOT EXISTS sealed INTEGER NOT NULL DEFAULT 0")
         # Receipts of reads are group-committed: `append_later` queues them and a flusher thread
         # writes them in batches. Anything that reads or extends the ledger flushes first, so the
         # chain order is the order calls finished and no reader misses a receipt it was given.
@@ -562,12 +571,12 @@ class StateStore:
     def add_pending(self, action: PendingAction) -> None:
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO pending VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO pending VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     action.id, action.created, action.not_before, action.expires, action.target, action.tool,
                     canonical_json(action.call), action.effect, action.confirm_by, action.digest,
                     canonical_json(action.preview), action.state, action.session, action.receipt_id,
-                    action.run_id,
+                    action.run_id, int(action.sealed),
                 ),
             )
 
@@ -789,10 +798,10 @@ def _settle_key(db: Tx, target: str, key: str, result: dict[str, Any] | None, re
 def _pending_from_row(row: tuple[Any, ...]) -> PendingAction:
     keys = [
         "id", "created", "not_before", "expires", "target", "tool", "call", "effect", "confirm_by",
-        "digest", "preview", "state", "session", "receipt_id", "run_id",
+        "digest", "preview", "state", "session", "receipt_id", "run_id", "sealed",
     ]
     d = dict(zip(keys, row, strict=True))
-    d["call"], d["preview"] = json.loads(d["call"]), json.loads(d["preview"])
+    d["call"], d["preview"], d["sealed"] = json.loads(d["call"]), json.loads(d["preview"]), bool(d["sealed"])
     return PendingAction.model_validate(d)
 
 
