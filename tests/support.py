@@ -38,6 +38,23 @@ hold_s = 600
 access = "read-write"
 """
 
+# A read-write SQLite shop beside a mail target whose password is a secret from the environment: the value
+# safe-mcp must keep out of everything it writes (set SAFE_MCP_TEST_SMTP_PW to it).
+SHOP_AND_SECRET = """
+[targets.shop]
+kind = "sqlite"
+path = "shop.db"
+access = "read-write"
+[targets.mail]
+kind = "smtp"
+host = "127.0.0.1"
+tls = "none"
+username = "agent"
+password = "env:SAFE_MCP_TEST_SMTP_PW"
+from = "agent@example.com"
+allow_recipients = ["*@example.com"]
+"""
+
 # The demo shop seen twice: `shop` read-only (the default), `admin` read-write.
 SHOP_TARGETS = """
 [targets.shop]

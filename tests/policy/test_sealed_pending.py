@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import call, connect, refused, write_config
+from support import SHOP_AND_SECRET, call, connect, refused, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -29,23 +29,7 @@ def shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     db.executemany("INSERT INTO notes (body) VALUES (?)", [(f"the password is {SECRET}",), ("other",)])
     db.commit()
     db.close()
-    return write_config(tmp_path, '''
-        [targets.shop]
-        kind = "sqlite"
-        path = "shop.db"
-        access = "read-write"
-        [targets.mail]
-        kind = "smtp"
-        host = "127.0.0.1"
-        tls = "none"
-        username = "agent"
-        password = "env:SAFE_MCP_TEST_SMTP_PW"
-        from = "agent@example.com"
-        allow_recipients = ["*@example.com"]
-        [confirm]
-        write = "agent"
-        min_delay_s = 0
-    ''')
+    return write_config(tmp_path, SHOP_AND_SECRET + '[confirm]\nwrite = "agent"\nmin_delay_s = 0\n')
 
 
 def bodies(cfg: Path) -> list[str]:
