@@ -305,6 +305,35 @@ def tamper_ledger(config_path: Path, sql: str, params: tuple[object, ...] = ()) 
         store.close()
 
 
+def fail_inserts(config_path: Path, table: str) -> None:
+    """Every insert into `table` of the config's state store fails from now on, as on a full disk, on whichever
+    engine the state is (a trigger named fail_{table}); `allow_inserts` mends it."""
+    from safe_mcp.gate.runtime import open_state
+    from safe_mcp.trust.config import load_config
+
+    store = open_state(load_config(config_path))
+    sqlite = store.db.dialect == "sqlite"
+    store.close()
+    if sqlite:
+        tamper_ledger(config_path, f"CREATE TRIGGER fail_{table} BEFORE INSERT ON {table} "
+                                   "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    else:
+        tamper_ledger(config_path, f"CREATE FUNCTION fail_{table}() RETURNS trigger LANGUAGE plpgsql AS "
+                                   "$f$ BEGIN RAISE EXCEPTION 'disk full'; END $f$")
+        tamper_ledger(config_path, f"CREATE TRIGGER fail_{table} BEFORE INSERT ON {table} FOR EACH ROW "
+                                   f"EXECUTE FUNCTION fail_{table}()")
+
+
+def allow_inserts(config_path: Path, table: str) -> None:
+    from safe_mcp.gate.runtime import open_state
+    from safe_mcp.trust.config import load_config
+
+    store = open_state(load_config(config_path))
+    sqlite = store.db.dialect == "sqlite"
+    store.close()
+    tamper_ledger(config_path, f"DROP TRIGGER fail_{table}" + ("" if sqlite else f" ON {table}"))
+
+
 # Credentials moto accepts, and an environment with no ~/.aws files of this machine's.
 MOTO_KEY_ID = "AKIASAFEMCPTEST00001"
 MOTO_SECRET = "safe-mcp-test-secret-0123456789abcdef"

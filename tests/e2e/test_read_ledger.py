@@ -16,13 +16,13 @@ from pathlib import Path
 import anyio
 import pytest
 from mcp import Client
-from support import SHOP_TARGETS, call, connect, ledger_rows, refused, tamper_ledger, write_config
+from support import SHOP_TARGETS, allow_inserts, call, connect, fail_inserts, ledger_rows, refused, write_config
 
 from safe_mcp.adapter import Call
 from safe_mcp.errors import Refused
 from safe_mcp.faces.demo import create_shop
 from safe_mcp.gate.pipeline import Caller
-from safe_mcp.gate.runtime import Runtime, open_state
+from safe_mcp.gate.runtime import Runtime
 from safe_mcp.trust.config import load_config
 
 pytestmark = pytest.mark.anyio
@@ -33,28 +33,6 @@ READ = {"target": "shop", "sql": "SELECT count(*) FROM orders"}
 def shop(tmp_path: Path) -> Path:
     create_shop(tmp_path / "shop.db")
     return write_config(tmp_path, SHOP_TARGETS)
-
-
-def dialect(cfg: Path) -> str:
-    store = open_state(load_config(cfg))
-    try:
-        return store.db.dialect
-    finally:
-        store.close()
-
-
-def break_ledger(cfg: Path) -> None:
-    """Every insert of a receipt fails from now on, as on a full disk."""
-    if dialect(cfg) == "sqlite":
-        tamper_ledger(cfg, "CREATE TRIGGER no_more BEFORE INSERT ON receipts BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-    else:
-        tamper_ledger(cfg, "CREATE FUNCTION no_more() RETURNS trigger LANGUAGE plpgsql AS "
-                           "$f$ BEGIN RAISE EXCEPTION 'disk full'; END $f$")
-        tamper_ledger(cfg, "CREATE TRIGGER no_more BEFORE INSERT ON receipts FOR EACH ROW EXECUTE FUNCTION no_more()")
-
-
-def heal_ledger(cfg: Path) -> None:
-    tamper_ledger(cfg, "DROP TRIGGER no_more" + ("" if dialect(cfg) == "sqlite" else " ON receipts"))
 
 
 async def read_until(c: Client, *, refused_: bool, served: list[str], within_s: float = 5.0) -> str:
@@ -83,7 +61,7 @@ async def test_reads_are_refused_while_their_receipts_cannot_be_written_and_resu
     served: list[str] = []
     async with connect(cfg, transport) as c:
         served.append((await call(c, "sql_query", **READ))["receipt_id"])
-        break_ledger(cfg)
+        fail_inserts(cfg, "receipts")
         text = await read_until(c, refused_=True, served=served)
         assert "receipts cannot be written" in text and "disk full" in text, text
         assert "reads resume" in text and "state store" in text, text  # the way forward
@@ -92,7 +70,7 @@ async def test_reads_are_refused_while_their_receipts_cannot_be_written_and_resu
             assert "receipts cannot be written" in await refused(c, "sql_query", **READ)
         wrote = await refused(c, "sql_execute", target="admin", sql="DELETE FROM orders WHERE id = 1")
         assert "nothing was run" in wrote
-        heal_ledger(cfg)
+        allow_inserts(cfg, "receipts")
         await read_until(c, refused_=False, served=served)
         served.append((await call(c, "sql_query", **READ))["receipt_id"])
     # Every read that returned rows has its receipt in the chain, and the chain verifies.
