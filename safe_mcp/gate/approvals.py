@@ -372,8 +372,16 @@ class ApprovalDesk:
             with self.store.transaction() as db:
                 db.execute("INSERT INTO approvals VALUES (?, ?, ?, ?, ?, ?, ?)",
                            (action_id, name, channel, verb, action.digest, time.time(), reason[:500]))
-        except StateError:
-            refuse(f"{name} already decided on action {action_id}", "another approver must decide")
+        except StateError as exc:
+            try:
+                decided = bool(self.store.query("SELECT 1 FROM approvals WHERE action_id = ? AND approver = ?",
+                                                (action_id, name)))
+            except StateError:
+                decided = False
+            if decided:
+                refuse(f"{name} already decided on action {action_id}", "another approver must decide")
+            refuse(f"the decision could not be recorded ({exc}); nothing was decided",
+                   "check the state store, then decide again")
         if not approve:
             self.store.transition_pending(action_id, "pending", "denied")
         status = self.status(action)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from approval_helpers import IRREVERSIBLE, Approver, cli, columns, make, receipts
-from support import call, connect, ledger_rows, refused, tamper_pending
+from support import allow_inserts, call, connect, fail_inserts, ledger_rows, refused, tamper_pending
 
 pytestmark = pytest.mark.anyio
 
@@ -60,6 +60,25 @@ async def test_agent_cannot_confirm_and_cli_approval_runs_once(tmp_path: Path) -
     if (tmp_path / ".safe-mcp" / "state.db").exists():
         assert alice.totp.secret not in (tmp_path / ".safe-mcp" / "state.db").read_bytes().decode("latin-1")
     assert cli(cfg, "receipts", "verify").returncode == 0
+
+
+async def test_an_approval_the_state_cannot_record_counts_for_nothing_and_says_so(tmp_path: Path) -> None:
+    cfg = make(tmp_path)
+    alice = Approver(cfg, "alice")
+    async with connect(cfg, "stdio") as c:
+        p = await call(c, "sql_execute", target="admin", sql=IRREVERSIBLE)
+        action = p["pending"]["action_id"]
+        fail_inserts(cfg, "approvals")
+        lost = alice.approve(cfg, action)
+        assert lost.returncode == 1, lost.stdout
+        assert "could not be recorded" in lost.stderr and "already decided" not in lost.stderr, lost.stderr
+        assert "waits for approval" in await refused(c, "confirm", action_id=action)
+        assert "note" not in columns(tmp_path)
+        allow_inserts(cfg, "approvals")
+        ok = alice.approve(cfg, action)
+        assert ok.returncode == 0, ok.stderr
+        assert (await call(c, "confirm", action_id=action))["status"] == "ok"
+    assert "note" in columns(tmp_path)
 
 
 async def test_expired_action_cannot_be_approved(tmp_path: Path) -> None:
