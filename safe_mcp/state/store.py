@@ -227,6 +227,9 @@ class StateStore:
         # chain order is the order calls finished and no reader misses a receipt it was given.
         self._later: list[dict[str, Any]] = []
         self._later_lock = threading.Lock()
+        # Held from taking queued receipts to committing them (a flush, or an append that takes them along): a
+        # lookup's own flush waits for one in flight, so it never reads the ledger before receipts it was given.
+        self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
         self._flusher: threading.Thread | None = None
@@ -299,23 +302,25 @@ class StateStore:
                     log.warning("read receipts are written again; reads resume")
 
     def flush(self) -> None:
-        """Write every queued receipt now, in one transaction."""
-        with self._later_lock:
-            batch, self._later = self._later, []
-        if not batch:
-            self._unwritten = None  # nothing waits: a write's append took the queue along with it
-            return
-        try:
-            with self.transaction() as db:
-                linked = self._chain(db, batch, self._lock_head(db)())
-        except StateError as exc:
-            self._head = None
+        """Write every queued receipt now, in one transaction; returns once every receipt queued before the
+        call is in the ledger (also one another thread was writing at that moment)."""
+        with self._flush_lock:
             with self._later_lock:
-                self._later[:0] = batch
-            self._unwritten = str(exc) or type(exc).__name__
-            raise
-        self._head = (int(linked[-1][0]["seq"]), linked[-1][1])
-        self._unwritten = None
+                batch, self._later = self._later, []
+            if not batch:
+                self._unwritten = None  # nothing waits: a write's append took the queue along with it
+                return
+            try:
+                with self.transaction() as db:
+                    linked = self._chain(db, batch, self._lock_head(db)())
+            except StateError as exc:
+                self._head = None
+                with self._later_lock:
+                    self._later[:0] = batch
+                self._unwritten = str(exc) or type(exc).__name__
+                raise
+            self._head = (int(linked[-1][0]["seq"]), linked[-1][1])
+            self._unwritten = None
 
     def transaction(self) -> AbstractContextManager[Tx]:
         """A write transaction on the state store, for modules that keep tables of their own here
@@ -356,21 +361,23 @@ class StateStore:
         fields.setdefault("time", _now_iso())
         fields.setdefault("id", new_id("rcpt"))
         # Read receipts still queued go into the same transaction, ahead of this one (chain order = order finished).
-        with self._later_lock:
-            batch, self._later = self._later, []
-        try:
-            cached = self._head if admit is None and self.db.dialect == "postgres" else None
-            if cached is not None:
-                try:
-                    return self._append_tx([*batch, fields], compensation, intent, settles, settle_key, counts,
-                                           None, cached)
-                except StateError:
-                    self._head = None  # another instance appended since (or the append failed): again, locked
-            return self._append_tx([*batch, fields], compensation, intent, settles, settle_key, counts, admit, None)
-        except BaseException:
+        with self._flush_lock:
             with self._later_lock:
-                self._later[:0] = batch
-            raise
+                batch, self._later = self._later, []
+            try:
+                cached = self._head if admit is None and self.db.dialect == "postgres" else None
+                if cached is not None:
+                    try:
+                        return self._append_tx([*batch, fields], compensation, intent, settles, settle_key, counts,
+                                               None, cached)
+                    except StateError:
+                        self._head = None  # another instance appended since (or the append failed): again, locked
+                return self._append_tx([*batch, fields], compensation, intent, settles, settle_key, counts, admit,
+                                       None)
+            except BaseException:
+                with self._later_lock:
+                    self._later[:0] = batch
+                raise
 
     def _append_tx(self, batch: list[dict[str, Any]], compensation: tuple[str, str, dict[str, Any]] | None,
                    intent: Intent | None, settles: str | None,

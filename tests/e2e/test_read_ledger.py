@@ -10,8 +10,10 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -100,3 +102,36 @@ def test_a_read_after_the_store_is_closed_is_refused(tmp_path: Path) -> None:
     assert "closed" in str(refusal.value)
     # what was served before the close was written at the close
     assert ledger_rows(cfg, "SELECT count(*) FROM receipts WHERE id = ?", (first.receipt_id,)) == [(1,)]
+
+
+
+
+def test_a_lookup_waits_for_the_receipts_another_thread_is_writing(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read's receipt id is handed out before its receipt is written; looking it up (the receipts tool,
+    telemetry) must find it, also when the flusher has just taken it from the queue and not yet reached the
+    database (here it is held up there for 0.2 s, as a busy host may hold a thread)."""
+    cfg = shop(tmp_path)
+    runtime = Runtime(load_config(cfg))
+    store = runtime.store
+    try:
+        me = Caller(session="s", client="c")
+        rid = runtime.gate.run(Call(target="shop", tool="sql_query", args={"sql": READ["sql"]}), me).receipt_id
+        real = store.transaction
+        taken = threading.Event()
+
+        def late_transaction() -> Any:
+            if threading.current_thread().name == "flusher":
+                taken.set()
+                time.sleep(0.2)
+            return real()
+
+        monkeypatch.setattr(store, "transaction", late_transaction)
+        flushing = threading.Thread(target=store.flush, name="flusher")
+        flushing.start()
+        assert taken.wait(5)  # the flusher holds the queued receipt and is not in the database yet
+        found = store.receipt(rid)
+        flushing.join()
+        assert found is not None and found.id == rid and found.outcome == "executed"
+    finally:
+        runtime.close()
