@@ -505,7 +505,7 @@ class Gate:
                    f"{_iso(action.not_before)} and {_iso(action.expires)}")
         view = PendingView(
             action_id=action_id, target=call.target, tool=call.tool, effect=preview.effect.value,
-            statement=self.scrub({k: v for k, v in self._recorded_args(call).items() if k not in _CONTROL_ARGS}),
+            statement={k: v for k, v in kept.items() if k not in _CONTROL_ARGS},
             preview=action.preview, confirm_by=confirm_by.value, how_to_confirm=how,
             not_before=_iso(action.not_before), expires=_iso(action.expires),
         )
