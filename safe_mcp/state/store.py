@@ -220,7 +220,11 @@ class StateStore:
                     tx.execute("ALTER TABLE idempotency ADD COLUMN owner TEXT")
                 if "sealed" not in {r[1] for r in tx.execute("PRAGMA table_info(pending)").fetchall()}:
                     tx.execute("ALTER TABLE pending ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0")
-            else:  # stores made before pending actions could be sealed
+            elif not tx.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                                "AND table_name = 'pending' AND column_name = 'sealed'").fetchall():
+                # Stores made before pending actions could be sealed. Asked first: ALTER TABLE takes the table's
+                # strongest lock even when the column exists, which would make every start wait for other
+                # instances' transactions on it.
                 tx.execute("ALTER TABLE pending ADD COLUMN IF NOT EXISTS sealed INTEGER NOT NULL DEFAULT 0")
         # Receipts of reads are group-committed: `append_later` queues them and a flusher thread
         # writes them in batches. Anything that reads or extends the ledger flushes first, so the
