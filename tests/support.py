@@ -308,13 +308,7 @@ def tamper_ledger(config_path: Path, sql: str, params: tuple[object, ...] = ()) 
 def fail_inserts(config_path: Path, table: str) -> None:
     """Every insert into `table` of the config's state store fails from now on, as on a full disk, on whichever
     engine the state is (a trigger named fail_{table}); `allow_inserts` mends it."""
-    from safe_mcp.gate.runtime import open_state
-    from safe_mcp.trust.config import load_config
-
-    store = open_state(load_config(config_path))
-    sqlite = store.db.dialect == "sqlite"
-    store.close()
-    if sqlite:
+    if _state_is_sqlite(config_path):
         tamper_ledger(config_path, f"CREATE TRIGGER fail_{table} BEFORE INSERT ON {table} "
                                    "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
     else:
@@ -325,13 +319,19 @@ def fail_inserts(config_path: Path, table: str) -> None:
 
 
 def allow_inserts(config_path: Path, table: str) -> None:
+    tamper_ledger(config_path, f"DROP TRIGGER fail_{table}" + ("" if _state_is_sqlite(config_path) else f" ON {table}"))
+
+
+def _state_is_sqlite(config_path: Path) -> bool:
+    """Whether the config's state store is a SQLite file (else PostgreSQL, as with SAFE_MCP_TEST_STATE)."""
     from safe_mcp.gate.runtime import open_state
     from safe_mcp.trust.config import load_config
 
     store = open_state(load_config(config_path))
-    sqlite = store.db.dialect == "sqlite"
-    store.close()
-    tamper_ledger(config_path, f"DROP TRIGGER fail_{table}" + ("" if sqlite else f" ON {table}"))
+    try:
+        return store.db.dialect == "sqlite"
+    finally:
+        store.close()
 
 
 # Credentials moto accepts, and an environment with no ~/.aws files of this machine's.
